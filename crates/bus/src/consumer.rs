@@ -1,0 +1,512 @@
+//! The at-least-once consumer loop with idempotent apply.
+//!
+//! For each batch of records (whatever is ready, up to `max_batch`), in ONE Postgres
+//! transaction: record the event ids in the inbox (ids already there are skipped), let the
+//! handler apply the new events and emit output events into the outbox, commit. Only then
+//! are the offsets stored (and auto-committed by librdkafka). A crash anywhere before the
+//! commit replays the batch; a crash after it replays records whose ids the inbox already
+//! has. Records that cannot be decoded or that the handler rejects permanently go to the
+//! DLQ; transient failures (database down) are retried with backoff without moving on.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::{FutureExt as _, StreamExt as _};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers as _, OwnedMessage};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use spm_proto::events::v1::EventEnvelope;
+use spm_telemetry::metrics::{self, labels};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, info_span};
+use uuid::Uuid;
+
+use crate::dlq::Dlq;
+use crate::{KafkaConfig, Producer, envelope_record};
+
+/// One new (not yet applied) event handed to a [`Handler`].
+#[derive(Debug)]
+pub struct Incoming {
+    pub event_id: Uuid,
+    pub envelope: EventEnvelope,
+    /// Base topic name (without the environment prefix), e.g. `spm.crm.deals.v1`.
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The "process" span of this record, a child of the producer's trace context.
+    pub span: tracing::Span,
+}
+
+/// Why a handler could not apply a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Retry later (database unavailable, serialization failure...).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The event can never be applied; it goes to the DLQ. `event_id` names it when known;
+    /// otherwise the loop finds it by applying the batch one event at a time.
+    #[error("permanent: {reason}")]
+    Permanent { event_id: Option<Uuid>, reason: String },
+}
+
+impl HandlerError {
+    pub fn permanent(event_id: Uuid, reason: impl Into<String>) -> Self {
+        Self::Permanent {
+            event_id: Some(event_id),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        // Data and integrity errors (SQLSTATE classes 22, 23) will fail again on retry;
+        // everything else (connection loss, serialization, shutdown) may succeed later.
+        let permanent = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"));
+        if permanent {
+            Self::Permanent {
+                event_id: None,
+                reason: e.to_string(),
+            }
+        } else {
+            Self::Transient(e.to_string())
+        }
+    }
+}
+
+/// Output events of a transaction, written to the outbox table in the same transaction.
+#[derive(Debug)]
+pub struct Outbox {
+    prefix: String,
+    rows: Vec<crate::Record>,
+}
+
+impl Outbox {
+    pub fn new(cfg: &KafkaConfig) -> Self {
+        Self {
+            prefix: cfg.topic_prefix.clone(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Emits `envelope` to base topic `topic` with `key`, carrying the trace context of
+    /// `span` (the span of the event that caused it).
+    pub fn emit(&mut self, span: &tracing::Span, topic: &str, key: String, envelope: &EventEnvelope) {
+        self.rows
+            .push(envelope_record(format!("{}{topic}", self.prefix), key, envelope, span));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Writes the collected rows into the outbox table through `conn` (inside the caller's
+    /// transaction) and clears them.
+    pub async fn write(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let mut topics = Vec::with_capacity(self.rows.len());
+        let mut keys = Vec::with_capacity(self.rows.len());
+        let mut payloads = Vec::with_capacity(self.rows.len());
+        let mut headers = Vec::with_capacity(self.rows.len());
+        for r in self.rows.drain(..) {
+            topics.push(r.topic);
+            keys.push(r.key);
+            payloads.push(r.payload);
+            headers.push(serde_json::to_value(&r.headers).expect("headers serialize"));
+        }
+        sqlx::query(
+            "INSERT INTO outbox (topic, key, payload, headers)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[])",
+        )
+        .bind(&topics)
+        .bind(&keys)
+        .bind(&payloads)
+        .bind(&headers)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A service's business logic plugged into the loop.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Applies `batch` (events never applied before, in partition order per partition)
+    /// inside the loop's transaction, emitting output events into `out`.
+    async fn apply(&self, conn: &mut PgConnection, batch: &[&Incoming], out: &mut Outbox) -> Result<(), HandlerError>;
+
+    /// Called after the transaction of `batch` committed (wake watchers, caches...).
+    fn committed(&self, _batch: &[&Incoming]) {}
+}
+
+/// Where the loop is to stop in tests: `SPM_FAILPOINT=hang_after_db_commit` makes it stall
+/// forever right after a database commit and before storing the offsets, so that a test
+/// can SIGKILL the process at exactly that point.
+fn failpoint_hang_after_commit() -> bool {
+    std::env::var("SPM_FAILPOINT").is_ok_and(|v| v == "hang_after_db_commit")
+}
+
+/// The consumer loop of one consumer group.
+pub struct ConsumerLoop {
+    cfg: KafkaConfig,
+    group: String,
+    topics: Vec<String>,
+    pool: PgPool,
+    handler: Arc<dyn Handler>,
+    dlq: Dlq,
+    relay_wake: Option<Arc<Notify>>,
+    max_batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+impl ConsumerLoop {
+    /// A loop for consumer group `group` (base name) over base topics `topics`.
+    pub fn new(
+        cfg: &KafkaConfig,
+        group: &str,
+        topics: &[&str],
+        pool: PgPool,
+        producer: Producer,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
+        let group = cfg.group(group);
+        Self {
+            dlq: Dlq::new(cfg, producer, &group),
+            cfg: cfg.clone(),
+            topics: topics.iter().map(|t| cfg.topic(t)).collect(),
+            group,
+            pool,
+            handler,
+            relay_wake: None,
+            max_batch: 1000,
+        }
+    }
+
+    /// Wakes this outbox relay after every commit that wrote outbox rows.
+    pub fn wake_relay(mut self, notify: Arc<Notify>) -> Self {
+        self.relay_wake = Some(notify);
+        self
+    }
+
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+
+    /// Runs until `cancel`; then commits the stored offsets and leaves the group.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        let ctx = LoopContext { group: self.group.clone() };
+        let consumer: StreamConsumer<LoopContext> = self.cfg.consumer_config(&self.group).create_with_context(ctx)?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        tracing::info!(group = %self.group, topics = ?topics, "consumer subscribed");
+
+        let mut stream = consumer.stream();
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                m = stream.next() => m,
+            };
+            let Some(first) = first else { break };
+            let mut batch = Vec::with_capacity(64);
+            match first {
+                Ok(m) => batch.push(m.detach()),
+                Err(e) => {
+                    tracing::warn!(group = %self.group, error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            // Take whatever else is ready now, without waiting: batch size follows load.
+            while batch.len() < self.max_batch {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m.detach()),
+                    Some(Some(Err(e))) => tracing::warn!(group = %self.group, error = %e, "consumer error"),
+                    Some(None) | None => break,
+                }
+            }
+
+            if !self.process_until_done(&batch, &cancel).await {
+                break;
+            }
+            if failpoint_hang_after_commit() {
+                tracing::warn!("failpoint hang_after_db_commit reached");
+                std::future::pending::<()>().await;
+            }
+            let mut tpl = TopicPartitionList::new();
+            let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+            for m in &batch {
+                let e = last.entry((m.topic(), m.partition())).or_insert(m.offset());
+                *e = (*e).max(m.offset());
+            }
+            for ((topic, partition), offset) in last {
+                // The committed offset is the next record to read.
+                tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
+            }
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                // A partition revoked meanwhile: its next owner replays; the inbox dedupes.
+                tracing::warn!(group = %self.group, error = %e, "could not store offsets");
+            }
+        }
+        drop(stream);
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(group = %self.group, error = %e, "final commit");
+        }
+        consumer.unsubscribe();
+        tracing::info!(group = %self.group, "consumer stopped");
+        Ok(())
+    }
+
+    /// Processes `batch`, retrying transient failures with backoff. Returns false when
+    /// cancelled before the batch was done (its offsets must not be stored).
+    async fn process_until_done(&self, batch: &[OwnedMessage], cancel: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.process(batch).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    let m = metrics::global();
+                    m.events_failed
+                        .get_or_create(&labels([("group", &self.group), ("kind", "transient")]))
+                        .inc();
+                    tracing::warn!(group = %self.group, error = %e, retry_in = ?backoff, "batch failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return false,
+                        () = tokio::time::sleep(jitter(backoff)) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One attempt at a batch. `Err` is transient (nothing was committed).
+    async fn process(&self, batch: &[OwnedMessage]) -> Result<(), String> {
+        let started = Instant::now();
+        let mut poison: Vec<(OwnedMessage, String)> = Vec::new();
+        let mut decoded: Vec<Incoming> = Vec::with_capacity(batch.len());
+        let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
+        for m in batch {
+            match self.decode(m) {
+                Ok(inc) => {
+                    decoded.push(inc);
+                    sources.push(m);
+                }
+                Err(e) => poison.push((m.clone(), e)),
+            }
+        }
+
+        let all: Vec<&Incoming> = decoded.iter().collect();
+        match self.apply_in_tx(&all).await {
+            Ok(applied) => self.after_commit(&all, &applied, started),
+            Err(HandlerError::Transient(e)) => return Err(e),
+            Err(HandlerError::Permanent { reason, event_id }) => {
+                tracing::info!(group = %self.group, %reason, ?event_id, "permanent failure in batch; isolating");
+                // Apply one event per transaction to find the poison ones.
+                for (inc, m) in all.iter().zip(&sources) {
+                    match self.apply_in_tx(&[inc]).await {
+                        Ok(applied) => self.after_commit(&[inc], &applied, started),
+                        Err(HandlerError::Transient(e)) => return Err(e),
+                        Err(HandlerError::Permanent { reason, .. }) => poison.push(((*m).clone(), reason)),
+                    }
+                }
+            }
+        }
+
+        if !poison.is_empty() {
+            metrics::global()
+                .events_failed
+                .get_or_create(&labels([("group", &self.group), ("kind", "permanent")]))
+                .inc_by(poison.len() as u64);
+            self.dlq.send_all(&poison).await.map_err(|e| format!("dlq: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn after_commit(&self, decoded: &[&Incoming], applied: &Applied, started: Instant) {
+        let m = metrics::global();
+        let elapsed = started.elapsed().as_secs_f64();
+        let now = chrono::Utc::now();
+        let mut new_events = Vec::new();
+        for inc in decoded {
+            let l = labels([("topic", &inc.topic), ("group", &self.group)]);
+            if applied.new_ids.contains(&inc.event_id) {
+                m.events_consumed.get_or_create(&l).inc();
+                if let Some(rec) = inc.envelope.recorded_at.as_ref().and_then(spm_proto::ext::datetime) {
+                    let age = (now - rec).num_microseconds().unwrap_or(0);
+                    #[allow(clippy::cast_precision_loss)]
+                    m.event_age_seconds
+                        .get_or_create(&labels([("topic", &inc.topic)]))
+                        .observe(age as f64 / 1e6);
+                }
+                new_events.push(*inc);
+            } else {
+                m.events_duplicate.get_or_create(&l).inc();
+            }
+        }
+        m.processing_seconds
+            .get_or_create(&labels([("group", &self.group)]))
+            .observe(elapsed);
+        if applied.outbox_rows > 0
+            && let Some(n) = &self.relay_wake
+        {
+            n.notify_one();
+        }
+        if !new_events.is_empty() {
+            self.handler.committed(&new_events);
+        }
+    }
+
+    /// Inbox + handler + outbox in one transaction.
+    async fn apply_in_tx(&self, events: &[&Incoming]) -> Result<Applied, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
+        let partitions: Vec<i32> = events.iter().map(|e| e.partition).collect();
+        let offsets: Vec<i64> = events.iter().map(|e| e.offset).collect();
+        let fresh: Vec<Uuid> = sqlx::query_scalar(
+            r#"INSERT INTO inbox (event_id, topic, partition, "offset")
+               SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::bigint[])
+               ON CONFLICT (event_id) DO NOTHING
+               RETURNING event_id"#,
+        )
+        .bind(&ids)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(&mut *tx)
+        .await?;
+        let fresh: HashSet<Uuid> = fresh.into_iter().collect();
+
+        // First occurrence of each new id, in batch order.
+        let mut seen = HashSet::new();
+        let new: Vec<&Incoming> = events
+            .iter()
+            .filter(|e| fresh.contains(&e.event_id) && seen.insert(e.event_id))
+            .copied()
+            .collect();
+
+        let mut out = Outbox::new(&self.cfg);
+        if !new.is_empty() {
+            let span = info_span!("apply", messaging.consumer.group.name = %self.group, batch.size = new.len());
+            self.handler.apply(&mut tx, &new, &mut out).instrument(span).await?;
+        }
+        let outbox_rows = out.len();
+        out.write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Applied { new_ids: fresh, outbox_rows })
+    }
+
+    fn decode(&self, m: &OwnedMessage) -> Result<Incoming, String> {
+        let payload = m.payload().ok_or("record has no payload")?;
+        let envelope = EventEnvelope::decode(payload).map_err(|e| format!("not an EventEnvelope: {e}"))?;
+        let event_id = Uuid::parse_str(&envelope.event_id).map_err(|e| format!("event_id {:?}: {e}", envelope.event_id))?;
+        if envelope.tenant_id.is_empty() {
+            return Err("envelope has no tenant_id".into());
+        }
+        if envelope.payload.is_none() {
+            return Err("envelope has no payload".into());
+        }
+        let topic = self.cfg.base_topic(m.topic()).to_owned();
+        let span = info_span!(
+            "process",
+            otel.name = format!("process {topic}"),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %topic,
+            messaging.destination.partition.id = m.partition(),
+            messaging.kafka.offset = m.offset(),
+            messaging.consumer.group.name = %self.group,
+            messaging.message.id = %event_id,
+            tenant = %envelope.tenant_id,
+            event_type = envelope.event_type(),
+        );
+        if let Some(headers) = m.headers() {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .filter_map(|h| Some((h.key, std::str::from_utf8(h.value?).ok()?)))
+                .collect();
+            spm_telemetry::propagation::set_parent(&span, spm_telemetry::propagation::extract_pairs(pairs));
+        }
+        Ok(Incoming {
+            event_id,
+            envelope,
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            span,
+        })
+    }
+}
+
+struct Applied {
+    new_ids: HashSet<Uuid>,
+    outbox_rows: usize,
+}
+
+fn jitter(d: Duration) -> Duration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2 + 1))
+}
+
+/// Commits stored offsets when partitions are revoked, and exports consumer lag.
+struct LoopContext {
+    group: String,
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, stats: Statistics) {
+        let m = metrics::global();
+        for (topic, t) in &stats.topics {
+            for (p, ps) in &t.partitions {
+                if *p >= 0 && ps.consumer_lag >= 0 {
+                    m.consumer_lag
+                        .get_or_create(&labels([("group", &self.group), ("topic", topic), ("partition", &p.to_string())]))
+                        .set(ps.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // The loop stores offsets only for committed batches and is not mid-batch while
+        // polling, so everything stored is safe to commit before the partitions go.
+        if let Rebalance::Revoke(tpl) = rebalance {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(group = %self.group, error = %e, "commit on revoke");
+            }
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The outbox relay: publishes rows the consumer loop (or an API call) wrote into the
+//! outbox table in the same transaction as their cause, then deletes them.
+//!
+//! One relay per service schema publishes at a time (a transaction-scoped advisory lock),
+//! so rows of one key leave in the order they were written. A crash between publish and
+//! delete publishes those rows again; consumers dedupe by event id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::info_span;
+
+use crate::{Producer, Record};
+
+/// Advisory lock id of the relay (any constant; scoped to the database).
+const RELAY_LOCK: i64 = 0x5350_4d5f_5245_4c41; // "SPM_RELA"
+
+/// Rows published per round.
+const ROUND: i64 = 1000;
+
+/// Publishes the outbox of one service schema.
+pub struct Relay {
+    pool: PgPool,
+    producer: Producer,
+    wake: Arc<Notify>,
+    poll_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, producer: Producer) -> Self {
+        Self {
+            pool,
+            producer,
+            wake: Arc::new(Notify::new()),
+            poll_every: Duration::from_millis(500),
+        }
+    }
+
+    /// Notify it after committing outbox rows, for immediate publication.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs until `cancel`, then publishes what is left (best effort) and returns.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.drain().await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay round failed");
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.poll_every) => {}
+            }
+        }
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.drain()).await.unwrap_or(Ok(())) {
+            tracing::warn!(error = %e, "outbox relay: final round failed; rows stay for the next start");
+        }
+    }
+
+    /// Publishes rounds until the outbox is empty (or another relay holds the lock).
+    async fn drain(&self) -> Result<(), RoundError> {
+        while self.round().await? == ROUND as usize {}
+        self.update_gauges().await?;
+        Ok(())
+    }
+
+    /// One round: lock, read up to ROUND rows, publish them all, delete them, commit.
+    async fn round(&self) -> Result<usize, RoundError> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(0);
+        }
+        let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value)> =
+            sqlx::query_as("SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1")
+                .bind(ROUND)
+                .fetch_all(&mut *tx)
+                .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut spans = Vec::with_capacity(rows.len());
+        let records: Vec<Record> = rows
+            .iter()
+            .map(|(_, topic, key, payload, headers)| {
+                let stored: Vec<(String, String)> = serde_json::from_value(headers.clone()).unwrap_or_default();
+                let parent = spm_telemetry::propagation::extract_pairs(stored.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let span = info_span!(
+                    "publish",
+                    otel.name = format!("publish {topic}"),
+                    otel.kind = "producer",
+                    messaging.system = "kafka",
+                    messaging.operation.type = "publish",
+                    messaging.destination.name = %topic,
+                );
+                spm_telemetry::propagation::set_parent(&span, parent);
+                // The record carries the publish span's context (the consumer's parent).
+                let mut headers: Vec<(String, String)> = stored
+                    .into_iter()
+                    .filter(|(k, _)| k != "traceparent" && k != "tracestate")
+                    .collect();
+                headers.extend(spm_telemetry::propagation::inject_span(&span));
+                spans.push(span);
+                Record {
+                    topic: topic.clone(),
+                    key: key.clone(),
+                    payload: payload.clone(),
+                    headers,
+                }
+            })
+            .collect();
+        let results = self.producer.send_all(&records).await;
+        drop(spans);
+        let mut sent = Vec::with_capacity(rows.len());
+        let mut first_err = None;
+        for ((id, topic, ..), res) in rows.iter().zip(results) {
+            match res {
+                Ok(_) => {
+                    sent.push(*id);
+                    spm_telemetry::metrics::global()
+                        .records_published
+                        .get_or_create(&spm_telemetry::metrics::labels([("topic", topic)]))
+                        .inc();
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&sent)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(rows.len()),
+        }
+    }
+
+    async fn update_gauges(&self) -> Result<(), sqlx::Error> {
+        let (backlog, age): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let m = spm_telemetry::metrics::global();
+        m.outbox_backlog.set(backlog);
+        #[allow(clippy::cast_possible_truncation)]
+        m.outbox_oldest_age_seconds.set(age.unwrap_or(0.0).round() as i64);
+        Ok(())
+    }
+}

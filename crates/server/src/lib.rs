@@ -1,0 +1,18 @@
+//! Everything a SPM service binary needs besides its business: typed config, the Postgres
+//! pool and migrations, the gRPC server (health, reflection, tracing, metrics, tenant
+//! auth, size limits), the one mapping from errors to `tonic::Status`, the `/metrics`
+//! endpoint and graceful shutdown.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod shutdown;
+
+pub use app::App;
+pub use auth::{Caller, Role};
+pub use config::ServiceConfig;
+pub use error::ApiError;

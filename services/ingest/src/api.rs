@@ -1,0 +1,486 @@
+//! The gRPC API of ingest: `IngestService` (events in) and `IngestAdminService`.
+
+use std::pin::Pin;
+
+use chrono::{NaiveDate, Utc};
+use futures::{Stream, StreamExt as _};
+use spm_bus::Outbox;
+use spm_core::money::{Currency, parse_decimal};
+use spm_core::period::Calendar;
+use spm_core::topics;
+use spm_core::validation::{FieldViolation, Violations};
+use spm_proto::common::v1::TenantContext;
+use spm_proto::events::v1 as ev;
+use spm_proto::events::v1::event_envelope::Payload;
+use spm_proto::ingest::v1 as pb;
+use spm_proto::ingest::v1::ingest_admin_service_server::IngestAdminService;
+use spm_proto::ingest::v1::ingest_service_server::IngestService;
+use spm_server::auth::{self, Role, caller};
+use spm_server::ApiError;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::pipeline::Pipeline;
+
+/// Most events in one request (unary batch or one stream message).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimit(pub usize);
+
+#[derive(Clone)]
+pub struct Api {
+    pub pipeline: Pipeline,
+    pub max_batch: BatchLimit,
+    pub admin_token: Option<String>,
+    pub relay: std::sync::Arc<tokio::sync::Notify>,
+}
+
+fn prefixed(violations: &[pb::EventAck], i: usize, prefix: &str) -> Vec<FieldViolation> {
+    violations[i]
+        .violations
+        .iter()
+        .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()).under(prefix))
+        .collect()
+}
+
+impl Api {
+    fn check_batch(&self, n: usize) -> Result<(), ApiError> {
+        if n == 0 {
+            return Err(ApiError::invalid("events", "at least one event is required"));
+        }
+        if n > self.max_batch.0 {
+            return Err(ApiError::invalid(
+                "events",
+                format!("at most {} events per request, got {n}", self.max_batch.0),
+            ));
+        }
+        Ok(())
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl IngestService for Api {
+    async fn submit_event(&self, req: Request<pb::SubmitEventRequest>) -> Result<Response<pb::SubmitEventResponse>, Status> {
+        let c = caller(&req)?;
+        let tenant = self.pipeline.tenant(&c.tenant_id).await?;
+        let event = req
+            .into_inner()
+            .event
+            .ok_or_else(|| ApiError::invalid("event", "is required"))?;
+        let acks = self.pipeline.submit(&tenant, std::slice::from_ref(&event)).await?;
+        let ack = acks.into_iter().next().expect("one ack per event");
+        match pb::AckStatus::try_from(ack.status) {
+            Ok(pb::AckStatus::Rejected) => Err(ApiError::InvalidArgument(prefixed(&[ack], 0, "event")).into()),
+            Ok(pb::AckStatus::Conflict) => Err(ApiError::AlreadyExists(format!(
+                "event {} was already accepted with different content",
+                event.event_id
+            ))
+            .into()),
+            Ok(pb::AckStatus::Unavailable) => Err(ApiError::unavailable(ack.message).into()),
+            _ => Ok(Response::new(pb::SubmitEventResponse { ack: Some(ack) })),
+        }
+    }
+
+    async fn submit_events(&self, req: Request<pb::SubmitEventsRequest>) -> Result<Response<pb::SubmitEventsResponse>, Status> {
+        let c = caller(&req)?;
+        let events = req.into_inner().events;
+        self.check_batch(events.len())?;
+        let tenant = self.pipeline.tenant(&c.tenant_id).await?;
+        let acks = self.pipeline.submit(&tenant, &events).await?;
+        Ok(Response::new(pb::SubmitEventsResponse { acks }))
+    }
+
+    type StreamEventsStream = AckStream;
+
+    /// Messages of one stream are processed in order (a payment may follow its deal in the
+    /// next message); open several streams for parallelism.
+    async fn stream_events(&self, req: Request<Streaming<pb::StreamEventsRequest>>) -> Result<Response<AckStream>, Status> {
+        let c = caller(&req)?;
+        let tenant = self.pipeline.tenant(&c.tenant_id).await?;
+        let pipeline = self.pipeline.clone();
+        let api = self.clone();
+        let inbound = req.into_inner();
+        let out = inbound.then(move |msg| {
+            let pipeline = pipeline.clone();
+            let tenant = tenant.clone();
+            let api = api.clone();
+            async move {
+                let msg = msg?;
+                api.check_batch(msg.events.len())?;
+                let acks = pipeline.submit(&tenant, &msg.events).await?;
+                Ok(pb::StreamEventsResponse { acks })
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+fn check_context(v: &mut Violations, ctx: Option<&TenantContext>) -> TenantContext {
+    let mut c = ctx.cloned().unwrap_or_default();
+    if c.time_zone.is_empty() {
+        c.time_zone = "UTC".into();
+    }
+    if c.fiscal_year_start_month == 0 {
+        c.fiscal_year_start_month = 1;
+    }
+    if let Err(e) = Calendar::new(&c.time_zone, c.fiscal_year_start_month) {
+        let field = match e {
+            spm_core::period::Error::BadFiscalStart(_) => "context.fiscal_year_start_month",
+            _ => "context.time_zone",
+        };
+        v.add(field, e.to_string());
+    }
+    if c.base_currency.is_empty() {
+        v.add("context.base_currency", "is required");
+    } else if let Err(e) = Currency::new(&c.base_currency) {
+        v.add("context.base_currency", e.to_string());
+    }
+    c
+}
+
+fn admin_envelope(tenant_id: &str, ctx: &TenantContext, payload: Payload) -> ev::EventEnvelope {
+    let now = spm_proto::ext::timestamp(Utc::now());
+    ev::EventEnvelope {
+        event_id: Uuid::new_v4().to_string(),
+        tenant_id: tenant_id.to_owned(),
+        occurred_at: Some(now),
+        recorded_at: Some(now),
+        source: "spm-ingest-admin".into(),
+        tenant_context: Some(ctx.clone()),
+        causation_id: String::new(),
+        payload: Some(payload),
+    }
+}
+
+fn tenant_pb(tenant_id: &str, name: &str, ctx: TenantContext, active: bool) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: tenant_id.to_owned(),
+        name: name.to_owned(),
+        context: Some(ctx),
+        active,
+        created_at: None,
+    }
+}
+
+impl Api {
+    fn operator(&self, req: &Request<pb::CreateTenantRequest>) -> Result<(), ApiError> {
+        let Some(expected) = self.admin_token.as_deref() else {
+            return Err(ApiError::PermissionDenied(
+                "tenant creation is disabled: SPM_ADMIN_TOKEN is not set on ingest".into(),
+            ));
+        };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthenticated("CreateTenant needs 'authorization: Bearer <SPM_ADMIN_TOKEN>'"))?;
+        if auth::constant_time_eq(got.trim().as_bytes(), expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthenticated("invalid operator admin token"))
+        }
+    }
+
+    async fn emit_and_commit(&self, mut tx: sqlx::Transaction<'_, sqlx::Postgres>, events: Vec<(String, ev::EventEnvelope)>) -> Result<(), ApiError> {
+        let mut out = Outbox::new(&self.pipeline.kafka);
+        let span = tracing::Span::current();
+        for (key, env) in &events {
+            out.emit(&span, topics::TENANTS, key.clone(), env);
+        }
+        out.write(&mut tx).await?;
+        tx.commit().await?;
+        self.relay.notify_one();
+        Ok(())
+    }
+
+    async fn admin(&self, req: &Request<impl Sized>) -> Result<(auth::Caller, crate::domain::accept::Tenant), ApiError> {
+        let c = caller(req)?;
+        c.require_admin()?;
+        let t = self.pipeline.tenant(&c.tenant_id).await?;
+        Ok((c, t))
+    }
+}
+
+#[tonic::async_trait]
+impl IngestAdminService for Api {
+    async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        self.operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let slug_ok = (3..=40).contains(&r.tenant_id.len())
+            && r.tenant_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !r.tenant_id.starts_with('-');
+        if !slug_ok {
+            v.add("tenant_id", "must be 3..=40 characters of a-z, 0-9 and '-'");
+        }
+        if r.name.trim().is_empty() {
+            v.add("name", "is required");
+        }
+        v.text("name", &r.name, 200);
+        let ctx = check_context(&mut v, r.context.as_ref());
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+
+        let pool = &self.pipeline.pool;
+        let mut tx = pool.begin().await.map_err(ApiError::from)?;
+        let inserted = sqlx::query(
+            "INSERT INTO auth_tenants (tenant_id, name, time_zone, fiscal_year_start_month, base_currency, active, updated_at)
+             VALUES ($1, $2, $3, $4, $5, true, now()) ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(&r.tenant_id)
+        .bind(&r.name)
+        .bind(&ctx.time_zone)
+        .bind(i32::try_from(ctx.fiscal_year_start_month).unwrap_or(1))
+        .bind(&ctx.base_currency)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(ApiError::AlreadyExists(format!("tenant {} already exists", r.tenant_id)).into());
+        }
+        let key = auth::generate_key();
+        insert_key(&mut tx, &r.tenant_id, &key, Role::Admin, "initial admin key").await?;
+        let secret = auth::generate_secret();
+        sqlx::query("INSERT INTO tenant_secrets (tenant_id, webhook_secret) VALUES ($1, $2)")
+            .bind(&r.tenant_id)
+            .bind(&secret)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        let events = vec![
+            (
+                r.tenant_id.clone(),
+                admin_envelope(
+                    &r.tenant_id,
+                    &ctx,
+                    Payload::TenantUpserted(ev::TenantUpserted {
+                        name: r.name.clone(),
+                        context: Some(ctx.clone()),
+                        active: true,
+                    }),
+                ),
+            ),
+            key_event(&r.tenant_id, &ctx, &key, Role::Admin, "initial admin key"),
+        ];
+        self.emit_and_commit(tx, events).await?;
+        tracing::info!(tenant = %r.tenant_id, "tenant created");
+        Ok(Response::new(pb::CreateTenantResponse {
+            tenant: Some(tenant_pb(&r.tenant_id, &r.name, ctx, true)),
+            admin_api_key: key.key,
+            admin_key_id: key.key_id,
+            webhook_secret: secret,
+        }))
+    }
+
+    async fn update_tenant(&self, req: Request<pb::UpdateTenantRequest>) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+        let (c, _) = self.admin(&req).await?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        if r.name.trim().is_empty() {
+            v.add("name", "is required");
+        }
+        v.text("name", &r.name, 200);
+        let ctx = check_context(&mut v, r.context.as_ref());
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+        let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        sqlx::query(
+            "UPDATE auth_tenants SET name = $2, time_zone = $3, fiscal_year_start_month = $4, base_currency = $5, updated_at = now()
+              WHERE tenant_id = $1",
+        )
+        .bind(&c.tenant_id)
+        .bind(&r.name)
+        .bind(&ctx.time_zone)
+        .bind(i32::try_from(ctx.fiscal_year_start_month).unwrap_or(1))
+        .bind(&ctx.base_currency)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let env = admin_envelope(
+            &c.tenant_id,
+            &ctx,
+            Payload::TenantUpserted(ev::TenantUpserted {
+                name: r.name.clone(),
+                context: Some(ctx.clone()),
+                active: true,
+            }),
+        );
+        self.emit_and_commit(tx, vec![(c.tenant_id.clone(), env)]).await?;
+        self.pipeline.forget_tenant(&c.tenant_id);
+        Ok(Response::new(pb::UpdateTenantResponse {
+            tenant: Some(tenant_pb(&c.tenant_id, &r.name, ctx, true)),
+        }))
+    }
+
+    async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::GetTenantResponse>, Status> {
+        let c = caller(&req)?;
+        let (t, name, active) = crate::store::tenant(&self.pipeline.pool, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("tenant {}", c.tenant_id)))?;
+        Ok(Response::new(pb::GetTenantResponse {
+            tenant: Some(tenant_pb(&c.tenant_id, &name, t.context, active)),
+        }))
+    }
+
+    async fn issue_api_key(&self, req: Request<pb::IssueApiKeyRequest>) -> Result<Response<pb::IssueApiKeyResponse>, Status> {
+        let (c, t) = self.admin(&req).await?;
+        let r = req.into_inner();
+        let role = Role::from_proto(r.role()).ok_or_else(|| ApiError::invalid("role", "must be INTEGRATION or ADMIN"))?;
+        let mut v = Violations::new();
+        v.text("label", &r.label, 200);
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+        let key = auth::generate_key();
+        let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        insert_key(&mut tx, &c.tenant_id, &key, role, &r.label).await?;
+        self.emit_and_commit(tx, vec![key_event(&c.tenant_id, &t.context, &key, role, &r.label)])
+            .await?;
+        Ok(Response::new(pb::IssueApiKeyResponse {
+            key_id: key.key_id,
+            api_key: key.key,
+        }))
+    }
+
+    async fn revoke_api_key(&self, req: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let (c, t) = self.admin(&req).await?;
+        let r = req.into_inner();
+        let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        let n = sqlx::query(
+            "UPDATE auth_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE tenant_id = $1 AND key_id = $2",
+        )
+        .bind(&c.tenant_id)
+        .bind(&r.key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?
+        .rows_affected();
+        if n == 0 {
+            return Err(ApiError::NotFound(format!("key {} of this tenant", r.key_id)).into());
+        }
+        let env = admin_envelope(
+            &c.tenant_id,
+            &t.context,
+            Payload::ApiKeyRevoked(ev::ApiKeyRevoked { key_id: r.key_id.clone() }),
+        );
+        let key = spm_core::kafka_key(&c.tenant_id, &format!("key:{}", r.key_id));
+        self.emit_and_commit(tx, vec![(key, env)]).await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {}))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        req: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        let (c, _) = self.admin(&req).await?;
+        let secret = auth::generate_secret();
+        sqlx::query(
+            "UPDATE tenant_secrets SET previous_secret = webhook_secret, webhook_secret = $2, rotated_at = now()
+              WHERE tenant_id = $1",
+        )
+        .bind(&c.tenant_id)
+        .bind(&secret)
+        .execute(&self.pipeline.pool)
+        .await
+        .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RotateWebhookSecretResponse { webhook_secret: secret }))
+    }
+
+    async fn set_fx_rate(&self, req: Request<pb::SetFxRateRequest>) -> Result<Response<pb::SetFxRateResponse>, Status> {
+        let (c, t) = self.admin(&req).await?;
+        let rate = req
+            .into_inner()
+            .rate
+            .ok_or_else(|| ApiError::invalid("rate", "is required"))?;
+        let mut v = Violations::new();
+        match Currency::new(&rate.currency) {
+            Ok(cur) if cur == t.base => v.add("rate.currency", "is the tenant's base currency (its rate is always 1)"),
+            Ok(_) => {}
+            Err(e) => v.add("rate.currency", e.to_string()),
+        }
+        let value = match parse_decimal(&rate.rate) {
+            Ok(r) if r > rust_decimal::Decimal::ZERO => Some(r),
+            Ok(_) => {
+                v.add("rate.rate", "must be greater than zero");
+                None
+            }
+            Err(e) => {
+                v.add("rate.rate", e.to_string());
+                None
+            }
+        };
+        let from = match NaiveDate::parse_from_str(&rate.effective_from, "%Y-%m-%d") {
+            Ok(d) => Some(d),
+            Err(_) => {
+                v.add("rate.effective_from", "must be a date YYYY-MM-DD");
+                None
+            }
+        };
+        let (Some(value), Some(from)) = (value, from) else {
+            return Err(ApiError::InvalidArgument(v.0).into());
+        };
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+        crate::store::set_fx_rate(&self.pipeline.pool, &c.tenant_id, &rate.currency, from, value)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::SetFxRateResponse {
+            rate: Some(pb::FxRate {
+                currency: rate.currency,
+                rate: value.normalize().to_string(),
+                effective_from: from.to_string(),
+            }),
+        }))
+    }
+
+    async fn list_fx_rates(&self, req: Request<pb::ListFxRatesRequest>) -> Result<Response<pb::ListFxRatesResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let rows = crate::store::fx_rates(&self.pipeline.pool, &c.tenant_id, &r.currency)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListFxRatesResponse {
+            rates: rows
+                .into_iter()
+                .map(|(currency, from, rate)| pb::FxRate {
+                    currency,
+                    rate: rate.normalize().to_string(),
+                    effective_from: from.to_string(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+async fn insert_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: &str,
+    key: &auth::NewKey,
+    role: Role,
+    label: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("INSERT INTO auth_keys (key_id, tenant_id, key_sha256, role, label) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&key.key_id)
+        .bind(tenant_id)
+        .bind(&key.sha256)
+        .bind(role.as_str())
+        .bind(label)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn key_event(tenant_id: &str, ctx: &TenantContext, key: &auth::NewKey, role: Role, label: &str) -> (String, ev::EventEnvelope) {
+    (
+        spm_core::kafka_key(tenant_id, &format!("key:{}", key.key_id)),
+        admin_envelope(
+            tenant_id,
+            ctx,
+            Payload::ApiKeyIssued(ev::ApiKeyIssued {
+                key_id: key.key_id.clone(),
+                key_sha256: key.sha256.clone(),
+                role: role.to_proto() as i32,
+                label: label.to_owned(),
+            }),
+        ),
+    )
+}
