@@ -279,6 +279,62 @@ impl ConsumerLoop {
         Ok(())
     }
 
+    /// Replays every partition of the topics from the beginning up to the end offsets seen
+    /// at start, through the same inbox + handler + outbox path, then returns the number of
+    /// records read. No consumer group offsets are committed (rebuilds, new projections).
+    pub async fn replay(self, cancel: CancellationToken) -> Result<u64, Error> {
+        let ctx = LoopContext { group: self.group.clone() };
+        let mut cfg = self.cfg.consumer_config(&format!("{}-replay-{}", self.group, Uuid::new_v4()));
+        cfg.set("enable.auto.commit", "false");
+        let consumer: StreamConsumer<LoopContext> = cfg.create_with_context(ctx)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for topic in &self.topics {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                    if high > 0 {
+                        ends.insert((topic.clone(), p.id()), high);
+                        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+                    }
+                }
+            }
+        }
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        consumer.assign(&tpl)?;
+        let mut read = 0u64;
+        let mut stream = consumer.stream();
+        while !ends.is_empty() {
+            let first = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                m = stream.next() => m,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first?.detach()];
+            while batch.len() < self.max_batch {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            if !self.process_until_done(&batch, &cancel).await {
+                break;
+            }
+            read += batch.len() as u64;
+            for m in &batch {
+                let key = (m.topic().to_owned(), m.partition());
+                if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&key);
+                }
+            }
+        }
+        Ok(read)
+    }
+
     /// Processes `batch`, retrying transient failures with backoff. Returns false when
     /// cancelled before the batch was done (its offsets must not be stored).
     async fn process_until_done(&self, batch: &[OwnedMessage], cancel: &CancellationToken) -> bool {

@@ -43,3 +43,9 @@ pub use common::v1 as common_v1;
 pub use events::v1 as events_v1;
 
 pub mod ext;
+
+pub mod scoring {
+    pub mod v1 {
+        tonic::include_proto!("spm.scoring.v1");
+    }
+}

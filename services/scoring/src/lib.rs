@@ -1,0 +1,174 @@
+//! The scoring service: metrics per rep, team and period from the activity and deal
+//! streams; goals, weighted scorecards and explainable scores; leaderboards, team rollups,
+//! live score changes, process alerts and goal calibration.
+
+pub mod admin;
+pub mod api;
+pub mod consume;
+pub mod domain;
+pub mod engine;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spm_core::topics;
+use spm_proto::scoring::v1::scoring_admin_service_server::ScoringAdminServiceServer;
+use spm_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
+use spm_server::grpc::GrpcServer;
+use spm_server::{App, ServiceConfig};
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "spm-scoring", about = "SPM scoring service")]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+
+    /// How often process alerts are evaluated, seconds (0: only on request).
+    #[arg(long = "alert-interval-secs", env = "SPM_ALERT_INTERVAL_SECS", value_name = "SPM_ALERT_INTERVAL_SECS",
+          default_value_t = 300)]
+    pub alert_interval_secs: u64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Rebuild every projection from the topics (stop the service first): clears facts,
+    /// cells, scores and org, replays the topics from the beginning, and exits.
+    Rebuild,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The topics scoring consumes.
+pub const TOPICS: &[&str] = &[topics::TENANTS, topics::ORG, topics::ACTIVITIES, topics::DEALS];
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    match config.command {
+        Some(Command::Rebuild) => rebuild(config).await,
+        _ => serve(config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut app = App::start("scoring", config.service.clone(), &MIGRATOR).await?;
+    app.consume("scoring", TOPICS, Arc::new(consume::ScoringHandler { emit: true }));
+
+    let (scores_tx, _) = broadcast::channel(4096);
+    {
+        let pool = app.pool.clone();
+        let tx = scores_tx.clone();
+        let cancel = app.cancel.clone();
+        tokio::spawn(async move { listen_scores(pool, tx, cancel).await });
+    }
+    let admin = admin::Admin {
+        pool: app.pool.clone(),
+        kafka: app.config.kafka.clone(),
+        relay: app.relay_waker(),
+    };
+    if config.alert_interval_secs > 0 {
+        let admin = admin.clone();
+        let cancel = app.cancel.clone();
+        let every = Duration::from_secs(config.alert_interval_secs);
+        tokio::spawn(async move { alert_ticker(admin, every, cancel).await });
+    }
+    let api = api::Api {
+        pool: app.pool.clone(),
+        scores: scores_tx,
+    };
+    let max = app.config.max_message_bytes();
+    let mut grpc = GrpcServer::new(app.keys.clone());
+    grpc.add_service(ScoringServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(ScoringAdminServiceServer::new(admin).max_decoding_message_size(max).max_encoding_message_size(max));
+    app.serve(grpc, axum::Router::new()).await
+}
+
+/// Forwards committed score changes (Postgres NOTIFY, any instance) to WatchScores streams.
+async fn listen_scores(pool: sqlx::PgPool, tx: broadcast::Sender<String>, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "score listener: cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(engine::NOTIFY_CHANNEL).await {
+            tracing::warn!(error = %e, "score listener: LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                n = listener.recv() => match n {
+                    Ok(n) => { let _ = tx.send(n.payload().to_owned()); }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "score listener: connection lost");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn alert_ticker(admin: admin::Admin, every: Duration, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let tenants: Vec<String> = match sqlx::query_scalar("SELECT tenant_id FROM auth_tenants WHERE active")
+            .fetch_all(&admin.pool)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "alert ticker: cannot list tenants");
+                continue;
+            }
+        };
+        for t in tenants {
+            match admin::evaluate_alerts(&admin.pool, &admin.kafka, &t, chrono::Utc::now()).await {
+                Ok(n) if n > 0 => tracing::info!(tenant = %t, raised = n, "process alerts raised"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(tenant = %t, error = %e, "alert evaluation failed"),
+            }
+        }
+        admin.relay.notify_one();
+    }
+}
+
+/// Tables rebuilt from the topics. Goals, scorecards, alert settings, milestones and
+/// process alerts are admin data or history and stay.
+pub const PROJECTIONS: &[&str] = &["facts", "cells", "scores", "reps", "teams", "auth_tenants", "auth_keys", "inbox"];
+
+async fn rebuild(config: Config) -> anyhow::Result<()> {
+    let telemetry = spm_telemetry::init("spm-scoring-rebuild", config.service.log_format)?;
+    let pool = spm_server::db::connect(&config.service.database_url, "scoring", config.service.db_max_connections).await?;
+    spm_server::db::migrate(&pool, &MIGRATOR).await?;
+    let started = std::time::Instant::now();
+    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", "))).execute(&pool).await?;
+    let producer = spm_bus::Producer::new(&config.service.kafka)?;
+    let l = spm_bus::consumer::ConsumerLoop::new(
+        &config.service.kafka,
+        "scoring",
+        TOPICS,
+        pool.clone(),
+        producer,
+        Arc::new(consume::ScoringHandler { emit: false }),
+    );
+    let read = l.replay(spm_server::shutdown::on_signal()).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM facts").fetch_one(&pool).await?;
+    tracing::info!(records = read, facts = rows, elapsed = ?started.elapsed(), "rebuild done");
+    println!("rebuilt scoring from {read} records ({rows} facts) in {:.2?}", started.elapsed());
+    telemetry.shutdown().await;
+    Ok(())
+}
