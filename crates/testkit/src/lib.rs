@@ -1,0 +1,234 @@
+//! Test and benchmark helpers: the local stack (real Postgres and the real broker, as
+//! started by `deploy/local/stack up`), a fresh database and topic prefix per test, the
+//! service binaries as real processes, tenants, and CRM event generators.
+
+pub mod events;
+pub mod kafka;
+pub mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection as _, PgConnection};
+
+pub use process::Service;
+
+/// Where the local stack runs (env vars set by `deploy/local/stack env`, defaults otherwise).
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// A URL to the maintenance database (to create test databases).
+    pub admin_db_url: String,
+    pub brokers: String,
+    /// Tansu's pid, for pausing the broker (SIGSTOP/SIGCONT).
+    pub broker_pid: Option<u32>,
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        let broker_pid = std::env::var("SPM_TANSU_PID")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .or_else(|| {
+                std::fs::read_to_string(repo_root().join(".local/tansu.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            });
+        Self {
+            admin_db_url: std::env::var("SPM_TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://spm@127.0.0.1:55432/postgres".into()),
+            brokers: std::env::var("SPM_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into()),
+            broker_pid,
+        }
+    }
+}
+
+/// The repository root (tests run from a crate directory).
+pub fn repo_root() -> PathBuf {
+    let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    p.pop();
+    p.pop();
+    p
+}
+
+/// One test's isolated world: its own database and its own topic/group prefix on the shared
+/// broker, so tests run in parallel without seeing each other.
+pub struct TestEnv {
+    pub stack: Stack,
+    pub name: String,
+    pub db_name: String,
+    pub db_url: String,
+    pub prefix: String,
+    pub admin_token: String,
+    pub log_dir: PathBuf,
+    pub partitions: i32,
+}
+
+impl TestEnv {
+    /// Creates the database `spm_t_<name>_<random>`.
+    pub async fn new(name: &str) -> Self {
+        let stack = Stack::from_env();
+        let suffix: u32 = rand::random();
+        let db_name = format!("spm_t_{}_{suffix:08x}", name.replace('-', "_"));
+        let mut conn = PgConnection::connect(&stack.admin_db_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach Postgres at {} ({e}); run deploy/local/stack up", stack.admin_db_url));
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let db_url = match stack.admin_db_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db_name}"),
+            None => panic!("SPM_TEST_DATABASE_URL has no database part"),
+        };
+        let log_dir = repo_root().join("target/test-logs").join(format!("{name}-{suffix:08x}"));
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        Self {
+            prefix: format!("t{suffix:08x}."),
+            stack,
+            name: name.to_owned(),
+            db_name,
+            db_url,
+            admin_token: format!("op-{suffix:08x}"),
+            log_dir,
+            partitions: 3,
+        }
+    }
+
+    /// Kafka settings of this environment.
+    pub fn kafka(&self) -> spm_bus::KafkaConfig {
+        let mut k = spm_bus::KafkaConfig::local(&self.stack.brokers, &self.prefix);
+        k.partitions = self.partitions;
+        k
+    }
+
+    /// A connection pool on this test's database with `search_path` set to `schema`.
+    pub async fn pool(&self, schema: &str) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(
+                self.db_url
+                    .parse::<sqlx::postgres::PgConnectOptions>()
+                    .expect("db url")
+                    .options([("search_path", schema)]),
+            )
+            .await
+            .expect("connect test pool")
+    }
+
+    /// Starts service `name` (ingest, scoring, incentive, notification) and waits until it
+    /// serves.
+    pub async fn start(&self, name: &str) -> Service {
+        Service::start(self, name, &[]).await
+    }
+
+    /// Starts a service with extra env vars.
+    pub async fn start_with(&self, name: &str, extra: &[(&str, &str)]) -> Service {
+        Service::start(self, name, extra).await
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::env::var("SPM_KEEP_TEST_DB").is_ok() {
+            return;
+        }
+        let url = self.stack.admin_db_url.clone();
+        let db = self.db_name.clone();
+        // Drop is synchronous: use a private runtime on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut c = PgConnection::connect(&url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A request with `authorization: Bearer <key>`.
+pub fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
+    r
+}
+
+/// Sends a signal to a process with the `kill` command (no unsafe code needed).
+pub fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// A tenant created through ingest's admin API.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub admin_key: String,
+    pub webhook_secret: String,
+}
+
+/// Creates a tenant (base currency EUR, UTC, calendar fiscal year) through `ingest`.
+pub async fn create_tenant(env: &TestEnv, ingest: &Service, id: &str) -> Tenant {
+    create_tenant_with(env, ingest, id, "EUR", "UTC", 1).await
+}
+
+pub async fn create_tenant_with(env: &TestEnv, ingest: &Service, id: &str, currency: &str, tz: &str, fy: u32) -> Tenant {
+    use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
+    let mut admin = IngestAdminServiceClient::new(ingest.channel().await);
+    let resp = admin
+        .create_tenant(authed(
+            spm_proto::ingest::v1::CreateTenantRequest {
+                tenant_id: id.to_owned(),
+                name: format!("Tenant {id}"),
+                context: Some(spm_proto::common::v1::TenantContext {
+                    time_zone: tz.to_owned(),
+                    fiscal_year_start_month: fy,
+                    base_currency: currency.to_owned(),
+                }),
+            },
+            &env.admin_token,
+        ))
+        .await
+        .expect("create tenant")
+        .into_inner();
+    Tenant {
+        id: id.to_owned(),
+        admin_key: resp.admin_api_key,
+        webhook_secret: resp.webhook_secret,
+    }
+}
+
+/// Waits until `svc` accepts `key` (tenants and keys reach services over Kafka).
+pub async fn wait_key_known(svc: &Service, key: &str) {
+    let ch = svc.channel().await;
+    eventually(Duration::from_secs(30), &format!("{} to know the key", svc.name), || {
+        let ch = ch.clone();
+        async move { process::probe_auth(ch, key).await.then_some(()) }
+    })
+    .await;
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: every service a test needs runs as a real process against the real
+//! Postgres and the real broker of the local stack (`deploy/local/stack up`), each test in
+//! its own database and topic prefix.
+
+mod spine;
