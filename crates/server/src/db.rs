@@ -52,6 +52,7 @@ fn shared_migrations() -> Vec<Migration> {
     spm_bus::schema::MIGRATIONS
         .iter()
         .chain(crate::auth::MIGRATIONS)
+        .chain(crate::org::MIGRATIONS)
         .map(|(version, desc, sql)| {
             Migration::new(*version, Cow::Borrowed(*desc), MigrationType::Simple, Cow::Borrowed(*sql), false)
         })

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod org;
 pub mod shutdown;
 
 pub use app::App;

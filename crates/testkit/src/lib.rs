@@ -2,6 +2,7 @@
 //! started by `deploy/local/stack up`), a fresh database and topic prefix per test, the
 //! service binaries as real processes, tenants, and CRM event generators.
 
+pub mod demo;
 pub mod events;
 pub mod kafka;
 pub mod process;

@@ -1,32 +1,6 @@
 -- Scoring's projections (rebuilt from the topics by `spm-scoring rebuild`) and admin data.
 
--- Org: the latest upsert of each rep and team wins (by occurred_at, then event id).
-CREATE TABLE reps (
-    tenant_id    text        NOT NULL,
-    rep_id       text        NOT NULL,
-    display_name text        NOT NULL DEFAULT '',
-    email        text        NOT NULL DEFAULT '',
-    team_id      text        NOT NULL DEFAULT '',
-    manager_id   text        NOT NULL DEFAULT '',
-    role         text        NOT NULL DEFAULT '',
-    territory    text        NOT NULL DEFAULT '',
-    active       boolean     NOT NULL DEFAULT true,
-    occurred_at  timestamptz NOT NULL,
-    event_id     uuid        NOT NULL,
-    PRIMARY KEY (tenant_id, rep_id)
-);
-CREATE INDEX reps_team ON reps (tenant_id, team_id);
-
-CREATE TABLE teams (
-    tenant_id      text        NOT NULL,
-    team_id        text        NOT NULL,
-    name           text        NOT NULL DEFAULT '',
-    parent_team_id text        NOT NULL DEFAULT '',
-    manager_id     text        NOT NULL DEFAULT '',
-    occurred_at    timestamptz NOT NULL,
-    event_id       uuid        NOT NULL,
-    PRIMARY KEY (tenant_id, team_id)
-);
+-- Org (reps, teams) is the shared org_reps / org_teams projection.
 
 -- One row per input event of a rep.
 CREATE TABLE facts (

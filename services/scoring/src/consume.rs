@@ -48,70 +48,28 @@ impl ScoringHandler {
 
         for inc in events {
             let e = &inc.envelope;
-            let at = e.occurred_at.as_ref().and_then(spm_proto::ext::datetime).unwrap_or_default();
+            match spm_server::org::apply(conn, inc.event_id, e).await? {
+                Some(spm_server::org::Change::Rep(rep)) => {
+                    // Team, role or name changed: the rep's scores may too.
+                    for (r, month) in engine::all_rep_months(conn, tenant, Some(&rep)).await? {
+                        job.add_month(&r, &month);
+                    }
+                    self.cause(&mut job, &rep, inc);
+                    continue;
+                }
+                Some(spm_server::org::Change::Team(team)) => {
+                    // The hierarchy decides scorecards: rescore the team's reps.
+                    for rep in store::team_members(conn, tenant, &team).await? {
+                        for (r, month) in engine::all_rep_months(conn, tenant, Some(&rep)).await? {
+                            job.add_month(&r, &month);
+                        }
+                    }
+                    continue;
+                }
+                None => {}
+            }
             match &e.payload {
-                Some(Payload::RepUpserted(r)) => {
-                    let changed = sqlx::query(
-                        "INSERT INTO reps (tenant_id, rep_id, display_name, email, team_id, manager_id, role, territory, active,
-                                           occurred_at, event_id)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                         ON CONFLICT (tenant_id, rep_id) DO UPDATE SET
-                           display_name = EXCLUDED.display_name, email = EXCLUDED.email, team_id = EXCLUDED.team_id,
-                           manager_id = EXCLUDED.manager_id, role = EXCLUDED.role, territory = EXCLUDED.territory,
-                           active = EXCLUDED.active, occurred_at = EXCLUDED.occurred_at, event_id = EXCLUDED.event_id
-                         WHERE (reps.occurred_at, reps.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)",
-                    )
-                    .bind(tenant)
-                    .bind(&r.rep_id)
-                    .bind(&r.display_name)
-                    .bind(&r.email)
-                    .bind(&r.team_id)
-                    .bind(&r.manager_id)
-                    .bind(&r.role)
-                    .bind(&r.territory)
-                    .bind(r.active)
-                    .bind(at)
-                    .bind(inc.event_id)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                    if changed > 0 {
-                        // Team, role or name changed: the rep's scores may too.
-                        for (rep, month) in engine::all_rep_months(conn, tenant, Some(&r.rep_id)).await? {
-                            job.add_month(&rep, &month);
-                        }
-                        self.cause(&mut job, &r.rep_id, inc);
-                    }
-                }
-                Some(Payload::TeamUpserted(t)) => {
-                    let changed = sqlx::query(
-                        "INSERT INTO teams (tenant_id, team_id, name, parent_team_id, manager_id, occurred_at, event_id)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)
-                         ON CONFLICT (tenant_id, team_id) DO UPDATE SET
-                           name = EXCLUDED.name, parent_team_id = EXCLUDED.parent_team_id, manager_id = EXCLUDED.manager_id,
-                           occurred_at = EXCLUDED.occurred_at, event_id = EXCLUDED.event_id
-                         WHERE (teams.occurred_at, teams.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)",
-                    )
-                    .bind(tenant)
-                    .bind(&t.team_id)
-                    .bind(&t.name)
-                    .bind(&t.parent_team_id)
-                    .bind(&t.manager_id)
-                    .bind(at)
-                    .bind(inc.event_id)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                    if changed > 0 {
-                        // The hierarchy decides scorecards: rescore the team's reps.
-                        let members = store::team_members(conn, tenant, &t.team_id).await?;
-                        for rep in members {
-                            for (r, month) in engine::all_rep_months(conn, tenant, Some(&rep)).await? {
-                                job.add_month(&r, &month);
-                            }
-                        }
-                    }
-                }
+                Some(Payload::RepUpserted(_) | Payload::TeamUpserted(_)) => {}
                 _ => {
                     if let Some(f) = facts::fact_of(inc.event_id, e) {
                         self.cause(&mut job, &f.rep_id, inc);

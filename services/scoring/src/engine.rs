@@ -96,16 +96,7 @@ pub fn resolve<'a>(cards: &'a [Scorecard], rep: &Rep, teams: &HashMap<String, Te
     cards.iter().find(|c| c.assignment == Assignment::TenantDefault)
 }
 
-/// Teams from `team` up to the root.
-pub fn chain(team: &str, teams: &HashMap<String, Team>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut t = team.to_owned();
-    while !t.is_empty() && out.len() < 64 && !out.contains(&t) {
-        out.push(t.clone());
-        t = teams.get(&t).map(|x| x.parent_team_id.clone()).unwrap_or_default();
-    }
-    out
-}
+pub use spm_server::org::chain;
 
 fn period_pb(kind: PeriodKind, key: &str) -> common::Period {
     let k = match kind {

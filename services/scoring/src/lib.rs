@@ -148,7 +148,7 @@ async fn alert_ticker(admin: admin::Admin, every: Duration, cancel: tokio_util::
 
 /// Tables rebuilt from the topics. Goals, scorecards, alert settings, milestones and
 /// process alerts are admin data or history and stay.
-pub const PROJECTIONS: &[&str] = &["facts", "cells", "scores", "reps", "teams", "auth_tenants", "auth_keys", "inbox"];
+pub const PROJECTIONS: &[&str] = &["facts", "cells", "scores", "org_reps", "org_teams", "auth_tenants", "auth_keys", "inbox"];
 
 async fn rebuild(config: Config) -> anyhow::Result<()> {
     let telemetry = spm_telemetry::init("spm-scoring-rebuild", config.service.log_format)?;

@@ -11,24 +11,7 @@ use crate::domain::facts::{Delta, Fact, FactKind};
 use crate::domain::metrics::CellTotals;
 use crate::domain::scorecard::Scorecard;
 
-/// A rep as scoring knows it.
-#[derive(Debug, Clone, Default, sqlx::FromRow)]
-pub struct Rep {
-    pub rep_id: String,
-    pub display_name: String,
-    pub team_id: String,
-    pub manager_id: String,
-    pub role: String,
-    pub active: bool,
-}
-
-#[derive(Debug, Clone, Default, sqlx::FromRow)]
-pub struct Team {
-    pub team_id: String,
-    pub name: String,
-    pub parent_team_id: String,
-    pub manager_id: String,
-}
+pub use spm_server::org::{Rep, Team, reps, team_members, teams};
 
 /// One version of a goal.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -44,26 +27,6 @@ pub struct GoalVersion {
     pub effective_from: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub superseded_at: Option<DateTime<Utc>>,
-}
-
-pub async fn reps(conn: &mut PgConnection, tenant: &str, ids: &[String]) -> Result<HashMap<String, Rep>, sqlx::Error> {
-    let rows: Vec<Rep> = sqlx::query_as(
-        "SELECT rep_id, display_name, team_id, manager_id, role, active FROM reps WHERE tenant_id = $1 AND rep_id = ANY($2)",
-    )
-    .bind(tenant)
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.rep_id.clone(), r)).collect())
-}
-
-pub async fn teams(conn: &mut PgConnection, tenant: &str) -> Result<HashMap<String, Team>, sqlx::Error> {
-    let rows: Vec<Team> =
-        sqlx::query_as("SELECT team_id, name, parent_team_id, manager_id FROM teams WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().map(|t| (t.team_id.clone(), t)).collect())
 }
 
 /// The latest version of every scorecard of a tenant, ordered by id.
@@ -133,28 +96,6 @@ pub async fn month_cells(
         out.entry((rep, month)).or_default().add(&cell, sum, n);
     }
     Ok(out)
-}
-
-/// The reps of a team and of all its sub-teams (an empty team id: the whole tenant).
-pub async fn team_members(conn: &mut PgConnection, tenant: &str, team: &str) -> Result<Vec<String>, sqlx::Error> {
-    if team.is_empty() {
-        return sqlx::query_scalar("SELECT rep_id FROM reps WHERE tenant_id = $1 ORDER BY rep_id")
-            .bind(tenant)
-            .fetch_all(conn)
-            .await;
-    }
-    sqlx::query_scalar(
-        "WITH RECURSIVE sub(team_id) AS (
-             SELECT $2::text
-             UNION
-             SELECT t.team_id FROM teams t JOIN sub ON t.parent_team_id = sub.team_id WHERE t.tenant_id = $1
-         )
-         SELECT r.rep_id FROM reps r JOIN sub ON r.team_id = sub.team_id WHERE r.tenant_id = $1 ORDER BY r.rep_id",
-    )
-    .bind(tenant)
-    .bind(team)
-    .fetch_all(conn)
-    .await
 }
 
 /// Totals of a set of reps over months.

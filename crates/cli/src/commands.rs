@@ -1,0 +1,393 @@
+//! Everyday commands: tenants, ingest a file, scores, leaderboards.
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+
+use anyhow::{Context as _, bail};
+use comfy_table::Cell;
+use spm_proto::common::v1 as common;
+use spm_proto::ingest::v1 as ingest;
+use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
+use spm_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use spm_proto::scoring::v1 as scoring;
+use spm_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use spm_testkit::authed;
+use tonic::transport::Channel;
+
+use crate::Cli;
+use crate::out::{num, table, title};
+
+pub async fn channel(url: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(url.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url} (is SPM running? try `spm up`)"))
+}
+
+/// The demo tenant's credentials, written by `spm demo`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Creds {
+    pub tenant: String,
+    pub admin_key: String,
+    pub webhook_secret: String,
+}
+
+pub fn creds_path() -> anyhow::Result<std::path::PathBuf> {
+    Ok(crate::local::state_dir()?.join("demo-tenant.json"))
+}
+
+/// `--key`, or the demo tenant's admin key.
+pub fn key(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(k) = &cli.key {
+        return Ok(k.clone());
+    }
+    let c: Creds = serde_json::from_str(
+        &std::fs::read_to_string(creds_path()?).context("no --key / SPM_API_KEY and no demo tenant (run `spm demo`)")?,
+    )?;
+    Ok(c.admin_key)
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant (needs the operator token: SPM_ADMIN_TOKEN or .local/admin-token).
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        #[arg(long, default_value_t = 1)]
+        fiscal_start_month: u32,
+    },
+    /// Issue an API key for the tenant of --key.
+    Key {
+        #[arg(long, default_value = "integration")]
+        role: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Set an FX rate (units of base currency per unit of CURRENCY from DATE).
+    Fx { currency: String, rate: String, from: String },
+}
+
+pub async fn tenant(cli: &Cli, cmd: &TenantCmd) -> anyhow::Result<()> {
+    let mut admin = IngestAdminServiceClient::new(channel(&cli.ingest).await?);
+    match cmd {
+        TenantCmd::Create { id, name, currency, time_zone, fiscal_start_month } => {
+            let token = std::env::var("SPM_ADMIN_TOKEN").or_else(|_| crate::local::admin_token())?;
+            let r = admin
+                .create_tenant(authed(
+                    ingest::CreateTenantRequest {
+                        tenant_id: id.clone(),
+                        name: if name.is_empty() { id.clone() } else { name.clone() },
+                        context: Some(common::TenantContext {
+                            time_zone: time_zone.clone(),
+                            fiscal_year_start_month: *fiscal_start_month,
+                            base_currency: currency.clone(),
+                        }),
+                    },
+                    &token,
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("tenant         {id}");
+            println!("admin key      {}", r.admin_api_key);
+            println!("webhook secret {}", r.webhook_secret);
+            crate::out::note("Both are shown once. Keep them.");
+        }
+        TenantCmd::Key { role, label } => {
+            let role = match role.as_str() {
+                "admin" => spm_proto::events::v1::ApiKeyRole::Admin,
+                "integration" => spm_proto::events::v1::ApiKeyRole::Integration,
+                other => bail!("role must be admin or integration, not {other}"),
+            };
+            let r = admin
+                .issue_api_key(authed(
+                    ingest::IssueApiKeyRequest {
+                        role: role as i32,
+                        label: label.clone(),
+                    },
+                    &key(cli)?,
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("key id  {}\napi key {}", r.key_id, r.api_key);
+        }
+        TenantCmd::Fx { currency, rate, from } => {
+            let r = admin
+                .set_fx_rate(authed(
+                    ingest::SetFxRateRequest {
+                        rate: Some(ingest::FxRate {
+                            currency: currency.clone(),
+                            rate: rate.clone(),
+                            effective_from: from.clone(),
+                        }),
+                    },
+                    &key(cli)?,
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{:?}", r.rate);
+        }
+    }
+    Ok(())
+}
+
+/// A gRPC error with its field violations spelled out.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    use tonic_types::StatusExt as _;
+    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    if let Some(br) = s.get_details_bad_request() {
+        for v in br.field_violations {
+            msg.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    anyhow::anyhow!(msg)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// JSON-lines file; `-` for standard input.
+    pub file: String,
+    /// Events per request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+pub async fn ingest(cli: &Cli, a: &IngestArgs) -> anyhow::Result<()> {
+    let reader: Box<dyn std::io::BufRead> = if a.file == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(&a.file).with_context(|| a.file.clone())?))
+    };
+    let mut events = Vec::new();
+    let mut bad_lines = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match spm_proto::json::from_json::<ingest::CrmEvent>(line.as_bytes()) {
+            Ok(e) => events.push(e),
+            Err(e) => bad_lines.push(format!("line {}: {e}", i + 1)),
+        }
+    }
+    let summary = submit_all(cli, &key(cli)?, events, a.batch, "ingesting").await?;
+    summary.print();
+    for b in bad_lines.iter().take(20) {
+        println!("  unreadable {b}");
+    }
+    if !bad_lines.is_empty() {
+        println!("{} unreadable lines", bad_lines.len());
+    }
+    Ok(())
+}
+
+/// Outcome counts of a submission.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub accepted: usize,
+    pub duplicate: usize,
+    pub rejected: usize,
+    pub conflict: usize,
+    pub unavailable: usize,
+    pub reasons: BTreeMap<String, usize>,
+}
+
+impl Summary {
+    pub fn print(&self) {
+        let mut t = table(&["outcome", "events"]);
+        t.add_row(vec![Cell::new("accepted"), num(self.accepted)]);
+        t.add_row(vec![Cell::new("duplicate"), num(self.duplicate)]);
+        t.add_row(vec![Cell::new("rejected"), num(self.rejected)]);
+        t.add_row(vec![Cell::new("conflict"), num(self.conflict)]);
+        t.add_row(vec![Cell::new("unavailable (retry)"), num(self.unavailable)]);
+        println!("{t}");
+        if !self.reasons.is_empty() {
+            let mut r = table(&["rejection reason", "events"]);
+            for (why, n) in &self.reasons {
+                r.add_row(vec![Cell::new(why), num(n)]);
+            }
+            println!("{r}");
+        }
+    }
+}
+
+/// Streams events through ingest in batches over one `StreamEvents` call, with a progress bar.
+pub async fn submit_all(cli: &Cli, key: &str, events: Vec<ingest::CrmEvent>, batch: usize, what: &str) -> anyhow::Result<Summary> {
+    let pb = indicatif::ProgressBar::new(events.len() as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg:12} [{bar:40.cyan/blue}] {pos}/{len} events {per_sec} eta {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    let mut client = IngestServiceClient::new(channel(&cli.ingest).await?);
+    let batches: Vec<ingest::StreamEventsRequest> = events
+        .chunks(batch.max(1))
+        .map(|c| ingest::StreamEventsRequest { events: c.to_vec() })
+        .collect();
+    let mut resp = client
+        .stream_events(authed(tokio_stream::iter(batches), key))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut s = Summary::default();
+    while let Some(msg) = resp.message().await.map_err(status_error)? {
+        pb.inc(msg.acks.len() as u64);
+        for a in msg.acks {
+            match ingest::AckStatus::try_from(a.status) {
+                Ok(ingest::AckStatus::Accepted) => s.accepted += 1,
+                Ok(ingest::AckStatus::Duplicate) => s.duplicate += 1,
+                Ok(ingest::AckStatus::Rejected) => {
+                    s.rejected += 1;
+                    for v in a.violations {
+                        *s.reasons.entry(format!("{}: {}", v.field, v.description)).or_default() += 1;
+                    }
+                }
+                Ok(ingest::AckStatus::Conflict) => s.conflict += 1,
+                _ => s.unavailable += 1,
+            }
+        }
+    }
+    pb.finish();
+    Ok(s)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScoreArgs {
+    pub rep: String,
+    /// month, quarter or year.
+    #[arg(long, default_value = "month")]
+    pub kind: String,
+    /// Period key (default: the current one), e.g. 2026-11 or FY2026-Q4.
+    #[arg(long, default_value = "")]
+    pub period: String,
+    /// Show the contributing events of each KPI.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+pub fn period(kind: &str, key: &str) -> anyhow::Result<common::Period> {
+    let k = match kind {
+        "week" => common::PeriodKind::Week,
+        "month" => common::PeriodKind::Month,
+        "quarter" => common::PeriodKind::Quarter,
+        "year" => common::PeriodKind::Year,
+        other => bail!("period kind must be week, month, quarter or year, not {other}"),
+    };
+    Ok(common::Period {
+        kind: k as i32,
+        key: key.to_owned(),
+    })
+}
+
+pub async fn score(cli: &Cli, a: &ScoreArgs) -> anyhow::Result<()> {
+    let mut c = ScoringServiceClient::new(channel(&cli.scoring).await?);
+    let r = c
+        .explain_score(authed(
+            scoring::ExplainScoreRequest {
+                rep_id: a.rep.clone(),
+                period: Some(period(&a.kind, &a.period)?),
+            },
+            &key(cli)?,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_score(&r, a.explain);
+    Ok(())
+}
+
+pub fn print_score(r: &scoring::ExplainScoreResponse, explain: bool) {
+    let Some(s) = &r.score else { return };
+    let period = s.period.as_ref().map(|p| p.key.clone()).unwrap_or_default();
+    title(&format!(
+        "score of {} for {period}: {} (cap {}, scorecard {} v{})",
+        s.rep_id,
+        if s.score.is_empty() { "n/a" } else { &s.score },
+        s.cap,
+        s.scorecard_id,
+        s.scorecard_version
+    ));
+    let mut t = table(&["KPI", "metric", "pillar", "value", "target", "attainment", "points", "weight %", "events"]);
+    for k in &s.kpis {
+        let pillar = spm_proto::events::v1::Pillar::try_from(k.pillar)
+            .map(|p| p.as_str_name().trim_start_matches("PILLAR_").to_lowercase())
+            .unwrap_or_default();
+        t.add_row(vec![
+            Cell::new(&k.kpi_id),
+            Cell::new(&k.metric),
+            Cell::new(pillar),
+            num(&k.value),
+            num(&k.target),
+            num(&k.attainment),
+            num(&k.points),
+            num(&k.weight),
+            num(k.event_count),
+        ]);
+    }
+    println!("{t}");
+    for k in &r.kpis {
+        if !k.rule.is_empty() {
+            crate::out::note(&format!("  {}: {}", k.kpi.as_ref().map(|x| x.kpi_id.as_str()).unwrap_or_default(), k.rule));
+        }
+        if explain {
+            for c in k.contributions.iter().take(15) {
+                println!("      {} {:<24} {:>12} deal {}", c.event_id, c.kind, c.value, c.deal_id);
+            }
+            if k.contributions.len() > 15 {
+                println!("      ... and {} more", k.contributions.len() - 15);
+            }
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LeaderboardArgs {
+    #[arg(long, default_value = "")]
+    pub team: String,
+    /// "score" or a metric (revenue, collection_rate, visits, ...).
+    #[arg(long, default_value = "score")]
+    pub by: String,
+    #[arg(long, default_value = "month")]
+    pub kind: String,
+    #[arg(long, default_value = "")]
+    pub period: String,
+    #[arg(long, default_value_t = 10)]
+    pub top: u32,
+}
+
+pub async fn leaderboard(cli: &Cli, a: &LeaderboardArgs) -> anyhow::Result<()> {
+    let mut c = ScoringServiceClient::new(channel(&cli.scoring).await?);
+    let r = c
+        .get_leaderboard(authed(
+            scoring::GetLeaderboardRequest {
+                team_id: a.team.clone(),
+                period: Some(period(&a.kind, &a.period)?),
+                by: a.by.clone(),
+                top_n: a.top,
+            },
+            &key(cli)?,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_leaderboard(&r);
+    Ok(())
+}
+
+pub fn print_leaderboard(r: &scoring::GetLeaderboardResponse) {
+    let period = r.period.as_ref().map(|p| p.key.clone()).unwrap_or_default();
+    title(&format!("leaderboard by {} for {period} (top {} of {})", r.by, r.entries.len(), r.total_reps));
+    let mut t = table(&["rank", "rep", "name", "team", &r.by]);
+    for e in &r.entries {
+        t.add_row(vec![num(e.rank), Cell::new(&e.rep_id), Cell::new(&e.display_name), Cell::new(&e.team_id), num(&e.value)]);
+    }
+    println!("{t}");
+}

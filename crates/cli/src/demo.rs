@@ -1,0 +1,401 @@
+//! `spm demo`: SPM end to end on this machine.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::{Datelike as _, Utc};
+use comfy_table::Cell;
+use spm_proto::common::v1 as common;
+use spm_proto::events::v1::Pillar;
+use spm_proto::ingest::v1 as ingest;
+use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
+use spm_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use spm_proto::scoring::v1 as scoring;
+use spm_proto::scoring::v1::scoring_admin_service_client::ScoringAdminServiceClient;
+use spm_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use spm_testkit::authed;
+
+use crate::Cli;
+use crate::commands::{Creds, channel, creds_path, print_leaderboard, print_score, status_error, submit_all};
+use crate::out::{note, num, table, title};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Teams of reps.
+    #[arg(long, default_value_t = 3)]
+    pub teams: usize,
+    /// Reps per team.
+    #[arg(long, default_value_t = 12)]
+    pub reps_per_team: usize,
+    /// Days of history.
+    #[arg(long, default_value_t = 60)]
+    pub days: i64,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+fn month(key: &str) -> common::Period {
+    common::Period {
+        kind: common::PeriodKind::Month as i32,
+        key: key.to_owned(),
+    }
+}
+
+pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    title("starting the local stack and the four services");
+    crate::local::up().await?;
+
+    // A fresh tenant per run.
+    let tenant_id = format!("demo-{}", Utc::now().format("%Y%m%d-%H%M%S"));
+    let token = crate::local::admin_token()?;
+    let mut admin = IngestAdminServiceClient::new(channel(&cli.ingest).await?);
+    let created = admin
+        .create_tenant(authed(
+            ingest::CreateTenantRequest {
+                tenant_id: tenant_id.clone(),
+                name: "Demo Trading Co.".into(),
+                context: Some(common::TenantContext {
+                    time_zone: "Asia/Shanghai".into(),
+                    fiscal_year_start_month: 1,
+                    base_currency: "EUR".into(),
+                }),
+            },
+            &token,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let key = created.admin_api_key.clone();
+    let creds = Creds {
+        tenant: tenant_id.clone(),
+        admin_key: key.clone(),
+        webhook_secret: created.webhook_secret.clone(),
+    };
+    std::fs::write(creds_path()?, serde_json::to_string_pretty(&creds)?)?;
+    println!("tenant {tenant_id} created; credentials in .local/demo-tenant.json");
+    admin
+        .set_fx_rate(authed(
+            ingest::SetFxRateRequest {
+                rate: Some(ingest::FxRate {
+                    currency: "USD".into(),
+                    rate: "0.92".into(),
+                    effective_from: (Utc::now() - chrono::Duration::days(400)).format("%Y-%m-%d").to_string(),
+                }),
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?;
+
+    // Every service learns the key from the tenants topic.
+    for (name, port, _) in crate::local::SERVICES {
+        let ch = channel(&format!("http://127.0.0.1:{port}")).await?;
+        let t = Instant::now();
+        while !spm_testkit::process::probe_auth(ch.clone(), &key).await {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("spm-{name} did not learn the tenant's key");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let now = Utc::now();
+    let demo = spm_testkit::demo::generate(a.seed, a.teams, a.reps_per_team, a.days, now);
+    let cal = spm_core::period::Calendar::new("Asia/Shanghai", 1)?;
+    let this_month = cal.period(spm_core::period::PeriodKind::Month, now);
+    let this_quarter = cal.period(spm_core::period::PeriodKind::Quarter, now);
+    configure_scoring(cli, &key, &demo, &this_month.key, &this_quarter.key).await?;
+
+    title(&format!(
+        "streaming {} events: {} reps in {} teams, {} days, {} deals, {} payments, {} reversals, {} activities, {} surveys",
+        demo.events.len(),
+        demo.reps.len(),
+        demo.teams.len(),
+        a.days,
+        demo.deals,
+        demo.payments,
+        demo.reversals,
+        demo.activities,
+        demo.surveys
+    ));
+    let started = Instant::now();
+    let summary = submit_all(cli, &key, demo.events.clone(), 500, "ingest").await?;
+    let secs = started.elapsed().as_secs_f64();
+    summary.print();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = summary.accepted as f64 / secs.max(0.001);
+    note(&format!("accepted {} events in {secs:.1} s ({rate:.0} events/s)", summary.accepted));
+
+    // One more deal, with a trace id we choose, to follow through every service.
+    let trace_id = format!("{:032x}", rand::random::<u128>());
+    let rep = demo.reps[0].0.clone();
+    let mut traced = spm_testkit::events::deal(&format!("D-TRACE-{}", now.timestamp()), "12000.00", &[(rep.as_str(), "100")]);
+    traced.source = "demo-crm".into();
+    let mut req = authed(ingest::SubmitEventRequest { event: Some(traced.clone()) }, &key);
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{:016x}-01", rand::random::<u64>()).parse()?,
+    );
+    IngestServiceClient::new(channel(&cli.ingest).await?)
+        .submit_event(req)
+        .await
+        .map_err(status_error)?;
+
+    wait_scored(cli, &key, &demo, &cal, now).await?;
+
+    let mut sc = ScoringServiceClient::new(channel(&cli.scoring).await?);
+    let board = sc
+        .get_leaderboard(authed(
+            scoring::GetLeaderboardRequest {
+                team_id: String::new(),
+                period: Some(month(&this_month.key)),
+                by: "score".into(),
+                top_n: 10,
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_leaderboard(&board);
+
+    let top = board.entries.first().map(|e| e.rep_id.clone()).unwrap_or(rep);
+    let explained = sc
+        .explain_score(authed(
+            scoring::ExplainScoreRequest {
+                rep_id: top.clone(),
+                period: Some(month(&this_month.key)),
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_score(&explained, false);
+
+    let rollup = sc
+        .get_team_rollup(authed(
+            scoring::GetTeamRollupRequest {
+                team_id: "sales".into(),
+                period: Some(month(&this_month.key)),
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    title(&format!("team rollup for {}", this_month.key));
+    let metrics = ["revenue", "deals_won", "collection_rate", "csat_avg", "visits", "calls", "demos"];
+    let mut headers = vec!["team", "reps"];
+    headers.extend(metrics);
+    let mut t = table(&headers);
+    for tm in rollup.team.iter().chain(rollup.sub_teams.iter()) {
+        let mut row = vec![Cell::new(&tm.name), num(tm.rep_count)];
+        for m in metrics {
+            let v = tm.metrics.iter().find(|x| x.metric == m).map(|x| x.value.clone()).unwrap_or_default();
+            row.push(num(short(&v)));
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+
+    let calib = sc
+        .get_goal_calibration(authed(
+            scoring::GetGoalCalibrationRequest {
+                metric: "revenue".into(),
+                period: Some(month(&this_month.key)),
+                low_share: String::new(),
+                high_share: String::new(),
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    title(&format!(
+        "goal calibration (revenue, {}): {}",
+        this_month.key,
+        scoring::CalibrationVerdict::try_from(calib.verdict)
+            .map(|v| v.as_str_name().trim_start_matches("CALIBRATION_VERDICT_").to_lowercase())
+            .unwrap_or_default()
+    ));
+    println!("{}", calib.explanation);
+
+    title("follow one deal");
+    println!("deal event {} carries trace id {trace_id}", traced.event_id);
+    note("with OTEL_EXPORTER_OTLP_ENDPOINT set for the services, find it in your tracing UI");
+    note(&format!(
+        "done in {:.1} s. Try: target/debug/spm leaderboard --by revenue | target/debug/spm score {top} --explain | target/debug/spm down",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn short(v: &str) -> String {
+    match v.parse::<rust_decimal::Decimal>() {
+        Ok(d) => d.round_dp(2).normalize().to_string(),
+        Err(_) => v.to_owned(),
+    }
+}
+
+async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo, month_key: &str, quarter_key: &str) -> anyhow::Result<()> {
+    let mut adm = ScoringAdminServiceClient::new(channel(&cli.scoring).await?);
+    let kpi = |id: &str, metric: &str, weight: &str, target: scoring::kpi_target::Kind, curve: scoring::curve::Kind, pillar: Pillar| scoring::Kpi {
+        kpi_id: id.into(),
+        metric: metric.into(),
+        weight: weight.into(),
+        target: Some(scoring::KpiTarget { kind: Some(target) }),
+        curve: Some(scoring::Curve { kind: Some(curve) }),
+        pillar: pillar as i32,
+    };
+    use scoring::curve::Kind as C;
+    use scoring::kpi_target::Kind as T;
+    let lin = |cap: &str| C::LinearCapped(scoring::LinearCapped { cap: cap.into() });
+    adm.put_scorecard(authed(
+        scoring::PutScorecardRequest {
+            scorecard: Some(scoring::Scorecard {
+                scorecard_id: "ae-standard".into(),
+                name: "Account executive scorecard".into(),
+                assignment: Some(scoring::ScorecardAssignment {
+                    kind: Some(scoring::scorecard_assignment::Kind::TenantDefault(true)),
+                }),
+                cap: "120".into(),
+                kpis: vec![
+                    kpi("revenue", "revenue", "45", T::Goal(true), lin("1.5"), Pillar::Results),
+                    kpi(
+                        "collection",
+                        "collection_rate",
+                        "15",
+                        T::Fixed("0.9".into()),
+                        C::Threshold(scoring::Threshold { min: "0.5".into(), cap: "1.1".into() }),
+                        Pillar::Results,
+                    ),
+                    kpi("csat", "csat_avg", "15", T::Fixed("4.5".into()), lin("1.1"), Pillar::Results),
+                    kpi("visits", "visits", "10", T::Goal(true), lin("1.2"), Pillar::Behaviour),
+                    kpi(
+                        "after_sales",
+                        "after_sales_resolved",
+                        "5",
+                        T::Fixed("4".into()),
+                        C::Bands(scoring::Bands {
+                            bands: vec![
+                                scoring::Band { from: "0".into(), points: "0".into() },
+                                scoring::Band { from: "0.5".into(), points: "60".into() },
+                                scoring::Band { from: "1".into(), points: "100".into() },
+                            ],
+                        }),
+                        Pillar::Behaviour,
+                    ),
+                    kpi("training", "trainings_completed", "10", T::Fixed("1".into()), lin("1"), Pillar::Capability),
+                ],
+                ..Default::default()
+            }),
+        },
+        key,
+    ))
+    .await
+    .map_err(status_error)?;
+    let q = common::Period {
+        kind: common::PeriodKind::Quarter as i32,
+        key: quarter_key.to_owned(),
+    };
+    for (rep, team, _, _) in &demo.reps {
+        // Senior reps (team north) carry a higher quota.
+        let (m_rev, q_rev) = if team == "north" { ("90000", "270000") } else { ("70000", "210000") };
+        for (metric, period, target) in [
+            ("revenue", month(month_key), m_rev),
+            ("visits", month(month_key), "25"),
+            ("revenue", q.clone(), q_rev),
+        ] {
+            adm.set_goal(authed(
+                scoring::SetGoalRequest {
+                    subject_kind: scoring::SubjectKind::Rep as i32,
+                    subject_id: rep.clone(),
+                    metric: metric.into(),
+                    period: Some(period),
+                    target: target.into(),
+                    effective_from: None,
+                },
+                key,
+            ))
+            .await
+            .map_err(status_error)
+            .with_context(|| format!("goal {metric} of {rep}"))?;
+        }
+    }
+    for (team, _) in &demo.teams {
+        adm.set_goal(authed(
+            scoring::SetGoalRequest {
+                subject_kind: scoring::SubjectKind::Team as i32,
+                subject_id: team.clone(),
+                metric: "revenue".into(),
+                period: Some(month(month_key)),
+                target: "800000".into(),
+                effective_from: None,
+            },
+            key,
+        ))
+        .await
+        .map_err(status_error)?;
+    }
+    println!("scorecard ae-standard and {} goals set", demo.reps.len() * 3 + demo.teams.len());
+    Ok(())
+}
+
+/// Waits until scoring has counted every generated visit and deal credit.
+async fn wait_scored(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo, cal: &spm_core::period::Calendar, now: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+    let mut sc = ScoringServiceClient::new(channel(&cli.scoring).await?);
+    let months: Vec<String> = cal
+        .periods_between(spm_core::period::PeriodKind::Month, now - chrono::Duration::days(demo_days(demo, now) + 2), now)
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    let want_visits = demo.visits;
+    let want_won = demo.deal_credits - demo.reversed_credits + 1;
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message("waiting for scoring to apply every event");
+    let t = Instant::now();
+    loop {
+        pb.tick();
+        let (mut visits, mut won) = (0usize, 0usize);
+        for m in &months {
+            let r = sc
+                .get_metrics(authed(
+                    scoring::GetMetricsRequest {
+                        subject_kind: scoring::SubjectKind::Team as i32,
+                        subject_id: "sales".into(),
+                        period: Some(month(m)),
+                    },
+                    key,
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for v in r.metrics {
+                let n = v.value.parse::<rust_decimal::Decimal>().unwrap_or_default();
+                let n = usize::try_from(n.trunc().mantissa()).unwrap_or(0);
+                match v.metric.as_str() {
+                    "visits" => visits += n,
+                    "deals_won" => won += n,
+                    _ => {}
+                }
+            }
+        }
+        if visits >= want_visits && won >= want_won {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("scoring has {visits}/{want_visits} visits and {won}/{want_won} deals after 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pb.finish_with_message(format!("scoring applied everything in {:.1} s", t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn demo_days(_demo: &spm_testkit::demo::Demo, now: chrono::DateTime<Utc>) -> i64 {
+    // The demo spans at most 62 days plus the org events a day earlier.
+    let _ = now.day();
+    63
+}

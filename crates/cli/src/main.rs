@@ -1,0 +1,69 @@
+//! `spm`: run SPM on this machine and talk to it.
+
+mod commands;
+mod demo;
+mod local;
+mod out;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "spm", version, about = "SPM: sales performance management, event-driven")]
+pub struct Cli {
+    /// Ingest gRPC endpoint.
+    #[arg(long, env = "SPM_INGEST_URL", default_value = "http://127.0.0.1:50051", global = true)]
+    pub ingest: String,
+    /// Scoring gRPC endpoint.
+    #[arg(long, env = "SPM_SCORING_URL", default_value = "http://127.0.0.1:50052", global = true)]
+    pub scoring: String,
+    /// Incentive gRPC endpoint.
+    #[arg(long, env = "SPM_INCENTIVE_URL", default_value = "http://127.0.0.1:50053", global = true)]
+    pub incentive: String,
+    /// Notification gRPC endpoint.
+    #[arg(long, env = "SPM_NOTIFICATION_URL", default_value = "http://127.0.0.1:50054", global = true)]
+    pub notification: String,
+    /// API key of the tenant (default: the demo tenant's admin key in .local/demo-tenant.json).
+    #[arg(long, env = "SPM_API_KEY", global = true, hide_env_values = true)]
+    pub key: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bring up the local stack and the four services, stream a synthetic tenant through
+    /// ingest, then show the leaderboard, a score breakdown, a statement, notifications and
+    /// a deal's trace id.
+    Demo(demo::Args),
+    /// Start the local stack and the four services (if not running).
+    Up,
+    /// Stop the four services and the local stack.
+    Down,
+    /// Show what runs.
+    Status,
+    /// Tenants and API keys.
+    #[command(subcommand)]
+    Tenant(commands::TenantCmd),
+    /// Submit CRM events from a JSON-lines file (one CrmEvent per line, proto3 JSON).
+    Ingest(commands::IngestArgs),
+    /// A rep's score, with `--explain` the contributing events per KPI.
+    Score(commands::ScoreArgs),
+    /// The leaderboard of the tenant or a team.
+    Leaderboard(commands::LeaderboardArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Demo(a) => demo::run(&cli, a).await,
+        Command::Up => local::up().await,
+        Command::Down => local::down().await,
+        Command::Status => local::status().await,
+        Command::Tenant(t) => commands::tenant(&cli, t).await,
+        Command::Ingest(a) => commands::ingest(&cli, a).await,
+        Command::Score(a) => commands::score(&cli, a).await,
+        Command::Leaderboard(a) => commands::leaderboard(&cli, a).await,
+    }
+}
