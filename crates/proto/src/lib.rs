@@ -49,3 +49,9 @@ pub mod scoring {
         tonic::include_proto!("spm.scoring.v1");
     }
 }
+
+pub mod incentive {
+    pub mod v1 {
+        tonic::include_proto!("spm.incentive.v1");
+    }
+}

@@ -21,34 +21,11 @@ use rust_decimal::Decimal;
 
 use super::facts::ActivityCell;
 
-/// Every metric name, in display order.
-pub const METRICS: &[&str] = &[
-    "revenue",
-    "deals_won",
-    "avg_deal_size",
-    "amount_due",
-    "collected",
-    "collection_rate",
-    "amount_collected",
-    "csat_avg",
-    "nps",
-    "visits",
-    "calls",
-    "meetings",
-    "emails",
-    "demos",
-    "contracts_signed",
-    "after_sales_resolved",
-    "trainings_completed",
-];
+pub use spm_core::metrics::{NAMES as METRICS, is_metric};
 
 /// Metrics counted per week too (process alerts compare weekly run-rates).
 pub fn is_activity(metric: &str) -> bool {
     ActivityCell::ALL.iter().any(|a| a.name() == metric)
-}
-
-pub fn is_metric(name: &str) -> bool {
-    METRICS.contains(&name)
 }
 
 /// Cell totals of one subject and period: cell name -> (sum, contributing facts).

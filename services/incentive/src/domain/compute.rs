@@ -1,0 +1,766 @@
+//! What a rep should have earned in a period under a plan, from the period's deals (with
+//! their payments and reversals), the scoring metrics of the period and whether the period
+//! is closed or paid. A pure function of its input: the ledger posts the difference
+//! between this and what it already holds.
+//!
+//! Commission: deals in business order (close time, then event id). Net revenue of a deal
+//! is its credited amount less reversals within the clawback window. Marginal mode pays
+//! each slice of net revenue at the rate of the tier it falls in; retroactive mode pays all
+//! of it at the rate of the tier the period reached; below the threshold nothing is paid.
+//! Caps bound a deal's and the period's net commission. Gates on scoring metrics multiply
+//! the commission or hold every earning. A deal's commission line is its credited amount
+//! at the deal's effective rate; a reversal within the window posts a clawback line
+//! mirroring it (so the two net to the commission on net revenue). Commission is payable
+//! at close and/or in proportion to collection, per the plan's payout split. Rounding:
+//! half-even to the currency's minor unit, once per line.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde_json::json;
+use spm_core::money::Currency;
+
+use super::plan::{Basis, GateAction, Mode, Plan, Reward};
+use super::ratio;
+
+/// Ledger line kinds (as in `spm.events.v1.EarningKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    Commission,
+    Bonus,
+    Spiff,
+    Clawback,
+    Adjustment,
+}
+
+/// Ledger statuses (as in `spm.events.v1.EarningStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Status {
+    Earned,
+    Payable,
+    Held,
+    Paid,
+    Reversed,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Commission => "commission",
+            Self::Bonus => "bonus",
+            Self::Spiff => "spiff",
+            Self::Clawback => "clawback",
+            Self::Adjustment => "adjustment",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Commission, Self::Bonus, Self::Spiff, Self::Clawback, Self::Adjustment]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    /// The kind a line key denotes.
+    pub fn of_key(key: &str) -> Self {
+        match key.split(':').next().unwrap_or_default() {
+            "commission" => Self::Commission,
+            "bonus" => Self::Bonus,
+            "spiff" => Self::Spiff,
+            "clawback" | "spiff-clawback" => Self::Clawback,
+            _ => Self::Adjustment,
+        }
+    }
+
+    pub fn to_proto(self) -> i32 {
+        use spm_proto::events::v1::EarningKind as K;
+        (match self {
+            Self::Commission => K::Commission,
+            Self::Bonus => K::Bonus,
+            Self::Spiff => K::Spiff,
+            Self::Clawback => K::Clawback,
+            Self::Adjustment => K::Adjustment,
+        }) as i32
+    }
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earned => "earned",
+            Self::Payable => "payable",
+            Self::Held => "held",
+            Self::Paid => "paid",
+            Self::Reversed => "reversed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Earned, Self::Payable, Self::Held, Self::Paid, Self::Reversed]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    pub fn to_proto(self) -> i32 {
+        use spm_proto::events::v1::EarningStatus as S;
+        (match self {
+            Self::Earned => S::Earned,
+            Self::Payable => S::Payable,
+            Self::Held => S::Held,
+            Self::Paid => S::Paid,
+            Self::Reversed => S::Reversed,
+        }) as i32
+    }
+}
+
+/// A payment or reversal of a deal (this rep's credit of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    pub event_id: String,
+    pub at: DateTime<Utc>,
+    pub amount: Decimal,
+    pub full: bool,
+}
+
+/// A deal credited to the rep and closed in the period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DealIn {
+    pub deal_id: String,
+    /// The client event id of the deal.
+    pub event_id: String,
+    pub closed_at: DateTime<Utc>,
+    /// Close date in the tenant's time zone (SPIFF windows).
+    pub local_date: NaiveDate,
+    /// Credited amount in the base currency.
+    pub credited: Decimal,
+    /// (product, base-currency amount) of the rep's share of each product line.
+    pub lines: Vec<(String, Decimal)>,
+    pub payments: Vec<Linked>,
+    pub reversals: Vec<Linked>,
+}
+
+/// Everything the earnings of one rep and period depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RepPeriod {
+    pub rep_id: String,
+    pub period_key: String,
+    pub deals: Vec<DealIn>,
+    /// The latest scoring metrics of the rep and period.
+    pub metrics: BTreeMap<String, Decimal>,
+    pub score: Option<Decimal>,
+    pub closed: bool,
+    pub paid: bool,
+}
+
+/// One earning the rep should have, split by status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub key: String,
+    pub kind: Kind,
+    pub deal_id: String,
+    pub amounts: Vec<(Status, Decimal)>,
+    pub summary: String,
+    pub explanation: serde_json::Value,
+    /// Client event ids the line depends on.
+    pub inputs: Vec<String>,
+}
+
+impl Line {
+    pub fn total(&self) -> Decimal {
+        self.amounts.iter().map(|(_, a)| *a).sum()
+    }
+}
+
+/// The earnings of a rep-period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub lines: Vec<Line>,
+    /// Net credited revenue (after clawed-back reversals).
+    pub revenue: Decimal,
+    /// Net revenue over quota (attainment basis).
+    pub attainment: Option<Decimal>,
+    pub held: bool,
+}
+
+impl Outcome {
+    pub fn total(&self) -> Decimal {
+        self.lines.iter().map(Line::total).sum()
+    }
+}
+
+fn days_between(a: DateTime<Utc>, b: DateTime<Utc>) -> i64 {
+    (b - a).num_seconds().div_euclid(86_400)
+}
+
+fn rate_at(tiers: &[(Decimal, Decimal)], pos: Decimal) -> (usize, Decimal) {
+    let mut idx = 0;
+    for (i, (from, _)) in tiers.iter().enumerate() {
+        if pos >= *from {
+            idx = i;
+        }
+    }
+    (idx, tiers.get(idx).map_or(Decimal::ZERO, |t| t.1))
+}
+
+fn money(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+fn pct(d: Decimal) -> String {
+    format!("{}%", (d * Decimal::ONE_HUNDRED).normalize())
+}
+
+/// Splits `amount` into statuses: held, or payable at close + payable on collection
+/// (in proportion to `collected`), the rest earned; payable becomes paid once the period
+/// is paid. `amount` is already rounded; the parts sum to it exactly.
+fn split(amount: Decimal, at_close_pct: Decimal, collected: Decimal, cur: Currency, held: bool, paid: bool) -> Vec<(Status, Decimal)> {
+    if amount.is_zero() {
+        return Vec::new();
+    }
+    if held {
+        return vec![(Status::Held, amount)];
+    }
+    let at_close = cur.round(amount * at_close_pct / Decimal::ONE_HUNDRED);
+    let on_collection = amount - at_close;
+    let collected_part = cur.round(on_collection * collected.clamp(Decimal::ZERO, Decimal::ONE));
+    let payable = at_close + collected_part;
+    let earned = amount - payable;
+    let payable_status = if paid { Status::Paid } else { Status::Payable };
+    let mut out = Vec::new();
+    if !payable.is_zero() {
+        out.push((payable_status, payable));
+    }
+    if !earned.is_zero() {
+        out.push((Status::Earned, earned));
+    }
+    out
+}
+
+/// Computes the earnings of `rp` under `plan`, in currency `cur` (the tenant base).
+#[allow(clippy::too_many_lines)]
+pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
+    let mut deals: Vec<&DealIn> = rp.deals.iter().collect();
+    deals.sort_by(|a, b| a.closed_at.cmp(&b.closed_at).then_with(|| a.event_id.cmp(&b.event_id)));
+    let window = i64::from(plan.clawback_window_days);
+    let clawed_of = |d: &DealIn| -> Decimal {
+        if window == 0 {
+            return Decimal::ZERO;
+        }
+        let c: Decimal = d
+            .reversals
+            .iter()
+            .filter(|r| days_between(d.closed_at, r.at) <= window)
+            .map(|r| r.amount)
+            .sum();
+        c.min(d.credited).max(Decimal::ZERO)
+    };
+    let nets: Vec<(Decimal, Decimal)> = deals.iter().map(|d| (clawed_of(d), d.credited - clawed_of(d))).collect();
+    let revenue: Decimal = nets.iter().map(|(_, n)| *n).sum();
+    let quota = plan.quota_for(&rp.rep_id);
+    let basis = plan.commission.as_ref().map(|c| c.basis);
+    let attainment = (basis != Some(Basis::CumulativeAmount)).then(|| ratio(revenue / quota));
+
+    // Gates.
+    let mut factor = Decimal::ONE;
+    let mut held = false;
+    let mut gate_notes = Vec::new();
+    for g in &plan.gates {
+        let value = rp.metrics.get(&g.metric).copied();
+        let applied = value.is_some_and(|v| g.triggered(v));
+        if applied {
+            match g.action {
+                GateAction::Multiply(f) => factor *= f,
+                GateAction::Hold => held = true,
+            }
+        }
+        gate_notes.push(json!({
+            "metric": g.metric,
+            "value": value.map(money),
+            "op": format!("{:?}", g.op),
+            "threshold": money(g.value),
+            "action": match g.action { GateAction::Multiply(f) => format!("multiply {}", money(f)), GateAction::Hold => "hold".into() },
+            "applied": applied,
+        }));
+    }
+
+    let mut lines = Vec::new();
+    let inputs_of = |d: &DealIn| -> Vec<String> {
+        let mut v = vec![d.event_id.clone()];
+        v.extend(d.payments.iter().map(|p| p.event_id.clone()));
+        v.extend(d.reversals.iter().map(|r| r.event_id.clone()));
+        v
+    };
+    let collected_of = |d: &DealIn| -> Decimal {
+        let reversed: Decimal = d.reversals.iter().map(|r| r.amount).sum();
+        let due = d.credited - reversed;
+        let paid: Decimal = d.payments.iter().map(|p| p.amount).sum();
+        if due <= Decimal::ZERO { Decimal::ONE } else { paid / due }
+    };
+
+    if let Some(c) = &plan.commission {
+        let pos = |amount: Decimal| if c.basis == Basis::Attainment { amount / quota } else { amount };
+        let unit = if c.basis == Basis::Attainment { quota } else { Decimal::ONE };
+        let total_pos = pos(revenue);
+        let below = total_pos < c.threshold;
+        let (reached_tier, retro_rate) = rate_at(&c.tiers, total_pos);
+        let next_tier = c.tiers.get(reached_tier + 1).map(|(from, rate)| {
+            json!({ "from": money(*from), "rate": money(*rate), "revenue_needed": money(cur.round((*from - total_pos) * unit)) })
+        });
+        let mut cum = Decimal::ZERO;
+        let mut period_paid = Decimal::ZERO;
+        for (d, (clawed, net)) in deals.iter().zip(&nets) {
+            let start = pos(cum);
+            let end = pos(cum + net);
+            let mut slices = Vec::new();
+            let (mut comm_net, eff_rate) = if below {
+                (Decimal::ZERO, Decimal::ZERO)
+            } else {
+                match c.mode {
+                    Mode::Marginal => {
+                        let mut total = Decimal::ZERO;
+                        for (i, (from, rate)) in c.tiers.iter().enumerate() {
+                            let to = c.tiers.get(i + 1).map(|t| t.0);
+                            let lo = start.max(*from);
+                            let hi = to.map_or(end, |t| end.min(t));
+                            if hi > lo {
+                                let base = (hi - lo) * unit;
+                                total += base * rate;
+                                slices.push(json!({"tier": i + 1, "from": money(*from), "to": to.map(money), "rate": money(*rate), "base": money(cur.round(base))}));
+                            }
+                        }
+                        let eff = if net.is_zero() { rate_at(&c.tiers, start).1 } else { total / net };
+                        (total, eff)
+                    }
+                    Mode::Retroactive => {
+                        slices.push(json!({"tier": reached_tier + 1, "rate": money(retro_rate), "base": money(*net)}));
+                        (*net * retro_rate, retro_rate)
+                    }
+                }
+            };
+            // Caps bound net commission; the gross line and its clawback scale with it.
+            let uncapped = comm_net;
+            let mut caps = Vec::new();
+            if let Some(cap) = c.per_deal_cap
+                && comm_net > cap
+            {
+                caps.push(json!({"cap": "per_deal", "limit": money(cap), "before": money(cur.round(comm_net))}));
+                comm_net = cap;
+            }
+            if let Some(cap) = c.period_cap {
+                let room = (cap - period_paid).max(Decimal::ZERO);
+                if comm_net > room {
+                    caps.push(json!({"cap": "period", "limit": money(cap), "before": money(cur.round(comm_net))}));
+                    comm_net = room;
+                }
+            }
+            period_paid += comm_net;
+            let scale = if uncapped > Decimal::ZERO { comm_net / uncapped } else { Decimal::ONE };
+            let mut eff = eff_rate * scale * factor;
+            if net.is_zero()
+                && let Some(cap) = c.per_deal_cap
+                && d.credited * eff > cap
+                && d.credited > Decimal::ZERO
+            {
+                eff = cap / d.credited;
+            }
+            cum += net;
+            let gross = cur.round(d.credited * eff);
+            let claw = if clawed.is_zero() { Decimal::ZERO } else { cur.round(*clawed * eff) };
+            let collected = collected_of(d);
+            let summary = {
+                let mut s = if slices.len() > 1 {
+                    format!("{} of {} {} across {} tiers", pct(ratio(eff)), money(d.credited), cur, slices.len())
+                } else {
+                    format!("{} of {} {}", pct(ratio(eff)), money(d.credited), cur)
+                };
+                if below {
+                    s = format!("nothing: period attainment {} is below the {} threshold", money(ratio(total_pos)), money(c.threshold));
+                }
+                if factor != Decimal::ONE {
+                    s.push_str(&format!(", x{} by gate", money(factor)));
+                }
+                if !caps.is_empty() {
+                    s.push_str(", capped");
+                }
+                if held {
+                    s.push_str(", held by gate");
+                }
+                s
+            };
+            let explanation = json!({
+                "inputs": inputs_of(d),
+                "plan": {"id": plan.plan_id, "version": plan.version},
+                "basis": format!("{:?}", c.basis), "mode": format!("{:?}", c.mode),
+                "quota": money(quota), "credited": money(d.credited), "net": money(*net), "clawed": money(*clawed),
+                "position": {"from": money(ratio(start)), "to": money(ratio(end))},
+                "threshold": {"value": money(c.threshold), "met": !below},
+                "slices": slices, "effective_rate": money(ratio(eff)),
+                "gates": gate_notes, "factor": money(factor), "caps": caps,
+                "payout": {"at_close_percent": money(plan.at_close_percent), "collected_fraction": money(ratio(collected.min(Decimal::ONE)))},
+                "next_tier": next_tier,
+                "rounding": format!("half-even to {} {} per line", cur.unit(), cur),
+            });
+            lines.push(Line {
+                key: format!("commission:{}", d.deal_id),
+                kind: Kind::Commission,
+                deal_id: d.deal_id.clone(),
+                amounts: split(gross, plan.at_close_percent, collected, cur, held, rp.paid),
+                summary,
+                explanation: explanation.clone(),
+                inputs: inputs_of(d),
+            });
+            if !claw.is_zero() {
+                lines.push(Line {
+                    key: format!("clawback:{}", d.deal_id),
+                    kind: Kind::Clawback,
+                    deal_id: d.deal_id.clone(),
+                    amounts: vec![(Status::Reversed, -claw)],
+                    summary: format!(
+                        "clawback: {} {} reversed within {} days at {}",
+                        money(*clawed),
+                        cur,
+                        window,
+                        pct(ratio(eff))
+                    ),
+                    explanation,
+                    inputs: inputs_of(d),
+                });
+            }
+        }
+    }
+
+    for s in &plan.spiffs {
+        for (d, (clawed, _)) in deals.iter().zip(&nets) {
+            if d.local_date < s.from || d.local_date > s.to {
+                continue;
+            }
+            let matching: Decimal = if s.products.is_empty() && d.lines.is_empty() {
+                d.credited
+            } else {
+                d.lines.iter().filter(|(p, _)| s.products.is_empty() || s.products.contains(p)).map(|(_, a)| *a).sum()
+            };
+            if matching.is_zero() {
+                continue;
+            }
+            let amount = cur.round(match s.reward {
+                Reward::Fixed(a) => a,
+                Reward::Rate(r) => matching * r,
+            });
+            if amount.is_zero() {
+                continue;
+            }
+            let status = if held {
+                Status::Held
+            } else if rp.paid {
+                Status::Paid
+            } else {
+                Status::Payable
+            };
+            let explanation = json!({
+                "inputs": inputs_of(d), "plan": {"id": plan.plan_id, "version": plan.version},
+                "spiff": s.spiff_id, "window": [s.from.to_string(), s.to.to_string()], "products": s.products,
+                "matching_amount": money(matching),
+                "reward": match s.reward { Reward::Fixed(a) => json!({"fixed": money(a)}), Reward::Rate(r) => json!({"rate": money(r)}) },
+                "rounding": format!("half-even to {} {} per line", cur.unit(), cur),
+            });
+            let summary = match s.reward {
+                Reward::Fixed(a) => format!("SPIFF {}: {} {} for deal {}", s.spiff_id, money(a), cur, d.deal_id),
+                Reward::Rate(r) => format!("SPIFF {}: {} of {} {}", s.spiff_id, pct(r), money(matching), cur),
+            };
+            lines.push(Line {
+                key: format!("spiff:{}:{}", s.spiff_id, d.deal_id),
+                kind: Kind::Spiff,
+                deal_id: d.deal_id.clone(),
+                amounts: vec![(status, amount)],
+                summary,
+                explanation: explanation.clone(),
+                inputs: inputs_of(d),
+            });
+            if !clawed.is_zero() && d.credited > Decimal::ZERO {
+                let claw = cur.round(amount * *clawed / d.credited);
+                if !claw.is_zero() {
+                    lines.push(Line {
+                        key: format!("spiff-clawback:{}:{}", s.spiff_id, d.deal_id),
+                        kind: Kind::Clawback,
+                        deal_id: d.deal_id.clone(),
+                        amounts: vec![(Status::Reversed, -claw)],
+                        summary: format!("SPIFF {} clawback: {} of {} reversed", s.spiff_id, money(*clawed), money(d.credited)),
+                        explanation,
+                        inputs: inputs_of(d),
+                    });
+                }
+            }
+        }
+    }
+
+    if rp.closed {
+        let status = if held {
+            Status::Held
+        } else if rp.paid {
+            Status::Paid
+        } else {
+            Status::Payable
+        };
+        let all_inputs: Vec<String> = deals.iter().flat_map(|d| inputs_of(d)).collect();
+        if let Some(a) = attainment {
+            for (at, amount) in &plan.attainment_bonuses {
+                if a >= *at && !amount.is_zero() {
+                    lines.push(Line {
+                        key: format!("bonus:attainment:{}", money(*at)),
+                        kind: Kind::Bonus,
+                        deal_id: String::new(),
+                        amounts: vec![(status, cur.round(*amount))],
+                        summary: format!("attainment {} reached {}: bonus {} {}", pct(a), pct(*at), money(*amount), cur),
+                        explanation: json!({"plan": {"id": plan.plan_id, "version": plan.version}, "attainment": money(a), "milestone": money(*at), "revenue": money(revenue), "quota": money(quota), "inputs": all_inputs}),
+                        inputs: all_inputs.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(score) = rp.score
+            && let Some((min, amount)) = plan.score_bonus.iter().rev().find(|(min, _)| score >= *min)
+            && !amount.is_zero()
+        {
+            lines.push(Line {
+                key: "bonus:score".into(),
+                kind: Kind::Bonus,
+                deal_id: String::new(),
+                amounts: vec![(status, cur.round(*amount))],
+                summary: format!("scorecard score {} reached {}: bonus {} {}", money(score), money(*min), money(*amount), cur),
+                explanation: json!({"plan": {"id": plan.plan_id, "version": plan.version}, "score": money(score), "band": money(*min), "bands": plan.score_bonus.iter().map(|(m, a)| json!([money(*m), money(*a)])).collect::<Vec<_>>()}),
+                inputs: Vec::new(),
+            });
+        }
+    }
+
+    lines.retain(|l| !l.amounts.is_empty());
+    Outcome {
+        lines,
+        revenue,
+        attainment,
+        held,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use rust_decimal_macros::dec;
+    use spm_proto::incentive::v1 as pb;
+
+    use super::*;
+    use crate::domain::plan::{from_proto, tests::proto_plan};
+
+    pub fn eur() -> Currency {
+        Currency::new("EUR").unwrap()
+    }
+
+    pub fn at(s: &str) -> DateTime<Utc> {
+        format!("{s}T10:00:00Z").parse().unwrap()
+    }
+
+    pub fn deal(id: &str, day: &str, credited: Decimal) -> DealIn {
+        DealIn {
+            deal_id: id.into(),
+            event_id: format!("ev-{id}"),
+            closed_at: at(day),
+            local_date: day.parse().unwrap(),
+            credited,
+            lines: vec![],
+            payments: vec![],
+            reversals: vec![],
+        }
+    }
+
+    pub fn period(deals: Vec<DealIn>) -> RepPeriod {
+        RepPeriod {
+            rep_id: "r1".into(),
+            period_key: "2026-11".into(),
+            deals,
+            ..Default::default()
+        }
+    }
+
+    fn plan_with(f: impl FnOnce(&mut pb::Plan)) -> Plan {
+        let mut p = proto_plan();
+        f(&mut p);
+        from_proto(&p).unwrap()
+    }
+
+    fn line<'a>(o: &'a Outcome, key: &str) -> &'a Line {
+        o.lines.iter().find(|l| l.key == key).unwrap_or_else(|| panic!("no line {key}: {:?}", o.lines))
+    }
+
+    #[test]
+    fn marginal_tiers_across_a_boundary() {
+        // Quota 10,000; tiers 5% to 100%, 8% to 150%, 10% above.
+        // D1 8,000 -> 400.00. D2 4,000: 2,000 at 5% + 2,000 at 8% = 260.00.
+        // D3 5,000: 3,000 at 8% + 2,000 at 10% = 440.00.
+        let plan = plan_with(|_| {});
+        let o = compute(
+            &plan,
+            &period(vec![deal("d1", "2026-11-02", dec!(8000)), deal("d2", "2026-11-05", dec!(4000)), deal("d3", "2026-11-09", dec!(5000))]),
+            eur(),
+        );
+        assert_eq!(line(&o, "commission:d1").total(), dec!(400.00));
+        assert_eq!(line(&o, "commission:d2").total(), dec!(260.00));
+        assert_eq!(line(&o, "commission:d3").total(), dec!(440.00));
+        assert_eq!(o.attainment, Some(dec!(1.7)));
+        assert_eq!(o.total(), dec!(1100.00));
+    }
+
+    #[test]
+    fn retroactive_pays_everything_at_the_reached_tier() {
+        let plan = plan_with(|p| p.commission.as_mut().unwrap().mode = pb::TierMode::Retroactive as i32);
+        let below = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(9000))]), eur());
+        assert_eq!(below.total(), dec!(450.00));
+        // Crossing 100% lifts the earlier deal to 8% too.
+        let above = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(9000)), deal("d2", "2026-11-05", dec!(2000))]), eur());
+        assert_eq!(line(&above, "commission:d1").total(), dec!(720.00));
+        assert_eq!(line(&above, "commission:d2").total(), dec!(160.00));
+    }
+
+    #[test]
+    fn business_order_not_arrival_order_decides_slices() {
+        let plan = plan_with(|_| {});
+        let a = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(8000)), deal("d2", "2026-11-05", dec!(4000))]), eur());
+        let b = compute(&plan, &period(vec![deal("d2", "2026-11-05", dec!(4000)), deal("d1", "2026-11-02", dec!(8000))]), eur());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn threshold_pays_nothing_below() {
+        let plan = plan_with(|p| p.commission.as_mut().unwrap().threshold = "0.5".into());
+        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(4000))]), eur());
+        assert_eq!(o.total(), dec!(0));
+        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(4000)), deal("d2", "2026-11-03", dec!(1000))]), eur());
+        assert_eq!(o.total(), dec!(250.00));
+    }
+
+    #[test]
+    fn caps_per_deal_and_per_period() {
+        let plan = plan_with(|p| {
+            let c = p.commission.as_mut().unwrap();
+            c.per_deal_cap = "300".into();
+            c.period_cap = "500".into();
+        });
+        // d1 8,000 -> 400 capped at 300; d2 4,000 -> 260 but only 200 left in the period.
+        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(8000)), deal("d2", "2026-11-05", dec!(4000))]), eur());
+        assert_eq!(line(&o, "commission:d1").total(), dec!(300.00));
+        assert_eq!(line(&o, "commission:d2").total(), dec!(200.00));
+        assert!(line(&o, "commission:d1").summary.contains("capped"));
+    }
+
+    #[test]
+    fn gates_multiply_or_hold() {
+        let plan = plan_with(|p| {
+            p.gates.push(pb::Gate {
+                metric: "csat_avg".into(),
+                op: pb::GateOp::Below as i32,
+                value: "4".into(),
+                action: pb::GateAction::Hold as i32,
+                factor: String::new(),
+            });
+        });
+        let mut rp = period(vec![deal("d1", "2026-11-02", dec!(8000))]);
+        rp.metrics.insert("collection_rate".into(), dec!(0.65));
+        let o = compute(&plan, &rp, eur());
+        assert_eq!(line(&o, "commission:d1").amounts, vec![(Status::Payable, dec!(200.00))]);
+        rp.metrics.insert("csat_avg".into(), dec!(3.8));
+        let o = compute(&plan, &rp, eur());
+        assert_eq!(line(&o, "commission:d1").amounts, vec![(Status::Held, dec!(200.00))]);
+        assert!(o.held);
+        // A metric not reported does not trigger.
+        rp.metrics.clear();
+        assert_eq!(compute(&plan, &rp, eur()).total(), dec!(400.00));
+    }
+
+    #[test]
+    fn partial_collection_makes_commission_payable_in_proportion() {
+        let plan = plan_with(|p| {
+            p.payout = Some(pb::PayoutSplit {
+                at_close_percent: "50".into(),
+                on_collection_percent: "50".into(),
+            });
+        });
+        let mut d = deal("d1", "2026-11-02", dec!(8000));
+        d.payments.push(Linked {
+            event_id: "p1".into(),
+            at: at("2026-11-20"),
+            amount: dec!(2000),
+            full: false,
+        });
+        // 400: 200 at close + 200 x 2000/8000 = 50 on collection -> 250 payable, 150 earned.
+        let o = compute(&plan, &period(vec![d]), eur());
+        assert_eq!(line(&o, "commission:d1").amounts, vec![(Status::Payable, dec!(250.00)), (Status::Earned, dec!(150.00))]);
+    }
+
+    #[test]
+    fn clawback_mirrors_the_original_within_the_window_only() {
+        let plan = plan_with(|_| {});
+        let mut d = deal("d1", "2026-11-02", dec!(8000));
+        d.reversals.push(Linked {
+            event_id: "r1".into(),
+            at: at("2026-11-20"),
+            amount: dec!(2000),
+            full: false,
+        });
+        let o = compute(&plan, &period(vec![d.clone()]), eur());
+        assert_eq!(line(&o, "commission:d1").total(), dec!(400.00));
+        assert_eq!(line(&o, "clawback:d1").amounts, vec![(Status::Reversed, dec!(-100.00))]);
+        assert_eq!(o.revenue, dec!(6000));
+        // Outside the 90-day window: no clawback, revenue stays.
+        d.reversals[0].at = at("2027-03-01");
+        let o = compute(&plan, &period(vec![d]), eur());
+        assert!(o.lines.iter().all(|l| l.kind != Kind::Clawback));
+        assert_eq!(o.total(), dec!(400.00));
+    }
+
+    #[test]
+    fn spiff_window_edges() {
+        let plan = plan_with(|p| {
+            p.spiffs.push(pb::Spiff {
+                spiff_id: "q4".into(),
+                name: "Analytics push".into(),
+                product_ids: vec!["analytics".into()],
+                from_date: "2026-11-01".into(),
+                to_date: "2026-11-15".into(),
+                reward: Some(pb::spiff::Reward::Rate("0.02".into())),
+            });
+        });
+        let mk = |id: &str, day: &str| {
+            let mut d = deal(id, day, dec!(5000));
+            d.lines = vec![("analytics".into(), dec!(3000)), ("support".into(), dec!(2000))];
+            d
+        };
+        let o = compute(&plan, &period(vec![mk("first-day", "2026-11-01"), mk("last-day", "2026-11-15"), mk("after", "2026-11-16")]), eur());
+        assert_eq!(line(&o, "spiff:q4:first-day").total(), dec!(60.00));
+        assert_eq!(line(&o, "spiff:q4:last-day").total(), dec!(60.00));
+        assert!(o.lines.iter().all(|l| l.key != "spiff:q4:after"));
+    }
+
+    #[test]
+    fn bonuses_only_at_close() {
+        let plan = plan_with(|p| {
+            p.attainment_bonuses.push(pb::AttainmentBonus { at: "1".into(), amount: "1000".into() });
+            p.score_bonus = vec![
+                pb::ScoreBand { min_score: "80".into(), amount: "300".into() },
+                pb::ScoreBand { min_score: "100".into(), amount: "600".into() },
+            ];
+        });
+        let mut rp = period(vec![deal("d1", "2026-11-02", dec!(12000))]);
+        rp.score = Some(dec!(95));
+        assert!(compute(&plan, &rp, eur()).lines.iter().all(|l| l.kind != Kind::Bonus));
+        rp.closed = true;
+        let o = compute(&plan, &rp, eur());
+        assert_eq!(line(&o, "bonus:attainment:1").total(), dec!(1000.00));
+        assert_eq!(line(&o, "bonus:score").total(), dec!(300.00));
+    }
+
+    #[test]
+    fn split_credit_is_paid_on_the_rep_share_only() {
+        // Ingest credits 60% of a 10,000 deal: 6,000 to this rep.
+        let plan = plan_with(|_| {});
+        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(6000))]), eur());
+        assert_eq!(o.total(), dec!(300.00));
+    }
+}

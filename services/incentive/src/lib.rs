@@ -1,0 +1,3 @@
+//! The incentive service.
+
+pub mod domain;
