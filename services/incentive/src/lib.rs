@@ -1,3 +1,95 @@
-//! The incentive service.
+//! The incentive service: versioned compensation plans over the deal and score streams, an
+//! append-only earnings ledger with explained lines, statements, recognition, what-if,
+//! plan simulation and disputes.
 
+pub mod api;
+pub mod consume;
 pub mod domain;
+pub mod engine;
+pub mod store;
+
+use std::sync::Arc;
+
+use spm_core::topics;
+use spm_proto::incentive::v1::incentive_admin_service_server::IncentiveAdminServiceServer;
+use spm_proto::incentive::v1::incentive_service_server::IncentiveServiceServer;
+use spm_server::grpc::GrpcServer;
+use spm_server::{App, ServiceConfig};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "spm-incentive", about = "SPM incentive service")]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Rebuild the input projections (credits, score snapshots, org) from the topics and
+    /// recompute every rep-period; the ledger is never rewritten, so only differences are
+    /// posted (none when it was consistent). Stop the service first.
+    Rebuild,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The topics incentive consumes.
+pub const TOPICS: &[&str] = &[topics::TENANTS, topics::ORG, topics::DEALS, topics::SCORES];
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    match config.command {
+        Some(Command::Rebuild) => rebuild(config).await,
+        _ => serve(config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut app = App::start("incentive", config.service.clone(), &MIGRATOR).await?;
+    app.consume("incentive", TOPICS, Arc::new(consume::IncentiveHandler { emit: true }));
+    let api = api::Api {
+        pool: app.pool.clone(),
+        kafka: app.config.kafka.clone(),
+        relay: app.relay_waker(),
+    };
+    let max = app.config.max_message_bytes();
+    let mut grpc = GrpcServer::new(app.keys.clone());
+    grpc.add_service(IncentiveServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(IncentiveAdminServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max));
+    app.serve(grpc, axum::Router::new()).await
+}
+
+/// Input projections rebuilt from the topics (the ledger, plans, periods, awards and
+/// disputes are the system of record and stay).
+pub const PROJECTIONS: &[&str] = &["credits", "kpis", "org_reps", "org_teams", "auth_tenants", "auth_keys", "inbox"];
+
+async fn rebuild(config: Config) -> anyhow::Result<()> {
+    let telemetry = spm_telemetry::init("spm-incentive-rebuild", config.service.log_format)?;
+    let pool = spm_server::db::connect(&config.service.database_url, "incentive", config.service.db_max_connections).await?;
+    spm_server::db::migrate(&pool, &MIGRATOR).await?;
+    let started = std::time::Instant::now();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&pool).await?;
+    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", "))).execute(&pool).await?;
+    let producer = spm_bus::Producer::new(&config.service.kafka)?;
+    let l = spm_bus::consumer::ConsumerLoop::new(
+        &config.service.kafka,
+        "incentive",
+        TOPICS,
+        pool.clone(),
+        producer,
+        Arc::new(consume::IncentiveHandler { emit: false }),
+    );
+    let read = l.replay(spm_server::shutdown::on_signal()).await?;
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&pool).await?;
+    println!(
+        "rebuilt incentive from {read} records in {:.2?}; the ledger needed {} corrective postings",
+        started.elapsed(),
+        after - before
+    );
+    telemetry.shutdown().await;
+    Ok(())
+}

@@ -82,6 +82,31 @@ pub fn hold(held: &mut Holdings, postings: &[Posting]) {
     }
 }
 
+/// For a late change to a period already paid: what the ledger holds as paid stays paid
+/// (up to what is still payable for the line); only the rest of the payable amount is new.
+pub fn keep_paid(target: &mut Outcome, held: &Holdings) {
+    for l in &mut target.lines {
+        let paid = held.get(&(l.key.clone(), Status::Paid)).copied().unwrap_or_default();
+        if paid <= Decimal::ZERO {
+            continue;
+        }
+        let payable = l
+            .amounts
+            .iter()
+            .find(|(s, _)| *s == Status::Payable)
+            .map_or(Decimal::ZERO, |(_, a)| *a);
+        let moved = paid.min(payable);
+        if moved.is_zero() {
+            continue;
+        }
+        l.amounts.retain(|(s, _)| *s != Status::Payable);
+        if payable > moved {
+            l.amounts.push((Status::Payable, payable - moved));
+        }
+        l.amounts.push((Status::Paid, moved));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -113,7 +138,8 @@ mod tests {
                 rp.deals.push(d);
             }
         }
-        let mut metric: Option<(i64, i64)> = None;
+        // Latest snapshot wins by (time, event id), as in the store.
+        let mut metric: Option<(i64, u32, i64)> = None;
         for (id, e) in evs {
             match e {
                 Ev::Payment(i, day, cents) | Ev::Reversal(i, day, cents) => {
@@ -132,14 +158,14 @@ mod tests {
                     }
                 }
                 Ev::Metric(seq, v) => {
-                    if metric.is_none_or(|(s, _)| *seq > s) {
-                        metric = Some((*seq, *v));
+                    if metric.is_none_or(|(s, i, _)| (*seq, *id) > (s, i)) {
+                        metric = Some((*seq, *id, *v));
                     }
                 }
                 Ev::Deal(..) => {}
             }
         }
-        if let Some((_, v)) = metric {
+        if let Some((_, _, v)) = metric {
             rp.metrics.insert("collection_rate".into(), Decimal::new(v, 2));
         }
         for d in &mut rp.deals {

@@ -304,10 +304,7 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
         let value = dec(&mut v, &format!("{gf}.value"), &g.value);
         let action = match pb::GateAction::try_from(g.action) {
             Ok(pb::GateAction::Hold) => Some(GateAction::Hold),
-            Ok(pb::GateAction::Multiply) => match non_negative(&mut v, &format!("{gf}.factor"), &g.factor) {
-                Some(f) => Some(GateAction::Multiply(f)),
-                None => None,
-            },
+            Ok(pb::GateAction::Multiply) => non_negative(&mut v, &format!("{gf}.factor"), &g.factor).map(GateAction::Multiply),
             _ => {
                 v.add(format!("{gf}.action"), "must be MULTIPLY or HOLD");
                 None
@@ -581,6 +578,35 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
     }
 }
 
+/// The plan governing a rep for a period ending on `last_day`: of every plan, the latest
+/// version effective by then; a plan naming the rep beats one for a team (nearest team in
+/// `team_chain` first), which beats the tenant default; ties go to the lowest plan id.
+pub fn select<'a>(plans: &'a [Plan], rep: &str, team_chain: &[String], last_day: NaiveDate) -> Option<&'a Plan> {
+    let mut latest: BTreeMap<&str, &Plan> = BTreeMap::new();
+    for p in plans.iter().filter(|p| p.effective_from <= last_day) {
+        match latest.get(p.plan_id.as_str()) {
+            Some(q) if q.version >= p.version => {}
+            _ => {
+                latest.insert(&p.plan_id, p);
+            }
+        }
+    }
+    let rank = |p: &Plan| -> Option<usize> {
+        if p.assignment.reps.iter().any(|r| r == rep) {
+            return Some(0);
+        }
+        if let Some(i) = team_chain.iter().position(|t| p.assignment.teams.contains(t)) {
+            return Some(1 + i);
+        }
+        p.assignment.tenant_default.then_some(usize::MAX)
+    };
+    latest
+        .into_values()
+        .filter_map(|p| rank(p).map(|r| (r, p)))
+        .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.plan_id.cmp(&b.1.plan_id)))
+        .map(|(_, p)| p)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -659,5 +685,39 @@ pub(crate) mod tests {
         nothing.assignment = None;
         nothing.effective_from = "next tuesday".into();
         assert_eq!(fields(&nothing), ["effective_from", "assignment"]);
+    }
+}
+
+#[cfg(test)]
+mod select_tests {
+    use super::*;
+
+    fn plan(id: &str, version: u32, from: &str, a: Assignment) -> Plan {
+        let mut p = from_proto(&tests::proto_plan()).unwrap();
+        p.plan_id = id.into();
+        p.version = version;
+        p.effective_from = from.parse().unwrap();
+        p.assignment = a;
+        p
+    }
+
+    #[test]
+    fn precedence_and_effective_dates() {
+        let default = Assignment { tenant_default: true, ..Default::default() };
+        let team = Assignment { teams: vec!["emea".into()], ..Default::default() };
+        let rep = Assignment { reps: vec!["r1".into()], ..Default::default() };
+        let plans = vec![
+            plan("base", 1, "2026-01-01", default.clone()),
+            plan("base", 2, "2026-12-01", default),
+            plan("emea", 1, "2026-01-01", team),
+            plan("vip", 1, "2026-11-15", rep),
+        ];
+        let chain = vec!["emea-north".to_owned(), "emea".to_owned()];
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        assert_eq!(select(&plans, "r1", &chain, d("2026-11-30")).map(|p| p.plan_id.as_str()), Some("vip"));
+        assert_eq!(select(&plans, "r1", &chain, d("2026-10-31")).map(|p| p.plan_id.as_str()), Some("emea"));
+        let other = select(&plans, "r2", &[], d("2026-12-31")).unwrap();
+        assert_eq!((other.plan_id.as_str(), other.version), ("base", 2));
+        assert_eq!(select(&plans, "r2", &[], d("2026-11-30")).unwrap().version, 1);
     }
 }

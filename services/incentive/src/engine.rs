@@ -1,0 +1,408 @@
+//! Recomputing a rep-period: compute its earnings under the plan, post the difference to
+//! the ledger (in the period, or as adjustments in the next open period when it is
+//! closed), record the period's results, grant awards, and emit the events.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use prost::Message as _;
+use rust_decimal::Decimal;
+use spm_bus::Outbox;
+use spm_core::money::Currency;
+use spm_core::period::{Calendar, PeriodKind};
+use spm_core::topics;
+use spm_proto::common::v1 as common;
+use spm_proto::events::v1 as ev;
+use spm_proto::events::v1::event_envelope::Payload;
+use spm_server::org::{self, Team};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::awards::{self, Award, AwardKind, PeriodResult};
+use crate::domain::compute::{Kind, Outcome, RepPeriod, compute};
+use crate::domain::ledger::{diff, keep_paid};
+use crate::domain::plan::{self, Plan};
+use crate::store::{self, LedgerRow};
+
+/// A tenant's context for a batch of recomputations.
+pub struct Ctx {
+    pub tenant: String,
+    pub context: common::TenantContext,
+    pub calendar: Calendar,
+    pub currency: Currency,
+    pub emit: bool,
+    pub plans: Vec<Plan>,
+    pub teams: HashMap<String, Team>,
+}
+
+impl Ctx {
+    pub async fn load(conn: &mut PgConnection, tenant: &str, context: common::TenantContext, emit: bool) -> Result<Self, sqlx::Error> {
+        let calendar = Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
+        let currency = Currency::new(&context.base_currency).unwrap_or_else(|_| Currency::new("EUR").expect("EUR"));
+        Ok(Self {
+            tenant: tenant.to_owned(),
+            plans: store::plans(conn, tenant).await?,
+            teams: org::teams(conn, tenant).await?,
+            context,
+            calendar,
+            currency,
+            emit,
+        })
+    }
+
+    /// The tenant's context as stored from `spm.tenants.v1` (admin calls).
+    pub async fn for_tenant(conn: &mut PgConnection, tenant: &str) -> Result<Self, sqlx::Error> {
+        let row: Option<(String, i32, String)> = sqlx::query_as(
+            "SELECT time_zone, fiscal_year_start_month, base_currency FROM auth_tenants WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let context = row
+            .map(|(tz, m, c)| common::TenantContext {
+                time_zone: tz,
+                fiscal_year_start_month: u32::try_from(m).unwrap_or(1),
+                base_currency: c,
+            })
+            .unwrap_or_else(|| common::TenantContext {
+                time_zone: "UTC".into(),
+                fiscal_year_start_month: 1,
+                base_currency: "EUR".into(),
+            });
+        Self::load(conn, tenant, context, true).await
+    }
+
+    pub fn period_pb(&self, kind: PeriodKind, key: &str) -> common::Period {
+        common::Period {
+            kind: match kind {
+                PeriodKind::Week => common::PeriodKind::Week,
+                PeriodKind::Month => common::PeriodKind::Month,
+                PeriodKind::Quarter => common::PeriodKind::Quarter,
+                PeriodKind::Year => common::PeriodKind::Year,
+            } as i32,
+            key: key.to_owned(),
+        }
+    }
+
+    pub fn envelope(&self, causation: &str, payload: Payload) -> ev::EventEnvelope {
+        let now = spm_proto::ext::timestamp(Utc::now());
+        ev::EventEnvelope {
+            event_id: Uuid::new_v4().to_string(),
+            tenant_id: self.tenant.clone(),
+            occurred_at: Some(now),
+            recorded_at: Some(now),
+            source: "spm-incentive".into(),
+            tenant_context: Some(self.context.clone()),
+            causation_id: causation.to_owned(),
+            payload: Some(payload),
+        }
+    }
+
+    /// The plan of a rep for a period, if any governs it with this period kind.
+    pub async fn plan_for(&self, conn: &mut PgConnection, rep: &str, kind: PeriodKind, key: &str) -> Result<Option<&Plan>, sqlx::Error> {
+        let Ok(period) = self.calendar.parse_key(kind, key) else { return Ok(None) };
+        let last_day = self.calendar.local_date(period.end - chrono::Duration::seconds(1));
+        let team = org::reps(conn, &self.tenant, &[rep.to_owned()])
+            .await?
+            .remove(rep)
+            .map(|r| r.team_id)
+            .unwrap_or_default();
+        let chain = org::chain(&team, &self.teams);
+        Ok(plan::select(&self.plans, rep, &chain, last_day).filter(|p| p.period_kind == kind))
+    }
+}
+
+/// Why a recompute happens.
+#[derive(Debug, Clone, Default)]
+pub struct Cause {
+    pub span: Option<tracing::Span>,
+    pub causation: String,
+    /// Client event ids that triggered it.
+    pub events: Vec<String>,
+}
+
+/// Where postings go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Into the period, or the next open one if it is closed.
+    Normal,
+    /// Into the period itself (closing or paying it), as closed/paid.
+    Settle { paid: bool },
+}
+
+/// What a recompute did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Report {
+    pub postings: u32,
+    pub awards: u32,
+}
+
+/// The rep-period input (deals, metrics, state) as stored.
+pub async fn input(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKind, key: &str, mode: Mode) -> Result<RepPeriod, sqlx::Error> {
+    let reps = [rep.to_owned()];
+    let deals = store::deals_of_period(conn, &ctx.tenant, Some(&reps), kind, key)
+        .await?
+        .remove(rep)
+        .unwrap_or_default();
+    let (metrics, score) = store::kpis(conn, &ctx.tenant, Some(&reps), kind, key)
+        .await?
+        .remove(rep)
+        .unwrap_or_default();
+    let (closed, paid) = match mode {
+        Mode::Normal => store::period_state(conn, &ctx.tenant, kind, key).await?,
+        Mode::Settle { paid } => (true, paid),
+    };
+    Ok(RepPeriod {
+        rep_id: rep.to_owned(),
+        period_key: key.to_owned(),
+        deals,
+        metrics,
+        score,
+        closed,
+        paid,
+    })
+}
+
+/// One rep's period.
+#[derive(Debug, Clone, Copy)]
+pub struct RepKey<'a> {
+    pub rep: &'a str,
+    pub kind: PeriodKind,
+    pub key: &'a str,
+}
+
+/// Recomputes one rep-period and posts the difference.
+pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause: &Cause, mode: Mode, out: &mut Outbox) -> Result<Report, sqlx::Error> {
+    let RepKey { rep, kind, key } = at;
+    let plan = ctx.plan_for(conn, rep, kind, key).await?.cloned();
+    let rp = input(conn, ctx, rep, kind, key, mode).await?;
+    let held = store::holdings(conn, &ctx.tenant, rep, kind, key).await?;
+    let late_paid = mode == Mode::Normal && rp.paid;
+    let mut outcome = match &plan {
+        Some(p) => compute(p, &RepPeriod { paid: rp.paid && !late_paid, ..rp.clone() }, ctx.currency),
+        None => Outcome {
+            lines: Vec::new(),
+            revenue: Decimal::ZERO,
+            attainment: None,
+            held: false,
+        },
+    };
+    if late_paid {
+        keep_paid(&mut outcome, &held);
+    }
+    let postings = diff(&outcome, &held);
+    let mut report = Report::default();
+    let span = cause.span.clone().unwrap_or_else(tracing::Span::current);
+
+    if !postings.is_empty() {
+        let post_key = if rp.closed && mode == Mode::Normal {
+            store::next_open(conn, &ctx.tenant, &ctx.calendar, kind, key).await?
+        } else {
+            key.to_owned()
+        };
+        let late = post_key != key;
+        let (plan_id, plan_version) = plan.as_ref().map_or((String::new(), 0), |p| (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0)));
+        let rows: Vec<LedgerRow> = postings
+            .iter()
+            .map(|p| LedgerRow {
+                posting_id: Uuid::new_v4(),
+                rep_id: rep.to_owned(),
+                period_kind: kind,
+                period_key: post_key.clone(),
+                source_period_key: key.to_owned(),
+                line_key: p.key.clone(),
+                line_id: line_id(&ctx.tenant, rep, kind, key, &p.key),
+                kind: if late { Kind::Adjustment } else { p.kind }.as_str().to_owned(),
+                status: p.status.as_str().to_owned(),
+                amount: p.amount,
+                currency: ctx.currency.code().to_owned(),
+                plan_id: plan_id.clone(),
+                plan_version,
+                deal_id: p.deal_id.clone(),
+                summary: if late { format!("late change to closed period {key}: {}", p.summary) } else { p.summary.clone() },
+                explanation: p.explanation.clone(),
+                caused_by: cause.events.clone(),
+            })
+            .collect();
+        store::append(conn, &ctx.tenant, &rows).await?;
+        report.postings = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        if ctx.emit {
+            let total = store::period_total(conn, &ctx.tenant, rep, kind, &post_key).await?;
+            let money = |a: Decimal| common::Money {
+                amount: ctx.currency.round(a).to_string(),
+                currency: ctx.currency.code().to_owned(),
+            };
+            for r in &rows {
+                let payload = if r.kind == Kind::Adjustment.as_str() {
+                    Payload::EarningAdjusted(ev::EarningAdjusted {
+                        line_id: r.line_id.to_string(),
+                        rep_id: rep.to_owned(),
+                        period: Some(ctx.period_pb(kind, &post_key)),
+                        adjusts_period: Some(ctx.period_pb(kind, key)),
+                        amount: Some(money(r.amount)),
+                        reason: r.summary.clone(),
+                        explanation_json: r.explanation.to_string(),
+                        period_total: Some(money(total)),
+                    })
+                } else {
+                    Payload::EarningPosted(ev::EarningPosted {
+                        line_id: r.line_id.to_string(),
+                        rep_id: rep.to_owned(),
+                        period: Some(ctx.period_pb(kind, key)),
+                        kind: Kind::parse(&r.kind).map_or(0, Kind::to_proto),
+                        status: crate::domain::compute::Status::parse(&r.status).map_or(0, |s| s.to_proto()),
+                        amount: Some(money(r.amount)),
+                        deal_id: r.deal_id.clone(),
+                        plan_id: r.plan_id.clone(),
+                        plan_version: u32::try_from(r.plan_version).unwrap_or(0),
+                        summary: r.summary.clone(),
+                        explanation_json: r.explanation.to_string(),
+                        period_total: Some(money(total)),
+                    })
+                };
+                out.emit(&span, topics::EARNINGS, spm_core::kafka_key(&ctx.tenant, rep), &ctx.envelope(&cause.causation, payload));
+            }
+        }
+    }
+
+    if let Some(p) = &plan {
+        sqlx::query(
+            "INSERT INTO period_results (tenant_id, rep_id, period_kind, period_key, plan_id, plan_version, revenue, attainment, score)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (tenant_id, rep_id, period_kind, period_key) DO UPDATE SET
+               plan_id = EXCLUDED.plan_id, plan_version = EXCLUDED.plan_version, revenue = EXCLUDED.revenue,
+               attainment = EXCLUDED.attainment, score = EXCLUDED.score",
+        )
+        .bind(&ctx.tenant)
+        .bind(rep)
+        .bind(kind.as_str())
+        .bind(key)
+        .bind(&p.plan_id)
+        .bind(i32::try_from(p.version).unwrap_or(0))
+        .bind(outcome.revenue)
+        .bind(outcome.attainment)
+        .bind(rp.score)
+        .execute(&mut *conn)
+        .await?;
+        let has_deal: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credits WHERE tenant_id = $1 AND rep_id = $2 AND kind = 'deal')")
+            .bind(&ctx.tenant)
+            .bind(rep)
+            .fetch_one(&mut *conn)
+            .await?;
+        let current = PeriodResult {
+            period_key: key.to_owned(),
+            attainment: outcome.attainment,
+            score: rp.score,
+        };
+        let granted = awards::during(p, has_deal && !rp.deals.is_empty(), &current);
+        report.awards += grant(conn, ctx, rep, kind, &granted, cause, out).await?;
+    }
+    Ok(report)
+}
+
+/// The stable id of a statement line.
+pub fn line_id(tenant: &str, rep: &str, kind: PeriodKind, source_key: &str, line_key: &str) -> Uuid {
+    spm_core::derived_id(&[tenant, "line", rep, kind.as_str(), source_key, line_key])
+}
+
+/// Records awards not granted before and emits them.
+pub async fn grant(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKind, list: &[Award], cause: &Cause, out: &mut Outbox) -> Result<u32, sqlx::Error> {
+    let mut n = 0;
+    for a in list {
+        let award_id = spm_core::derived_id(&[&ctx.tenant, "award", rep, &a.code, &a.period_key]);
+        let msg = ev::AwardGranted {
+            award_id: award_id.to_string(),
+            rep_id: rep.to_owned(),
+            kind: match a.kind {
+                AwardKind::Badge => ev::AwardKind::Badge,
+                AwardKind::Promotion => ev::AwardKind::PromotionEligibility,
+            } as i32,
+            code: a.code.clone(),
+            title: a.title.clone(),
+            period: (!a.period_key.is_empty()).then(|| ctx.period_pb(kind, &a.period_key)),
+            reason: a.reason.clone(),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO awards (tenant_id, award_id, rep_id, code, period_key, payload) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ctx.tenant)
+        .bind(award_id)
+        .bind(rep)
+        .bind(&a.code)
+        .bind(&a.period_key)
+        .bind(msg.encode_to_vec())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            n += 1;
+            if ctx.emit {
+                let span = cause.span.clone().unwrap_or_else(tracing::Span::current);
+                out.emit(&span, topics::EARNINGS, spm_core::kafka_key(&ctx.tenant, rep), &ctx.envelope(&cause.causation, Payload::AwardGranted(msg)));
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Closes (or pays) a period: settles every rep-period in it, then marks it.
+pub async fn settle_period(conn: &mut PgConnection, ctx: &Ctx, kind: PeriodKind, key: &str, paid: bool, out: &mut Outbox) -> Result<(u32, Report), sqlx::Error> {
+    let reps = store::reps_of_period(conn, &ctx.tenant, kind, key).await?;
+    let mut total = Report::default();
+    let cause = Cause::default();
+    for rep in &reps {
+        let r = recompute(conn, ctx, RepKey { rep, kind, key }, &cause, Mode::Settle { paid }, out).await?;
+        total.postings += r.postings;
+        total.awards += r.awards;
+    }
+    let col = if paid { "paid_at" } else { "closed_at" };
+    sqlx::query(&format!(
+        "INSERT INTO periods (tenant_id, period_kind, period_key, {col}) VALUES ($1, $2, $3, now())
+         ON CONFLICT (tenant_id, period_kind, period_key) DO UPDATE SET {col} = COALESCE(periods.{col}, now())"
+    ))
+    .bind(&ctx.tenant)
+    .bind(kind.as_str())
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    if !paid {
+        for rep in &reps {
+            total.awards += close_awards(conn, ctx, rep, kind, key, out).await?;
+        }
+    }
+    Ok((u32::try_from(reps.len()).unwrap_or(u32::MAX), total))
+}
+
+/// Streak badges and promotion eligibility, from the consecutive closed periods ending
+/// with `key`.
+async fn close_awards(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKind, key: &str, out: &mut Outbox) -> Result<u32, sqlx::Error> {
+    let Some(plan) = ctx.plan_for(conn, rep, kind, key).await?.cloned() else { return Ok(0) };
+    let results: HashMap<String, (Option<Decimal>, Option<Decimal>)> = sqlx::query_as::<_, (String, Option<Decimal>, Option<Decimal>)>(
+        "SELECT r.period_key, r.attainment, r.score FROM period_results r
+           JOIN periods p ON p.tenant_id = r.tenant_id AND p.period_kind = r.period_kind AND p.period_key = r.period_key
+          WHERE r.tenant_id = $1 AND r.rep_id = $2 AND r.period_kind = $3 AND p.closed_at IS NOT NULL",
+    )
+    .bind(&ctx.tenant)
+    .bind(rep)
+    .bind(kind.as_str())
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(k, a, s)| (k, (a, s)))
+    .collect();
+    let mut history = Vec::new();
+    let Ok(mut p) = ctx.calendar.parse_key(kind, key) else { return Ok(0) };
+    for _ in 0..36 {
+        let Some((a, s)) = results.get(&p.key) else { break };
+        history.push(PeriodResult {
+            period_key: p.key.clone(),
+            attainment: *a,
+            score: *s,
+        });
+        p = ctx.calendar.period(kind, p.start - chrono::Duration::seconds(1));
+    }
+    history.reverse();
+    let list = awards::at_close(&plan, &history);
+    grant(conn, ctx, rep, kind, &list, &Cause::default(), out).await
+}

@@ -1,0 +1,286 @@
+//! Incentive's queries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use spm_core::period::{Calendar, PeriodKind};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::compute::{DealIn, Linked, Status};
+use crate::domain::ledger::Holdings;
+use crate::domain::plan::Plan;
+
+/// Every version of every plan of a tenant.
+pub async fn plans(conn: &mut PgConnection, tenant: &str) -> Result<Vec<Plan>, sqlx::Error> {
+    let rows: Vec<(sqlx::types::Json<Plan>,)> =
+        sqlx::query_as("SELECT definition FROM plans WHERE tenant_id = $1 ORDER BY plan_id, version")
+            .bind(tenant)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0.0).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct CreditRow {
+    rep_id: String,
+    source_event_id: String,
+    kind: String,
+    deal_id: String,
+    occurred_at: DateTime<Utc>,
+    local_date: NaiveDate,
+    amount: Decimal,
+    lines: sqlx::types::Json<Vec<(String, Decimal)>>,
+    full_reversal: bool,
+}
+
+fn key_column(kind: PeriodKind) -> &'static str {
+    if kind == PeriodKind::Quarter { "quarter_key" } else { "month_key" }
+}
+
+/// The deals of `reps` closed in a period, each with its payments and reversals (all
+/// reps when `reps` is None), keyed by rep.
+pub async fn deals_of_period(
+    conn: &mut PgConnection,
+    tenant: &str,
+    reps: Option<&[String]>,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<BTreeMap<String, Vec<DealIn>>, sqlx::Error> {
+    let col = key_column(kind);
+    let rows: Vec<CreditRow> = sqlx::query_as(&format!(
+        "WITH d AS (
+             SELECT rep_id, deal_id FROM credits
+              WHERE tenant_id = $1 AND kind = 'deal' AND {col} = $2 AND ($3::text[] IS NULL OR rep_id = ANY($3))
+         )
+         SELECT c.rep_id, c.source_event_id, c.kind, c.deal_id, c.occurred_at, c.local_date, c.amount, c.lines, c.full_reversal
+           FROM credits c JOIN d ON c.rep_id = d.rep_id AND c.deal_id = d.deal_id
+          WHERE c.tenant_id = $1
+          ORDER BY c.rep_id, c.occurred_at, c.source_event_id"
+    ))
+    .bind(tenant)
+    .bind(key)
+    .bind(reps)
+    .fetch_all(conn)
+    .await?;
+    let mut deals: BTreeMap<(String, String), DealIn> = BTreeMap::new();
+    let mut links = Vec::new();
+    for r in rows {
+        if r.kind == "deal" {
+            // A deal id closes once per rep; a duplicate credit would be a second deal.
+            deals.entry((r.rep_id.clone(), r.deal_id.clone())).or_insert(DealIn {
+                deal_id: r.deal_id,
+                event_id: r.source_event_id,
+                closed_at: r.occurred_at,
+                local_date: r.local_date,
+                credited: r.amount,
+                lines: r.lines.0,
+                payments: Vec::new(),
+                reversals: Vec::new(),
+            });
+        } else {
+            links.push(r);
+        }
+    }
+    for l in links {
+        if let Some(d) = deals.get_mut(&(l.rep_id.clone(), l.deal_id.clone())) {
+            let linked = Linked {
+                event_id: l.source_event_id,
+                at: l.occurred_at,
+                amount: l.amount,
+                full: l.full_reversal,
+            };
+            if l.kind == "payment" {
+                d.payments.push(linked);
+            } else {
+                d.reversals.push(linked);
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<DealIn>> = BTreeMap::new();
+    for ((rep, _), d) in deals {
+        out.entry(rep).or_default().push(d);
+    }
+    Ok(out)
+}
+
+/// The latest scoring metrics and score of reps for a period.
+pub async fn kpis(
+    conn: &mut PgConnection,
+    tenant: &str,
+    reps: Option<&[String]>,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<BTreeMap<String, (BTreeMap<String, Decimal>, Option<Decimal>)>, sqlx::Error> {
+    type KpiRow = (String, sqlx::types::Json<BTreeMap<String, String>>, Option<Decimal>);
+    let rows: Vec<KpiRow> = sqlx::query_as(
+        "SELECT rep_id, metrics, score FROM kpis WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3
+            AND ($4::text[] IS NULL OR rep_id = ANY($4))",
+    )
+    .bind(tenant)
+    .bind(kind.as_str())
+    .bind(key)
+    .bind(reps)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(rep, m, s)| {
+            let metrics = m.0.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect();
+            (rep, (metrics, s))
+        })
+        .collect())
+}
+
+/// (closed, paid) of a period.
+pub async fn period_state(conn: &mut PgConnection, tenant: &str, kind: PeriodKind, key: &str) -> Result<(bool, bool), sqlx::Error> {
+    type StateRow = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let row: Option<StateRow> = sqlx::query_as(
+        "SELECT closed_at, paid_at FROM periods WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3",
+    )
+    .bind(tenant)
+    .bind(kind.as_str())
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map_or((false, false), |(c, p)| (c.is_some(), p.is_some())))
+}
+
+/// The first period from `key` on that is not closed (where late changes are posted).
+pub async fn next_open(conn: &mut PgConnection, tenant: &str, cal: &Calendar, kind: PeriodKind, key: &str) -> Result<String, sqlx::Error> {
+    let closed: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT period_key FROM periods WHERE tenant_id = $1 AND period_kind = $2 AND closed_at IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(kind.as_str())
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .collect();
+    let Ok(mut p) = cal.parse_key(kind, key) else { return Ok(key.to_owned()) };
+    for _ in 0..240 {
+        if !closed.contains(&p.key) {
+            return Ok(p.key);
+        }
+        p = cal.period(kind, p.end);
+    }
+    Ok(p.key)
+}
+
+/// What the ledger holds for a rep's source period (dispute adjustments excluded: they are
+/// not computed from events).
+pub async fn holdings(conn: &mut PgConnection, tenant: &str, rep: &str, kind: PeriodKind, key: &str) -> Result<Holdings, sqlx::Error> {
+    let rows: Vec<(String, String, Decimal)> = sqlx::query_as(
+        "SELECT line_key, status, sum(amount) FROM ledger
+          WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND source_period_key = $4
+            AND line_key NOT LIKE 'dispute:%'
+          GROUP BY 1, 2",
+    )
+    .bind(tenant)
+    .bind(rep)
+    .bind(kind.as_str())
+    .bind(key)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(k, s, a)| Some(((k, Status::parse(&s)?), a)))
+        .collect())
+}
+
+/// One row to append to the ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerRow {
+    pub posting_id: Uuid,
+    pub rep_id: String,
+    pub period_kind: PeriodKind,
+    pub period_key: String,
+    pub source_period_key: String,
+    pub line_key: String,
+    pub line_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub plan_id: String,
+    pub plan_version: i32,
+    pub deal_id: String,
+    pub summary: String,
+    pub explanation: serde_json::Value,
+    pub caused_by: Vec<String>,
+}
+
+pub async fn append(conn: &mut PgConnection, tenant: &str, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&LedgerRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.posting_id).collect();
+    let line_ids: Vec<Uuid> = rows.iter().map(|r| r.line_id).collect();
+    let amounts: Vec<Decimal> = rows.iter().map(|r| r.amount).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.plan_version).collect();
+    let expl: Vec<serde_json::Value> = rows.iter().map(|r| r.explanation.clone()).collect();
+    // Arrays of arrays cannot go through UNNEST: caused_by travels as JSON.
+    let caused: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::json!(r.caused_by)).collect();
+    sqlx::query(
+        "INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
+                             kind, status, amount, currency, plan_id, plan_version, deal_id, summary, explanation, caused_by)
+         SELECT u.id, $1, u.rep, u.pk, u.key, u.src, u.lk, u.lid, u.kind, u.status, u.amount, u.cur, u.plan, u.ver, u.deal,
+                u.summary, u.expl, ARRAY(SELECT jsonb_array_elements_text(u.caused))
+           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::text[],
+                       $10::text[], $11::numeric[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
+                       $17::jsonb[], $18::jsonb[])
+                AS u(id, rep, pk, key, src, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused)",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .bind(col(|r| r.rep_id.clone()))
+    .bind(col(|r| r.period_kind.as_str().to_owned()))
+    .bind(col(|r| r.period_key.clone()))
+    .bind(col(|r| r.source_period_key.clone()))
+    .bind(col(|r| r.line_key.clone()))
+    .bind(&line_ids)
+    .bind(col(|r| r.kind.clone()))
+    .bind(col(|r| r.status.clone()))
+    .bind(&amounts)
+    .bind(col(|r| r.currency.clone()))
+    .bind(col(|r| r.plan_id.clone()))
+    .bind(&versions)
+    .bind(col(|r| r.deal_id.clone()))
+    .bind(col(|r| r.summary.clone()))
+    .bind(&expl)
+    .bind(&caused)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The statement total of a rep's period.
+pub async fn period_total(conn: &mut PgConnection, tenant: &str, rep: &str, kind: PeriodKind, key: &str) -> Result<Decimal, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0) FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4",
+    )
+    .bind(tenant)
+    .bind(rep)
+    .bind(kind.as_str())
+    .bind(key)
+    .fetch_one(conn)
+    .await
+}
+
+/// The rep-periods with anything to recompute in a period (deals, metrics or postings).
+pub async fn reps_of_period(conn: &mut PgConnection, tenant: &str, kind: PeriodKind, key: &str) -> Result<Vec<String>, sqlx::Error> {
+    let col = key_column(kind);
+    sqlx::query_scalar(&format!(
+        "SELECT rep_id FROM credits WHERE tenant_id = $1 AND kind = 'deal' AND {col} = $2
+         UNION SELECT rep_id FROM kpis WHERE tenant_id = $1 AND period_kind = $3 AND period_key = $2
+         UNION SELECT rep_id FROM ledger WHERE tenant_id = $1 AND period_kind = $3 AND source_period_key = $2
+         ORDER BY 1"
+    ))
+    .bind(tenant)
+    .bind(key)
+    .bind(kind.as_str())
+    .fetch_all(conn)
+    .await
+}
