@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod money;
 pub mod period;
+pub mod signature;
 pub mod topics;
 pub mod validation;
 

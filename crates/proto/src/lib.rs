@@ -55,3 +55,9 @@ pub mod incentive {
         tonic::include_proto!("spm.incentive.v1");
     }
 }
+
+pub mod notification {
+    pub mod v1 {
+        tonic::include_proto!("spm.notification.v1");
+    }
+}

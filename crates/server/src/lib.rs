@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod org;
 pub mod shutdown;
 

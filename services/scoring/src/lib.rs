@@ -64,7 +64,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let pool = app.pool.clone();
         let tx = scores_tx.clone();
         let cancel = app.cancel.clone();
-        tokio::spawn(async move { listen_scores(pool, tx, cancel).await });
+        tokio::spawn(spm_server::listen::forward(pool, engine::NOTIFY_CHANNEL, tx, cancel));
     }
     let admin = admin::Admin {
         pool: app.pool.clone(),
@@ -86,37 +86,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     grpc.add_service(ScoringServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max))
         .add_service(ScoringAdminServiceServer::new(admin).max_decoding_message_size(max).max_encoding_message_size(max));
     app.serve(grpc, axum::Router::new()).await
-}
-
-/// Forwards committed score changes (Postgres NOTIFY, any instance) to WatchScores streams.
-async fn listen_scores(pool: sqlx::PgPool, tx: broadcast::Sender<String>, cancel: tokio_util::sync::CancellationToken) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "score listener: cannot connect; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(engine::NOTIFY_CHANNEL).await {
-            tracing::warn!(error = %e, "score listener: LISTEN failed; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                n = listener.recv() => match n {
-                    Ok(n) => { let _ = tx.send(n.payload().to_owned()); }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "score listener: connection lost");
-                        break;
-                    }
-                }
-            }
-        }
-    }
 }
 
 async fn alert_ticker(admin: admin::Admin, every: Duration, cancel: tokio_util::sync::CancellationToken) {
