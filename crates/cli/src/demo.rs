@@ -10,6 +10,12 @@ use spm_proto::events::v1::Pillar;
 use spm_proto::ingest::v1 as ingest;
 use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
 use spm_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use spm_proto::incentive::v1 as incentive;
+use spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient;
+use spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient;
+use spm_proto::notification::v1 as notification;
+use spm_proto::notification::v1::notification_admin_service_client::NotificationAdminServiceClient;
+use spm_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use spm_proto::scoring::v1 as scoring;
 use spm_proto::scoring::v1::scoring_admin_service_client::ScoringAdminServiceClient;
 use spm_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
@@ -106,6 +112,22 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     let this_month = cal.period(spm_core::period::PeriodKind::Month, now);
     let this_quarter = cal.period(spm_core::period::PeriodKind::Quarter, now);
     configure_scoring(cli, &key, &demo, &this_month.key, &this_quarter.key).await?;
+    configure_incentive(cli, &key, &demo, now).await?;
+    let receiver = webhook_receiver().await?;
+    let mut nadm = NotificationAdminServiceClient::new(channel(&cli.notification).await?);
+    let hook = nadm
+        .put_webhook(authed(
+            notification::PutWebhookRequest {
+                url: format!("http://{}/spm-hook", receiver.addr),
+                rules: vec![],
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    *receiver.secret.lock().expect("secret") = hook.secret;
+    println!("webhook receiver listening on http://{}/spm-hook (signatures verified)", receiver.addr);
 
     title(&format!(
         "streaming {} events: {} reps in {} teams, {} days, {} deals, {} payments, {} reversals, {} activities, {} surveys",
@@ -160,7 +182,7 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         .into_inner();
     print_leaderboard(&board);
 
-    let top = board.entries.first().map(|e| e.rep_id.clone()).unwrap_or(rep);
+    let top = board.entries.first().map_or_else(|| rep.clone(), |e| e.rep_id.clone());
     let explained = sc
         .explain_score(authed(
             scoring::ExplainScoreRequest {
@@ -221,6 +243,61 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
             .unwrap_or_default()
     ));
     println!("{}", calib.explanation);
+
+    wait_incentive(cli, &key, &rep, &traced.event_id).await?;
+    let mut inc = IncentiveServiceClient::new(channel(&cli.incentive).await?);
+    let stmt = inc
+        .get_statement(authed(
+            incentive::GetStatementRequest {
+                rep_id: top.clone(),
+                period: Some(month(&this_month.key)),
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .statement
+        .unwrap_or_default();
+    print_statement(&stmt);
+
+    // Notifications: give the pipeline a moment to deliver what it produced.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ns = NotificationServiceClient::new(channel(&cli.notification).await?);
+    let feed = ns
+        .list_notifications(authed(
+            notification::ListNotificationsRequest {
+                recipient: String::new(),
+                unread_only: false,
+                limit: 500,
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut by_rule: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for n in &feed.notifications {
+        *by_rule.entry(n.rule.clone()).or_default() += 1;
+    }
+    title(&format!("notifications that went out ({} latest shown by rule)", feed.notifications.len()));
+    let mut t = table(&["rule", "count"]);
+    for (r, n) in &by_rule {
+        t.add_row(vec![Cell::new(r), num(n)]);
+    }
+    println!("{t}");
+    let mut t = table(&["to", "rule", "title", "why / next"]);
+    let mut shown: Vec<&notification::Notification> = Vec::new();
+    for rule in ["commission_earned", "tier_reached", "award_granted", "goal_milestone", "leaderboard_entered", "process_alert"] {
+        shown.extend(feed.notifications.iter().filter(|n| n.rule == rule).take(2));
+    }
+    for n in shown {
+        t.add_row(vec![Cell::new(&n.recipient), Cell::new(&n.rule), Cell::new(&n.title), Cell::new(trim(&n.body, 110))]);
+    }
+    println!("{t}");
+    let received = receiver.count.load(std::sync::atomic::Ordering::Relaxed);
+    let bad = receiver.bad.load(std::sync::atomic::Ordering::Relaxed);
+    println!("webhooks received by the local receiver: {received} (bad signatures: {bad})");
 
     title("follow one deal");
     println!("deal event {} carries trace id {trace_id}", traced.event_id);
@@ -303,11 +380,9 @@ async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo,
     for (rep, team, _, _) in &demo.reps {
         // Senior reps (team north) carry a higher quota.
         let (m_rev, q_rev) = if team == "north" { ("90000", "270000") } else { ("70000", "210000") };
-        for (metric, period, target) in [
-            ("revenue", month(month_key), m_rev),
-            ("visits", month(month_key), "25"),
-            ("revenue", q.clone(), q_rev),
-        ] {
+        // Monthly goals; quarter and year targets roll up from them.
+        let _ = (&q, q_rev);
+        for (metric, period, target) in [("revenue", month(month_key), m_rev), ("visits", month(month_key), "25")] {
             adm.set_goal(authed(
                 scoring::SetGoalRequest {
                     subject_kind: scoring::SubjectKind::Rep as i32,
@@ -339,7 +414,7 @@ async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo,
         .await
         .map_err(status_error)?;
     }
-    println!("scorecard ae-standard and {} goals set", demo.reps.len() * 3 + demo.teams.len());
+    println!("scorecard ae-standard and {} goals set", demo.reps.len() * 2 + demo.teams.len());
     Ok(())
 }
 
@@ -398,4 +473,179 @@ fn demo_days(_demo: &spm_testkit::demo::Demo, now: chrono::DateTime<Utc>) -> i64
     // The demo spans at most 62 days plus the org events a day earlier.
     let _ = now.day();
     63
+}
+
+fn trim(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_owned() } else { format!("{}...", s.chars().take(n).collect::<String>()) }
+}
+
+async fn configure_incentive(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo, now: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+    let mut adm = IncentiveAdminServiceClient::new(channel(&cli.incentive).await?);
+    let start = (now - chrono::Duration::days(120)).format("%Y-%m-%d").to_string();
+    let spiff_from = (now - chrono::Duration::days(20)).format("%Y-%m-%d").to_string();
+    let spiff_to = (now + chrono::Duration::days(10)).format("%Y-%m-%d").to_string();
+    let rep_quotas = demo
+        .reps
+        .iter()
+        .filter(|(_, team, _, _)| team == "north")
+        .map(|(r, ..)| (r.clone(), "90000".to_owned()))
+        .collect();
+    let plan = incentive::Plan {
+        plan_id: "ae-2026".into(),
+        name: "Account executives 2026".into(),
+        effective_from: start,
+        period_kind: common::PeriodKind::Month as i32,
+        assignment: Some(incentive::PlanAssignment { tenant_default: true, ..Default::default() }),
+        commission: Some(incentive::Commission {
+            basis: incentive::TierBasis::Attainment as i32,
+            mode: incentive::TierMode::Marginal as i32,
+            quota: "70000".into(),
+            rep_quotas,
+            tiers: vec![
+                incentive::Tier { from: "0".into(), rate: "0.04".into() },
+                incentive::Tier { from: "1".into(), rate: "0.07".into() },
+                incentive::Tier { from: "1.5".into(), rate: "0.1".into() },
+            ],
+            threshold: "0.3".into(),
+            per_deal_cap: "5000".into(),
+            period_cap: "20000".into(),
+        }),
+        gates: vec![
+            incentive::Gate {
+                metric: "collection_rate".into(),
+                op: incentive::GateOp::Below as i32,
+                value: "0.5".into(),
+                action: incentive::GateAction::Multiply as i32,
+                factor: "0.8".into(),
+            },
+            incentive::Gate {
+                metric: "csat_avg".into(),
+                op: incentive::GateOp::Below as i32,
+                value: "3.5".into(),
+                action: incentive::GateAction::Hold as i32,
+                factor: String::new(),
+            },
+        ],
+        payout: Some(incentive::PayoutSplit { at_close_percent: "50".into(), on_collection_percent: "50".into() }),
+        attainment_bonuses: vec![incentive::AttainmentBonus { at: "1".into(), amount: "1000".into() }],
+        score_bonus: vec![incentive::ScoreBand { min_score: "100".into(), amount: "500".into() }],
+        spiffs: vec![incentive::Spiff {
+            spiff_id: "analytics-push".into(),
+            name: "Analytics push".into(),
+            product_ids: vec!["analytics".into()],
+            from_date: spiff_from,
+            to_date: spiff_to,
+            reward: Some(incentive::spiff::Reward::Rate("0.02".into())),
+        }],
+        clawback_window_days: 90,
+        badges: vec![
+            incentive::BadgeRule { code: "first-deal".into(), title: "First deal".into(), kind: incentive::BadgeKind::FirstDeal as i32, threshold: String::new(), periods: 0 },
+            incentive::BadgeRule { code: "club-120".into(), title: "120% club".into(), kind: incentive::BadgeKind::AttainmentClub as i32, threshold: "1.2".into(), periods: 0 },
+            incentive::BadgeRule { code: "streak-3".into(), title: "Three in a row".into(), kind: incentive::BadgeKind::Streak as i32, threshold: "1".into(), periods: 3 },
+        ],
+        promotion: Some(incentive::PromotionRule { periods: 3, min_attainment: "1.1".into(), min_score: "95".into() }),
+        ..Default::default()
+    };
+    adm.put_plan(authed(incentive::PutPlanRequest { plan: Some(plan) }, key)).await.map_err(status_error)?;
+    println!("plan ae-2026: marginal tiers 4% / 7% above quota / 10% above 150%, collection gate, SPIFF, badges");
+    Ok(())
+}
+
+/// Waits until incentive has posted the traced deal (the rep's last event).
+async fn wait_incentive(cli: &Cli, key: &str, rep: &str, traced_event: &str) -> anyhow::Result<()> {
+    let mut inc = IncentiveServiceClient::new(channel(&cli.incentive).await?);
+    let t = Instant::now();
+    loop {
+        let s = inc
+            .get_statement(authed(incentive::GetStatementRequest { rep_id: rep.to_owned(), period: None }, key))
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .statement
+            .unwrap_or_default();
+        if s.lines.iter().any(|l| l.explanation_json.contains(traced_event)) {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("incentive did not post the traced deal within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn print_statement(s: &incentive::Statement) {
+    let period = s.period.as_ref().map(|p| p.key.clone()).unwrap_or_default();
+    title(&format!(
+        "statement of {} for {period}: {} {} (revenue {}, attainment {}, plan {} v{})",
+        s.rep_id, s.total, s.currency, s.revenue, s.attainment, s.plan_id, s.plan_version
+    ));
+    let mut t = table(&["line", "kind", "amount", "status", "how"]);
+    for l in s.lines.iter().take(14) {
+        let kind = spm_proto::events::v1::EarningKind::try_from(l.kind)
+            .map(|k| k.as_str_name().trim_start_matches("EARNING_KIND_").to_lowercase())
+            .unwrap_or_default();
+        let status: Vec<String> = l
+            .by_status
+            .iter()
+            .map(|x| {
+                let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
+                    .map(|k| k.as_str_name().trim_start_matches("EARNING_STATUS_").to_lowercase())
+                    .unwrap_or_default();
+                format!("{st} {}", x.amount)
+            })
+            .collect();
+        t.add_row(vec![Cell::new(&l.key), Cell::new(kind), num(&l.amount), Cell::new(status.join(", ")), Cell::new(trim(&l.summary, 70))]);
+    }
+    println!("{t}");
+    if s.lines.len() > 14 {
+        note(&format!("... {} more lines; `spm statement {}` shows all", s.lines.len() - 14, s.rep_id));
+    }
+    let totals: Vec<String> = s
+        .totals_by_status
+        .iter()
+        .map(|x| {
+            let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
+                .map(|k| k.as_str_name().trim_start_matches("EARNING_STATUS_").to_lowercase())
+                .unwrap_or_default();
+            format!("{st} {}", x.amount)
+        })
+        .collect();
+    note(&format!("by status: {}; every line's calculation trace: ExplainLine(line_id)", totals.join(", ")));
+}
+
+struct Receiver {
+    addr: std::net::SocketAddr,
+    secret: std::sync::Arc<std::sync::Mutex<String>>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bad: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A local webhook endpoint that checks each delivery's signature.
+async fn webhook_receiver() -> anyhow::Result<Receiver> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let secret = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let bad = std::sync::Arc::new(AtomicUsize::new(0));
+    let (s2, c2, b2) = (secret.clone(), count.clone(), bad.clone());
+    let app = axum::Router::new().route(
+        "/spm-hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (s, c, b) = (s2.clone(), c2.clone(), b2.clone());
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let secret = s.lock().expect("secret").clone();
+                if spm_core::signature::verify(&secret, &h("x-spm-timestamp"), &body, &h("x-spm-signature")) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::OK
+                } else {
+                    b.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::UNAUTHORIZED
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Receiver { addr, secret, count, bad })
 }

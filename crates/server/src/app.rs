@@ -38,14 +38,16 @@ impl App {
         let telemetry = spm_telemetry::init(&format!("spm-{name}"), config.log_format)?;
         let cancel = crate::shutdown::on_signal();
 
-        let pool = crate::db::connect(&config.database_url, name, config.db_max_connections)
+        // Dependencies may come up after us (orchestrators start everything at once):
+        // retry for a while before giving up.
+        let pool = retry("Postgres", &cancel, || crate::db::connect(&config.database_url, name, config.db_max_connections))
             .await
             .with_context(|| format!("connecting to DATABASE_URL ({})", redact(&config.database_url)))?;
         crate::db::migrate(&pool, migrator)
             .await
             .with_context(|| format!("migrating schema {name}"))?;
 
-        spm_bus::admin::ensure_topics(&config.kafka)
+        retry("Kafka", &cancel, || spm_bus::admin::ensure_topics(&config.kafka))
             .await
             .with_context(|| format!("creating topics on KAFKA_BROKERS ({})", config.kafka.brokers))?;
         let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
@@ -142,6 +144,27 @@ impl App {
             t.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Retries `f` with backoff for up to a minute (or until cancelled).
+async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, cancel: &CancellationToken, mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(60) && !cancel.is_cancelled() => {
+                tracing::warn!(dependency = what, error = %e, retry_in = ?delay, "dependency not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

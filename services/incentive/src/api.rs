@@ -121,7 +121,7 @@ fn lines_of(ctx: &Ctx, statement_key: &str, rows: &[Row]) -> Vec<pb::StatementLi
                     })
                     .collect(),
                 deal_id: last.deal_id.clone(),
-                summary: last.summary.clone(),
+                summary: last.summary.trim_start_matches("recomputed: ").to_owned(),
                 explanation_json: last.explanation.to_string(),
                 postings: u32::try_from(rs.len()).unwrap_or(u32::MAX),
             })

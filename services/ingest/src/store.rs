@@ -149,6 +149,11 @@ pub async fn load_state(
         .await?;
         state.deals = rows.into_iter().map(|(d, s)| (d, s.0)).collect();
     }
+    // A full reversal names no amount: its currency is the deal's.
+    let mut currencies: Vec<String> = currencies.to_vec();
+    currencies.extend(state.deals.values().map(|d| d.currency.clone()));
+    currencies.sort();
+    currencies.dedup();
     if !currencies.is_empty() {
         let rows: Vec<(String, NaiveDate, Decimal)> = sqlx::query_as(
             "SELECT currency, effective_from, rate FROM fx_rates WHERE tenant_id = $1 AND currency = ANY($2)",

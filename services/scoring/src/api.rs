@@ -112,15 +112,14 @@ impl Api {
             .ok_or_else(|| ApiError::NotFound(format!("rep {rep_id:?} is not known to scoring")))?;
         let teams = store::teams(&mut conn, tenant).await?;
         let cards = store::scorecards(&mut conn, tenant).await?;
-        let goals = self.goals_in_force(&mut conn, tenant, p).await?;
+        let months = months_of(cal, p);
+        let mut names = vec![format!("{}:{}", p.kind, p.key)];
+        names.extend(months.iter().map(|m| format!("month:{m}")));
+        let versions = store::goal_versions(&mut conn, tenant, &names).await?;
+        let at = Utc::now().min(p.end);
+        let goals = store::in_force(&versions, |_| at);
         let totals = CellTotals::default();
-        let goal = |m: &str| {
-            goals
-                .iter()
-                .find(|g| g.subject_kind == "rep" && g.subject_id == rep_id && g.metric == m)
-                .map(|g| g.target)
-        };
-        let _ = cal;
+        let goal = |m: &str| engine::target(&goals, rep_id, p.kind, &p.key, m, &months);
         Ok(engine::snapshot(&rep, p.kind, &p.key, engine::resolve(&cards, &rep, &teams), &totals, &goal))
     }
 

@@ -164,6 +164,26 @@ fn envelope(job: &Job, causation: &str, payload: Payload) -> ev::EventEnvelope {
     }
 }
 
+/// A rep's target for a metric in a period: its goal for that period, or (quarters and
+/// years) the sum of its monthly goals within it. One goal cadence per subject and metric
+/// (SetGoal rejects overlapping kinds), so the two never double up.
+pub fn target(goals: &[GoalVersion], rep: &str, kind: PeriodKind, key: &str, metric: &str, months: &[String]) -> Option<Decimal> {
+    let mine = |k: &str, p: &str| {
+        goals
+            .iter()
+            .find(|g| g.subject_kind == "rep" && g.subject_id == rep && g.metric == metric && g.period_kind == k && g.period_key == p)
+            .map(|g| g.target)
+    };
+    if let Some(t) = mine(kind.as_str(), key) {
+        return Some(t);
+    }
+    if kind == PeriodKind::Month {
+        return None;
+    }
+    let parts: Vec<Decimal> = months.iter().filter_map(|m| mine("month", m)).collect();
+    (!parts.is_empty()).then(|| parts.iter().copied().sum())
+}
+
 struct Upsert {
     rep: String,
     kind: String,
@@ -196,11 +216,19 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
     }
     let all_months: Vec<String> = periods.values().flat_map(|(_, m)| m.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let period_names: Vec<String> = periods.keys().map(|(k, key)| format!("{k}:{key}")).collect();
-    let versions = store::goal_versions(conn, &job.tenant, &period_names).await?;
-    let ends: HashMap<String, DateTime<Utc>> = periods
+    // Goals of the periods themselves, and monthly goals that roll up into quarters/years.
+    let mut goal_periods = period_names.clone();
+    goal_periods.extend(all_months.iter().map(|m| format!("month:{m}")));
+    let versions = store::goal_versions(conn, &job.tenant, &goal_periods).await?;
+    let mut ends: HashMap<String, DateTime<Utc>> = periods
         .iter()
         .map(|((k, key), (p, _))| (format!("{k}:{key}"), p.end))
         .collect();
+    for m in &all_months {
+        if let Ok(p) = job.calendar.parse_key(PeriodKind::Month, m) {
+            ends.insert(format!("month:{m}"), p.end);
+        }
+    }
     let goals = store::in_force(&versions, |g| {
         let end = ends.get(&format!("{}:{}", g.period_kind, g.period_key)).copied().unwrap_or(now);
         now.min(end)
@@ -257,7 +285,7 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
                 g.subject_kind == "rep" && &g.subject_id == rep_id && g.period_kind == kind.as_str() && &g.period_key == key
             })
             .collect();
-        let goal = |metric: &str| rep_goals.iter().find(|g| g.metric == metric).map(|g| g.target);
+        let goal = |metric: &str| target(&goals, rep_id, *kind, key, metric, months);
         let card = resolve(&cards, &rep, &teams);
         let snap = snapshot(&rep, *kind, key, card, &totals, &goal);
         let bytes = snap.encode_to_vec();
