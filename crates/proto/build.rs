@@ -7,7 +7,10 @@ use prost::Message as _;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir"));
-    let root = manifest.join("../../proto").canonicalize().expect("proto dir");
+    let root = manifest
+        .join("../../proto")
+        .canonicalize()
+        .expect("proto dir");
     println!("cargo:rerun-if-changed={}", root.display());
 
     let mut files = Vec::new();
@@ -24,6 +27,7 @@ fn main() {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::Codec")
         .compile_fds(fds)
         .unwrap_or_else(|e| panic!("codegen: {e}"));
 }

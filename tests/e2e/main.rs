@@ -2,4 +2,5 @@
 //! Postgres and the real broker of the local stack (`deploy/local/stack up`), each test in
 //! its own database and topic prefix.
 
+mod ingest;
 mod spine;

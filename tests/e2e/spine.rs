@@ -16,20 +16,24 @@ use spm_testkit::{TestEnv, authed, create_tenant, eventually, wait_key_known};
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 async fn deal_facts(pool: &sqlx::PgPool, tenant: &str, deal_id: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM facts WHERE tenant_id = $1 AND deal_id = $2 AND kind = 'deal'")
-        .bind(tenant)
-        .bind(deal_id)
-        .fetch_one(pool)
-        .await
-        .expect("count facts")
+    sqlx::query_scalar(
+        "SELECT count(*) FROM facts WHERE tenant_id = $1 AND deal_id = $2 AND kind = 'deal'",
+    )
+    .bind(tenant)
+    .bind(deal_id)
+    .fetch_one(pool)
+    .await
+    .expect("count facts")
 }
 
 async fn revenue(pool: &sqlx::PgPool, tenant: &str) -> Decimal {
-    sqlx::query_scalar("SELECT COALESCE(sum(sum), 0) FROM cells WHERE tenant_id = $1 AND cell = 'revenue'")
-        .bind(tenant)
-        .fetch_one(pool)
-        .await
-        .expect("revenue")
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(sum), 0) FROM cells WHERE tenant_id = $1 AND cell = 'revenue'",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .expect("revenue")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +50,9 @@ async fn deal_flows_once_with_its_trace_through_kill_and_duplicates() {
         let mut r = authed(SubmitEventsRequest { events }, &tenant.admin_key);
         r.metadata_mut().insert(
             "traceparent",
-            format!("00-{TRACE}-00f067aa0ba902b7-01").parse().expect("header"),
+            format!("00-{TRACE}-00f067aa0ba902b7-01")
+                .parse()
+                .expect("header"),
         );
         r
     };
@@ -59,13 +65,20 @@ async fn deal_flows_once_with_its_trace_through_kill_and_duplicates() {
         .expect("submit")
         .into_inner()
         .acks;
-    assert!(acks.iter().all(|a| a.status == AckStatus::Accepted as i32), "{acks:?}");
+    assert!(
+        acks.iter().all(|a| a.status == AckStatus::Accepted as i32),
+        "{acks:?}"
+    );
 
     // Scoring's consumer records it in Postgres through the shared loop.
-    eventually(Duration::from_secs(30), "scoring to record the deal", || {
-        let pool = pool.clone();
-        async move { (deal_facts(&pool, "acme", "d-1").await == 1).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "scoring to record the deal",
+        || {
+            let pool = pool.clone();
+            async move { (deal_facts(&pool, "acme", "d-1").await == 1).then_some(()) }
+        },
+    )
     .await;
     assert_eq!(revenue(&pool, "acme").await, Decimal::new(100_000, 2));
 
@@ -73,7 +86,11 @@ async fn deal_flows_once_with_its_trace_through_kill_and_duplicates() {
     let records = read_topic(&env, topics::DEALS);
     let rec = records
         .iter()
-        .find(|r| r.envelope.as_ref().is_some_and(|e| e.causation_id == d1.event_id))
+        .find(|r| {
+            r.envelope
+                .as_ref()
+                .is_some_and(|e| e.causation_id == d1.event_id)
+        })
         .expect("deal credit on the topic");
     let tp = rec.header("traceparent").expect("traceparent header");
     assert_eq!(spm_telemetry_trace(tp), TRACE, "{tp}");
@@ -81,35 +98,81 @@ async fn deal_flows_once_with_its_trace_through_kill_and_duplicates() {
     assert_eq!(rec.key, "acme/r1");
 
     // The same event submitted twice counts once; so does a raw redelivery of the record.
-    let again = client.submit_events(submit(vec![d1.clone()])).await.expect("resubmit").into_inner().acks;
+    let again = client
+        .submit_events(submit(vec![d1.clone()]))
+        .await
+        .expect("resubmit")
+        .into_inner()
+        .acks;
     assert_eq!(again[0].status, AckStatus::Duplicate as i32);
-    publish_raw(&env, topics::DEALS, &rec.key, rec.payload.clone(), rec.headers.clone()).await;
-    eventually(Duration::from_secs(30), "the redelivered record to be skipped", || {
-        let s = &scoring;
-        async move {
-            (s.metric_sum("spm_events_duplicate_total", &["topic=\"spm.crm.deals.v1\""]).await >= 1.0).then_some(())
-        }
-    })
+    publish_raw(
+        &env,
+        topics::DEALS,
+        &rec.key,
+        rec.payload.clone(),
+        rec.headers.clone(),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the redelivered record to be skipped",
+        || {
+            let s = &scoring;
+            async move {
+                (s.metric_sum(
+                    "spm_events_duplicate_total",
+                    &["topic=\"spm.crm.deals.v1\""],
+                )
+                .await
+                    >= 1.0)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     assert_eq!(deal_facts(&pool, "acme", "d-1").await, 1);
     assert_eq!(revenue(&pool, "acme").await, Decimal::new(100_000, 2));
 
     // SIGKILL after the DB commit and before the offset commit, then restart: once.
     scoring.terminate(Duration::from_secs(20)).await;
-    scoring.restart_with(&[("SPM_FAILPOINT", "hang_after_db_commit")], &[]).await;
+    scoring
+        .restart_with(&[("SPM_FAILPOINT", "hang_after_db_commit")], &[])
+        .await;
     let d2 = deal("d-2", "250.00", &[("r1", "100")]);
-    client.submit_events(submit(vec![d2])).await.expect("submit d-2");
-    scoring.wait_log("failpoint hang_after_db_commit reached", Duration::from_secs(30)).await;
-    assert_eq!(deal_facts(&pool, "acme", "d-2").await, 1, "committed before the kill");
+    client
+        .submit_events(submit(vec![d2]))
+        .await
+        .expect("submit d-2");
+    scoring
+        .wait_log(
+            "failpoint hang_after_db_commit reached",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(
+        deal_facts(&pool, "acme", "d-2").await,
+        1,
+        "committed before the kill"
+    );
     scoring.kill9().await;
     scoring.restart_with(&[], &["SPM_FAILPOINT"]).await;
     // The record is delivered again (its offset was never committed) and skipped.
-    eventually(Duration::from_secs(40), "the replayed record to be skipped", || {
-        let s = &scoring;
-        async move {
-            (s.metric_sum("spm_events_duplicate_total", &["topic=\"spm.crm.deals.v1\""]).await >= 1.0).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(40),
+        "the replayed record to be skipped",
+        || {
+            let s = &scoring;
+            async move {
+                (s.metric_sum(
+                    "spm_events_duplicate_total",
+                    &["topic=\"spm.crm.deals.v1\""],
+                )
+                .await
+                    >= 1.0)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     assert_eq!(deal_facts(&pool, "acme", "d-2").await, 1);
     assert_eq!(revenue(&pool, "acme").await, Decimal::new(125_000, 2));
@@ -128,11 +191,14 @@ async fn two_instances_split_the_partitions_and_count_every_event_once() {
     let env = TestEnv::new("scaleout").await;
     let ingest = env.start("ingest").await;
     let a = env.start("scoring").await;
-    a.wait_log("partitions assigned", Duration::from_secs(30)).await;
+    a.wait_log("partitions assigned", Duration::from_secs(30))
+        .await;
     let b = env.start("scoring").await;
     // The group rebalances: b gets its share, a gets its remaining share again.
-    b.wait_log("partitions assigned", Duration::from_secs(60)).await;
-    a.wait_log_count("partitions assigned", 2, Duration::from_secs(60)).await;
+    b.wait_log("partitions assigned", Duration::from_secs(60))
+        .await;
+    a.wait_log_count("partitions assigned", 2, Duration::from_secs(60))
+        .await;
     let tenant = create_tenant(&env, &ingest, "acme").await;
     wait_key_known(&ingest, &tenant.admin_key).await;
     let pool = env.pool("scoring").await;
@@ -147,7 +213,12 @@ async fn two_instances_split_the_partitions_and_count_every_event_once() {
     }
     for chunk in events.chunks(100) {
         let acks = client
-            .submit_events(authed(SubmitEventsRequest { events: chunk.to_vec() }, &tenant.admin_key))
+            .submit_events(authed(
+                SubmitEventsRequest {
+                    events: chunk.to_vec(),
+                },
+                &tenant.admin_key,
+            ))
             .await
             .expect("submit")
             .into_inner()
@@ -167,7 +238,17 @@ async fn two_instances_split_the_partitions_and_count_every_event_once() {
     .await;
     assert_eq!(revenue(&pool, "acme").await, Decimal::new(240_000, 2));
     let topic = ["topic=\"spm.crm.deals.v1\""];
-    let (ca, cb) = (a.metric_sum("spm_events_consumed_total", &topic).await, b.metric_sum("spm_events_consumed_total", &topic).await);
-    assert!(ca > 0.0 && cb > 0.0, "both instances consumed deals: {ca} + {cb}");
-    assert_eq!(ca + cb, 240.0, "each record applied exactly once across the group");
+    let (ca, cb) = (
+        a.metric_sum("spm_events_consumed_total", &topic).await,
+        b.metric_sum("spm_events_consumed_total", &topic).await,
+    );
+    assert!(
+        ca > 0.0 && cb > 0.0,
+        "both instances consumed deals: {ca} + {cb}"
+    );
+    assert_eq!(
+        ca + cb,
+        240.0,
+        "each record applied exactly once across the group"
+    );
 }

@@ -19,8 +19,16 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|(name, compacted)| {
-            let t = NewTopic::new(name, cfg.partitions, TopicReplication::Fixed(cfg.replication));
-            if *compacted { t.set("cleanup.policy", "compact") } else { t }
+            let t = NewTopic::new(
+                name,
+                cfg.partitions,
+                TopicReplication::Fixed(cfg.replication),
+            );
+            if *compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

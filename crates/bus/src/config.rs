@@ -8,11 +8,21 @@ use rdkafka::ClientConfig;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated host:port.
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", value_name = "KAFKA_BROKERS", default_value = "127.0.0.1:59092")]
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        value_name = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:59092"
+    )]
     pub brokers: String,
 
     /// Prefix for every topic and consumer-group name (isolates environments and tests).
-    #[arg(long = "kafka-topic-prefix", env = "KAFKA_TOPIC_PREFIX", value_name = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    #[arg(
+        long = "kafka-topic-prefix",
+        env = "KAFKA_TOPIC_PREFIX",
+        value_name = "KAFKA_TOPIC_PREFIX",
+        default_value = ""
+    )]
     pub topic_prefix: String,
 
     /// Partitions of topics SPM creates at start when they are missing.
@@ -92,7 +102,8 @@ impl KafkaConfig {
 
     /// The base name of a full topic name.
     pub fn base_topic<'a>(&self, full: &'a str) -> &'a str {
-        full.strip_prefix(self.topic_prefix.as_str()).unwrap_or(full)
+        full.strip_prefix(self.topic_prefix.as_str())
+            .unwrap_or(full)
     }
 
     /// The full name of a consumer group.
@@ -129,7 +140,10 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", (self.session_timeout_ms / 3).max(100).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout_ms / 3).max(100).to_string(),
+            )
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("statistics.interval.ms", "5000");
@@ -158,10 +172,13 @@ mod tests {
     #[test]
     fn extra_properties_parse_and_reject_garbage() {
         let e = parse_extra("security.protocol=SSL, ssl.ca.location = /ca.pem").unwrap();
-        assert_eq!(e.0, vec![
-            ("security.protocol".to_owned(), "SSL".to_owned()),
-            ("ssl.ca.location".to_owned(), "/ca.pem".to_owned())
-        ]);
+        assert_eq!(
+            e.0,
+            vec![
+                ("security.protocol".to_owned(), "SSL".to_owned()),
+                ("ssl.ca.location".to_owned(), "/ca.pem".to_owned())
+            ]
+        );
         assert!(parse_extra("nonsense").is_err());
         assert!(parse_extra("").unwrap().0.is_empty());
     }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, OwnedMessage};
 use rdkafka::statistics::Statistics;
@@ -53,7 +55,10 @@ pub enum HandlerError {
     /// The event can never be applied; it goes to the DLQ. `event_id` names it when known;
     /// otherwise the loop finds it by applying the batch one event at a time.
     #[error("permanent: {reason}")]
-    Permanent { event_id: Option<Uuid>, reason: String },
+    Permanent {
+        event_id: Option<Uuid>,
+        reason: String,
+    },
 }
 
 impl HandlerError {
@@ -101,9 +106,19 @@ impl Outbox {
 
     /// Emits `envelope` to base topic `topic` with `key`, carrying the trace context of
     /// `span` (the span of the event that caused it).
-    pub fn emit(&mut self, span: &tracing::Span, topic: &str, key: String, envelope: &EventEnvelope) {
-        self.rows
-            .push(envelope_record(format!("{}{topic}", self.prefix), key, envelope, span));
+    pub fn emit(
+        &mut self,
+        span: &tracing::Span,
+        topic: &str,
+        key: String,
+        envelope: &EventEnvelope,
+    ) {
+        self.rows.push(envelope_record(
+            format!("{}{topic}", self.prefix),
+            key,
+            envelope,
+            span,
+        ));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,7 +164,12 @@ impl Outbox {
 pub trait Handler: Send + Sync + 'static {
     /// Applies `batch` (events never applied before, in partition order per partition)
     /// inside the loop's transaction, emitting output events into `out`.
-    async fn apply(&self, conn: &mut PgConnection, batch: &[&Incoming], out: &mut Outbox) -> Result<(), HandlerError>;
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[&Incoming],
+        out: &mut Outbox,
+    ) -> Result<(), HandlerError>;
 
     /// Called after the transaction of `batch` committed (wake watchers, caches...).
     fn committed(&self, _batch: &[&Incoming]) {}
@@ -216,8 +236,13 @@ impl ConsumerLoop {
 
     /// Runs until `cancel`; then commits the stored offsets and leaves the group.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
-        let ctx = LoopContext { group: self.group.clone() };
-        let consumer: StreamConsumer<LoopContext> = self.cfg.consumer_config(&self.group).create_with_context(ctx)?;
+        let ctx = LoopContext {
+            group: self.group.clone(),
+        };
+        let consumer: StreamConsumer<LoopContext> = self
+            .cfg
+            .consumer_config(&self.group)
+            .create_with_context(ctx)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         tracing::info!(group = %self.group, topics = ?topics, "consumer subscribed");
@@ -243,7 +268,9 @@ impl ConsumerLoop {
             while batch.len() < self.max_batch {
                 match stream.next().now_or_never() {
                     Some(Some(Ok(m))) => batch.push(m.detach()),
-                    Some(Some(Err(e))) => tracing::warn!(group = %self.group, error = %e, "consumer error"),
+                    Some(Some(Err(e))) => {
+                        tracing::warn!(group = %self.group, error = %e, "consumer error")
+                    }
                     Some(None) | None => break,
                 }
             }
@@ -283,8 +310,12 @@ impl ConsumerLoop {
     /// at start, through the same inbox + handler + outbox path, then returns the number of
     /// records read. No consumer group offsets are committed (rebuilds, new projections).
     pub async fn replay(self, cancel: CancellationToken) -> Result<u64, Error> {
-        let ctx = LoopContext { group: self.group.clone() };
-        let mut cfg = self.cfg.consumer_config(&format!("{}-replay-{}", self.group, Uuid::new_v4()));
+        let ctx = LoopContext {
+            group: self.group.clone(),
+        };
+        let mut cfg =
+            self.cfg
+                .consumer_config(&format!("{}-replay-{}", self.group, Uuid::new_v4()));
         cfg.set("enable.auto.commit", "false");
         let consumer: StreamConsumer<LoopContext> = cfg.create_with_context(ctx)?;
         let mut tpl = TopicPartitionList::new();
@@ -293,7 +324,8 @@ impl ConsumerLoop {
             let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
             for t in md.topics() {
                 for p in t.partitions() {
-                    let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                    let (_, high) =
+                        consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
                     if high > 0 {
                         ends.insert((topic.clone(), p.id()), high);
                         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
@@ -307,11 +339,15 @@ impl ConsumerLoop {
         consumer.assign(&tpl)?;
         let mut read = 0u64;
         let mut stream = consumer.stream();
-        while !ends.is_empty() {
+        // Some brokers (Tansu) report a high watermark a record short after a multi-record
+        // batch: once the reported ends are reached, read on until the topics are quiet.
+        let quiet = Duration::from_secs(1);
+        loop {
             let first = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 m = stream.next() => m,
+                () = tokio::time::sleep(quiet), if ends.is_empty() => break,
             };
             let Some(first) = first else { break };
             let mut batch = vec![first?.detach()];
@@ -385,7 +421,9 @@ impl ConsumerLoop {
                     match self.apply_in_tx(&[inc]).await {
                         Ok(applied) => self.after_commit(&[inc], &applied, started),
                         Err(HandlerError::Transient(e)) => return Err(e),
-                        Err(HandlerError::Permanent { reason, .. }) => poison.push(((*m).clone(), reason)),
+                        Err(HandlerError::Permanent { reason, .. }) => {
+                            poison.push(((*m).clone(), reason))
+                        }
                     }
                 }
             }
@@ -396,7 +434,10 @@ impl ConsumerLoop {
                 .events_failed
                 .get_or_create(&labels([("group", &self.group), ("kind", "permanent")]))
                 .inc_by(poison.len() as u64);
-            self.dlq.send_all(&poison).await.map_err(|e| format!("dlq: {e}"))?;
+            self.dlq
+                .send_all(&poison)
+                .await
+                .map_err(|e| format!("dlq: {e}"))?;
         }
         Ok(())
     }
@@ -410,7 +451,12 @@ impl ConsumerLoop {
             let l = labels([("topic", &inc.topic), ("group", &self.group)]);
             if applied.new_ids.contains(&inc.event_id) {
                 m.events_consumed.get_or_create(&l).inc();
-                if let Some(rec) = inc.envelope.recorded_at.as_ref().and_then(spm_proto::ext::datetime) {
+                if let Some(rec) = inc
+                    .envelope
+                    .recorded_at
+                    .as_ref()
+                    .and_then(spm_proto::ext::datetime)
+                {
                     let age = (now - rec).num_microseconds().unwrap_or(0);
                     #[allow(clippy::cast_precision_loss)]
                     m.event_age_seconds
@@ -467,18 +513,26 @@ impl ConsumerLoop {
         let mut out = Outbox::new(&self.cfg);
         if !new.is_empty() {
             let span = info_span!("apply", messaging.consumer.group.name = %self.group, batch.size = new.len());
-            self.handler.apply(&mut tx, &new, &mut out).instrument(span).await?;
+            self.handler
+                .apply(&mut tx, &new, &mut out)
+                .instrument(span)
+                .await?;
         }
         let outbox_rows = out.len();
         out.write(&mut tx).await?;
         tx.commit().await?;
-        Ok(Applied { new_ids: fresh, outbox_rows })
+        Ok(Applied {
+            new_ids: fresh,
+            outbox_rows,
+        })
     }
 
     fn decode(&self, m: &OwnedMessage) -> Result<Incoming, String> {
         let payload = m.payload().ok_or("record has no payload")?;
-        let envelope = EventEnvelope::decode(payload).map_err(|e| format!("not an EventEnvelope: {e}"))?;
-        let event_id = Uuid::parse_str(&envelope.event_id).map_err(|e| format!("event_id {:?}: {e}", envelope.event_id))?;
+        let envelope =
+            EventEnvelope::decode(payload).map_err(|e| format!("not an EventEnvelope: {e}"))?;
+        let event_id = Uuid::parse_str(&envelope.event_id)
+            .map_err(|e| format!("event_id {:?}: {e}", envelope.event_id))?;
         if envelope.tenant_id.is_empty() {
             return Err("envelope has no tenant_id".into());
         }
@@ -505,7 +559,10 @@ impl ConsumerLoop {
                 .iter()
                 .filter_map(|h| Some((h.key, std::str::from_utf8(h.value?).ok()?)))
                 .collect();
-            spm_telemetry::propagation::set_parent(&span, spm_telemetry::propagation::extract_pairs(pairs));
+            spm_telemetry::propagation::set_parent(
+                &span,
+                spm_telemetry::propagation::extract_pairs(pairs),
+            );
         }
         Ok(Incoming {
             event_id,
@@ -540,7 +597,11 @@ impl ClientContext for LoopContext {
             for (p, ps) in &t.partitions {
                 if *p >= 0 && ps.consumer_lag >= 0 {
                     m.consumer_lag
-                        .get_or_create(&labels([("group", &self.group), ("topic", topic), ("partition", &p.to_string())]))
+                        .get_or_create(&labels([
+                            ("group", &self.group),
+                            ("topic", topic),
+                            ("partition", &p.to_string()),
+                        ]))
                         .set(ps.consumer_lag);
                 }
             }

@@ -29,7 +29,13 @@ impl Dlq {
     /// Sends every `(message, error)` and waits until the broker has them all.
     pub async fn send_all(&self, poison: &[(OwnedMessage, String)]) -> Result<(), KafkaError> {
         let records: Vec<Record> = poison.iter().map(|(m, e)| self.record(m, e)).collect();
-        for (res, (m, e)) in self.producer.send_all(&records).await.into_iter().zip(poison) {
+        for (res, (m, e)) in self
+            .producer
+            .send_all(&records)
+            .await
+            .into_iter()
+            .zip(poison)
+        {
             res?;
             spm_telemetry::metrics::global()
                 .events_dead_lettered
@@ -48,7 +54,12 @@ impl Dlq {
             .headers()
             .map(|hs| {
                 hs.iter()
-                    .filter_map(|hd| Some((hd.key.to_owned(), String::from_utf8(hd.value?.to_vec()).ok()?)))
+                    .filter_map(|hd| {
+                        Some((
+                            hd.key.to_owned(),
+                            String::from_utf8(hd.value?.to_vec()).ok()?,
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -60,7 +71,10 @@ impl Dlq {
         headers.push((h::DLQ_ERROR.into(), error.chars().take(2000).collect()));
         Record {
             topic: self.topic.clone(),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+            key: m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers,
         }

@@ -44,7 +44,10 @@ pub fn envelope_record(
 ) -> Record {
     let mut headers = spm_telemetry::propagation::inject_span(span);
     headers.push((headers::EVENT_TYPE.into(), envelope.event_type().into()));
-    headers.push((headers::SCHEMA_VERSION.into(), spm_proto::ext::SCHEMA_VERSION.into()));
+    headers.push((
+        headers::SCHEMA_VERSION.into(),
+        spm_proto::ext::SCHEMA_VERSION.into(),
+    ));
     headers.push((headers::TENANT.into(), envelope.tenant_id.clone()));
     headers.push((headers::EVENT_ID.into(), envelope.event_id.clone()));
     Record {

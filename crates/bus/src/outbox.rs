@@ -75,7 +75,10 @@ impl Relay {
                 () = tokio::time::sleep(self.poll_every) => {}
             }
         }
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.drain()).await.unwrap_or(Ok(())) {
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), self.drain())
+            .await
+            .unwrap_or(Ok(()))
+        {
             tracing::warn!(error = %e, "outbox relay: final round failed; rows stay for the next start");
         }
     }
@@ -97,11 +100,12 @@ impl Relay {
         if !locked {
             return Ok(0);
         }
-        let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value)> =
-            sqlx::query_as("SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1")
-                .bind(ROUND)
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value)> = sqlx::query_as(
+            "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1",
+        )
+        .bind(ROUND)
+        .fetch_all(&mut *tx)
+        .await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -109,8 +113,11 @@ impl Relay {
         let records: Vec<Record> = rows
             .iter()
             .map(|(_, topic, key, payload, headers)| {
-                let stored: Vec<(String, String)> = serde_json::from_value(headers.clone()).unwrap_or_default();
-                let parent = spm_telemetry::propagation::extract_pairs(stored.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let stored: Vec<(String, String)> =
+                    serde_json::from_value(headers.clone()).unwrap_or_default();
+                let parent = spm_telemetry::propagation::extract_pairs(
+                    stored.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
                 let span = info_span!(
                     "publish",
                     otel.name = format!("publish {topic}"),
@@ -173,7 +180,8 @@ impl Relay {
         let m = spm_telemetry::metrics::global();
         m.outbox_backlog.set(backlog);
         #[allow(clippy::cast_possible_truncation)]
-        m.outbox_oldest_age_seconds.set(age.unwrap_or(0.0).round() as i64);
+        m.outbox_oldest_age_seconds
+            .set(age.unwrap_or(0.0).round() as i64);
         Ok(())
     }
 }

@@ -42,7 +42,8 @@ pub fn key(cli: &Cli) -> anyhow::Result<String> {
         return Ok(k.clone());
     }
     let c: Creds = serde_json::from_str(
-        &std::fs::read_to_string(creds_path()?).context("no --key / SPM_API_KEY and no demo tenant (run `spm demo`)")?,
+        &std::fs::read_to_string(creds_path()?)
+            .context("no --key / SPM_API_KEY and no demo tenant (run `spm demo`)")?,
     )?;
     Ok(c.admin_key)
 }
@@ -69,19 +70,34 @@ pub enum TenantCmd {
         label: String,
     },
     /// Set an FX rate (units of base currency per unit of CURRENCY from DATE).
-    Fx { currency: String, rate: String, from: String },
+    Fx {
+        currency: String,
+        rate: String,
+        from: String,
+    },
 }
 
 pub async fn tenant(cli: &Cli, cmd: &TenantCmd) -> anyhow::Result<()> {
     let mut admin = IngestAdminServiceClient::new(channel(&cli.ingest).await?);
     match cmd {
-        TenantCmd::Create { id, name, currency, time_zone, fiscal_start_month } => {
-            let token = std::env::var("SPM_ADMIN_TOKEN").or_else(|_| crate::local::admin_token())?;
+        TenantCmd::Create {
+            id,
+            name,
+            currency,
+            time_zone,
+            fiscal_start_month,
+        } => {
+            let token =
+                std::env::var("SPM_ADMIN_TOKEN").or_else(|_| crate::local::admin_token())?;
             let r = admin
                 .create_tenant(authed(
                     ingest::CreateTenantRequest {
                         tenant_id: id.clone(),
-                        name: if name.is_empty() { id.clone() } else { name.clone() },
+                        name: if name.is_empty() {
+                            id.clone()
+                        } else {
+                            name.clone()
+                        },
                         context: Some(common::TenantContext {
                             time_zone: time_zone.clone(),
                             fiscal_year_start_month: *fiscal_start_month,
@@ -117,7 +133,11 @@ pub async fn tenant(cli: &Cli, cmd: &TenantCmd) -> anyhow::Result<()> {
                 .into_inner();
             println!("key id  {}\napi key {}", r.key_id, r.api_key);
         }
-        TenantCmd::Fx { currency, rate, from } => {
+        TenantCmd::Fx {
+            currency,
+            rate,
+            from,
+        } => {
             let r = admin
                 .set_fx_rate(authed(
                     ingest::SetFxRateRequest {
@@ -163,7 +183,9 @@ pub async fn ingest(cli: &Cli, a: &IngestArgs) -> anyhow::Result<()> {
     let reader: Box<dyn std::io::BufRead> = if a.file == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(&a.file).with_context(|| a.file.clone())?))
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&a.file).with_context(|| a.file.clone())?,
+        ))
     };
     let mut events = Vec::new();
     let mut bad_lines = Vec::new();
@@ -206,7 +228,10 @@ impl Summary {
         t.add_row(vec![Cell::new("duplicate"), num(self.duplicate)]);
         t.add_row(vec![Cell::new("rejected"), num(self.rejected)]);
         t.add_row(vec![Cell::new("conflict"), num(self.conflict)]);
-        t.add_row(vec![Cell::new("unavailable (retry)"), num(self.unavailable)]);
+        t.add_row(vec![
+            Cell::new("unavailable (retry)"),
+            num(self.unavailable),
+        ]);
         println!("{t}");
         if !self.reasons.is_empty() {
             let mut r = table(&["rejection reason", "events"]);
@@ -219,12 +244,20 @@ impl Summary {
 }
 
 /// Streams events through ingest in batches over one `StreamEvents` call, with a progress bar.
-pub async fn submit_all(cli: &Cli, key: &str, events: Vec<ingest::CrmEvent>, batch: usize, what: &str) -> anyhow::Result<Summary> {
+pub async fn submit_all(
+    cli: &Cli,
+    key: &str,
+    events: Vec<ingest::CrmEvent>,
+    batch: usize,
+    what: &str,
+) -> anyhow::Result<Summary> {
     let pb = indicatif::ProgressBar::new(events.len() as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg:12} [{bar:40.cyan/blue}] {pos}/{len} events {per_sec} eta {eta}")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:12} [{bar:40.cyan/blue}] {pos}/{len} events {per_sec} eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_owned());
     let mut client = IngestServiceClient::new(channel(&cli.ingest).await?);
@@ -247,7 +280,9 @@ pub async fn submit_all(cli: &Cli, key: &str, events: Vec<ingest::CrmEvent>, bat
                 Ok(ingest::AckStatus::Rejected) => {
                     s.rejected += 1;
                     for v in a.violations {
-                        *s.reasons.entry(format!("{}: {}", v.field, v.description)).or_default() += 1;
+                        *s.reasons
+                            .entry(format!("{}: {}", v.field, v.description))
+                            .or_default() += 1;
                     }
                 }
                 Ok(ingest::AckStatus::Conflict) => s.conflict += 1,
@@ -315,7 +350,17 @@ pub fn print_score(r: &scoring::ExplainScoreResponse, explain: bool) {
         s.scorecard_id,
         s.scorecard_version
     ));
-    let mut t = table(&["KPI", "metric", "pillar", "value", "target", "attainment", "points", "weight %", "events"]);
+    let mut t = table(&[
+        "KPI",
+        "metric",
+        "pillar",
+        "value",
+        "target",
+        "attainment",
+        "points",
+        "weight %",
+        "events",
+    ]);
     for k in &s.kpis {
         let pillar = spm_proto::events::v1::Pillar::try_from(k.pillar)
             .map(|p| p.as_str_name().trim_start_matches("PILLAR_").to_lowercase())
@@ -335,11 +380,21 @@ pub fn print_score(r: &scoring::ExplainScoreResponse, explain: bool) {
     println!("{t}");
     for k in &r.kpis {
         if !k.rule.is_empty() {
-            crate::out::note(&format!("  {}: {}", k.kpi.as_ref().map(|x| x.kpi_id.as_str()).unwrap_or_default(), k.rule));
+            crate::out::note(&format!(
+                "  {}: {}",
+                k.kpi
+                    .as_ref()
+                    .map(|x| x.kpi_id.as_str())
+                    .unwrap_or_default(),
+                k.rule
+            ));
         }
         if explain {
             for c in k.contributions.iter().take(15) {
-                println!("      {} {:<24} {:>12} deal {}", c.event_id, c.kind, c.value, c.deal_id);
+                println!(
+                    "      {} {:<24} {:>12} deal {}",
+                    c.event_id, c.kind, c.value, c.deal_id
+                );
             }
             if k.contributions.len() > 15 {
                 println!("      ... and {} more", k.contributions.len() - 15);
@@ -384,10 +439,21 @@ pub async fn leaderboard(cli: &Cli, a: &LeaderboardArgs) -> anyhow::Result<()> {
 
 pub fn print_leaderboard(r: &scoring::GetLeaderboardResponse) {
     let period = r.period.as_ref().map(|p| p.key.clone()).unwrap_or_default();
-    title(&format!("leaderboard by {} for {period} (top {} of {})", r.by, r.entries.len(), r.total_reps));
+    title(&format!(
+        "leaderboard by {} for {period} (top {} of {})",
+        r.by,
+        r.entries.len(),
+        r.total_reps
+    ));
     let mut t = table(&["rank", "rep", "name", "team", &r.by]);
     for e in &r.entries {
-        t.add_row(vec![num(e.rank), Cell::new(&e.rep_id), Cell::new(&e.display_name), Cell::new(&e.team_id), num(&e.value)]);
+        t.add_row(vec![
+            num(e.rank),
+            Cell::new(&e.rep_id),
+            Cell::new(&e.display_name),
+            Cell::new(&e.team_id),
+            num(&e.value),
+        ]);
     }
     println!("{t}");
 }

@@ -7,12 +7,12 @@ use chrono::{Datelike as _, Utc};
 use comfy_table::Cell;
 use spm_proto::common::v1 as common;
 use spm_proto::events::v1::Pillar;
-use spm_proto::ingest::v1 as ingest;
-use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
-use spm_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use spm_proto::incentive::v1 as incentive;
 use spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient;
 use spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient;
+use spm_proto::ingest::v1 as ingest;
+use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
+use spm_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use spm_proto::notification::v1 as notification;
 use spm_proto::notification::v1::notification_admin_service_client::NotificationAdminServiceClient;
 use spm_proto::notification::v1::notification_service_client::NotificationServiceClient;
@@ -22,7 +22,9 @@ use spm_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use spm_testkit::authed;
 
 use crate::Cli;
-use crate::commands::{Creds, channel, creds_path, print_leaderboard, print_score, status_error, submit_all};
+use crate::commands::{
+    Creds, channel, creds_path, print_leaderboard, print_score, status_error, submit_all,
+};
 use crate::out::{note, num, table, title};
 
 #[derive(Debug, clap::Args)]
@@ -86,7 +88,9 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
                 rate: Some(ingest::FxRate {
                     currency: "USD".into(),
                     rate: "0.92".into(),
-                    effective_from: (Utc::now() - chrono::Duration::days(400)).format("%Y-%m-%d").to_string(),
+                    effective_from: (Utc::now() - chrono::Duration::days(400))
+                        .format("%Y-%m-%d")
+                        .to_string(),
                 }),
             },
             &key,
@@ -127,7 +131,10 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     *receiver.secret.lock().expect("secret") = hook.secret;
-    println!("webhook receiver listening on http://{}/spm-hook (signatures verified)", receiver.addr);
+    println!(
+        "webhook receiver listening on http://{}/spm-hook (signatures verified)",
+        receiver.addr
+    );
 
     title(&format!(
         "streaming {} events: {} reps in {} teams, {} days, {} deals, {} payments, {} reversals, {} activities, {} surveys",
@@ -147,14 +154,26 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     summary.print();
     #[allow(clippy::cast_precision_loss)]
     let rate = summary.accepted as f64 / secs.max(0.001);
-    note(&format!("accepted {} events in {secs:.1} s ({rate:.0} events/s)", summary.accepted));
+    note(&format!(
+        "accepted {} events in {secs:.1} s ({rate:.0} events/s)",
+        summary.accepted
+    ));
 
     // One more deal, with a trace id we choose, to follow through every service.
     let trace_id = format!("{:032x}", rand::random::<u128>());
     let rep = demo.reps[0].0.clone();
-    let mut traced = spm_testkit::events::deal(&format!("D-TRACE-{}", now.timestamp()), "12000.00", &[(rep.as_str(), "100")]);
+    let mut traced = spm_testkit::events::deal(
+        &format!("D-TRACE-{}", now.timestamp()),
+        "12000.00",
+        &[(rep.as_str(), "100")],
+    );
     traced.source = "demo-crm".into();
-    let mut req = authed(ingest::SubmitEventRequest { event: Some(traced.clone()) }, &key);
+    let mut req = authed(
+        ingest::SubmitEventRequest {
+            event: Some(traced.clone()),
+        },
+        &key,
+    );
     req.metadata_mut().insert(
         "traceparent",
         format!("00-{trace_id}-{:016x}-01", rand::random::<u64>()).parse()?,
@@ -182,7 +201,10 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         .into_inner();
     print_leaderboard(&board);
 
-    let top = board.entries.first().map_or_else(|| rep.clone(), |e| e.rep_id.clone());
+    let top = board
+        .entries
+        .first()
+        .map_or_else(|| rep.clone(), |e| e.rep_id.clone());
     let explained = sc
         .explain_score(authed(
             scoring::ExplainScoreRequest {
@@ -208,14 +230,27 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     title(&format!("team rollup for {}", this_month.key));
-    let metrics = ["revenue", "deals_won", "collection_rate", "csat_avg", "visits", "calls", "demos"];
+    let metrics = [
+        "revenue",
+        "deals_won",
+        "collection_rate",
+        "csat_avg",
+        "visits",
+        "calls",
+        "demos",
+    ];
     let mut headers = vec!["team", "reps"];
     headers.extend(metrics);
     let mut t = table(&headers);
     for tm in rollup.team.iter().chain(rollup.sub_teams.iter()) {
         let mut row = vec![Cell::new(&tm.name), num(tm.rep_count)];
         for m in metrics {
-            let v = tm.metrics.iter().find(|x| x.metric == m).map(|x| x.value.clone()).unwrap_or_default();
+            let v = tm
+                .metrics
+                .iter()
+                .find(|x| x.metric == m)
+                .map(|x| x.value.clone())
+                .unwrap_or_default();
             row.push(num(short(&v)));
         }
         t.add_row(row);
@@ -239,7 +274,10 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         "goal calibration (revenue, {}): {}",
         this_month.key,
         scoring::CalibrationVerdict::try_from(calib.verdict)
-            .map(|v| v.as_str_name().trim_start_matches("CALIBRATION_VERDICT_").to_lowercase())
+            .map(|v| v
+                .as_str_name()
+                .trim_start_matches("CALIBRATION_VERDICT_")
+                .to_lowercase())
             .unwrap_or_default()
     ));
     println!("{}", calib.explanation);
@@ -280,7 +318,10 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     for n in &feed.notifications {
         *by_rule.entry(n.rule.clone()).or_default() += 1;
     }
-    title(&format!("notifications that went out ({} latest shown by rule)", feed.notifications.len()));
+    title(&format!(
+        "notifications that went out ({} latest shown by rule)",
+        feed.notifications.len()
+    ));
     let mut t = table(&["rule", "count"]);
     for (r, n) in &by_rule {
         t.add_row(vec![Cell::new(r), num(n)]);
@@ -288,11 +329,23 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     println!("{t}");
     let mut t = table(&["to", "rule", "title", "why / next"]);
     let mut shown: Vec<&notification::Notification> = Vec::new();
-    for rule in ["commission_earned", "tier_reached", "award_granted", "goal_milestone", "leaderboard_entered", "process_alert"] {
+    for rule in [
+        "commission_earned",
+        "tier_reached",
+        "award_granted",
+        "goal_milestone",
+        "leaderboard_entered",
+        "process_alert",
+    ] {
         shown.extend(feed.notifications.iter().filter(|n| n.rule == rule).take(2));
     }
     for n in shown {
-        t.add_row(vec![Cell::new(&n.recipient), Cell::new(&n.rule), Cell::new(&n.title), Cell::new(trim(&n.body, 110))]);
+        t.add_row(vec![
+            Cell::new(&n.recipient),
+            Cell::new(&n.rule),
+            Cell::new(&n.title),
+            Cell::new(trim(&n.body, 110)),
+        ]);
     }
     println!("{t}");
     let received = receiver.count.load(std::sync::atomic::Ordering::Relaxed);
@@ -316,9 +369,20 @@ fn short(v: &str) -> String {
     }
 }
 
-async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo, month_key: &str, quarter_key: &str) -> anyhow::Result<()> {
+async fn configure_scoring(
+    cli: &Cli,
+    key: &str,
+    demo: &spm_testkit::demo::Demo,
+    month_key: &str,
+    quarter_key: &str,
+) -> anyhow::Result<()> {
     let mut adm = ScoringAdminServiceClient::new(channel(&cli.scoring).await?);
-    let kpi = |id: &str, metric: &str, weight: &str, target: scoring::kpi_target::Kind, curve: scoring::curve::Kind, pillar: Pillar| scoring::Kpi {
+    let kpi = |id: &str,
+               metric: &str,
+               weight: &str,
+               target: scoring::kpi_target::Kind,
+               curve: scoring::curve::Kind,
+               pillar: Pillar| scoring::Kpi {
         kpi_id: id.into(),
         metric: metric.into(),
         weight: weight.into(),
@@ -339,17 +403,41 @@ async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo,
                 }),
                 cap: "120".into(),
                 kpis: vec![
-                    kpi("revenue", "revenue", "45", T::Goal(true), lin("1.5"), Pillar::Results),
+                    kpi(
+                        "revenue",
+                        "revenue",
+                        "45",
+                        T::Goal(true),
+                        lin("1.5"),
+                        Pillar::Results,
+                    ),
                     kpi(
                         "collection",
                         "collection_rate",
                         "15",
                         T::Fixed("0.9".into()),
-                        C::Threshold(scoring::Threshold { min: "0.5".into(), cap: "1.1".into() }),
+                        C::Threshold(scoring::Threshold {
+                            min: "0.5".into(),
+                            cap: "1.1".into(),
+                        }),
                         Pillar::Results,
                     ),
-                    kpi("csat", "csat_avg", "15", T::Fixed("4.5".into()), lin("1.1"), Pillar::Results),
-                    kpi("visits", "visits", "10", T::Goal(true), lin("1.2"), Pillar::Behaviour),
+                    kpi(
+                        "csat",
+                        "csat_avg",
+                        "15",
+                        T::Fixed("4.5".into()),
+                        lin("1.1"),
+                        Pillar::Results,
+                    ),
+                    kpi(
+                        "visits",
+                        "visits",
+                        "10",
+                        T::Goal(true),
+                        lin("1.2"),
+                        Pillar::Behaviour,
+                    ),
                     kpi(
                         "after_sales",
                         "after_sales_resolved",
@@ -357,14 +445,30 @@ async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo,
                         T::Fixed("4".into()),
                         C::Bands(scoring::Bands {
                             bands: vec![
-                                scoring::Band { from: "0".into(), points: "0".into() },
-                                scoring::Band { from: "0.5".into(), points: "60".into() },
-                                scoring::Band { from: "1".into(), points: "100".into() },
+                                scoring::Band {
+                                    from: "0".into(),
+                                    points: "0".into(),
+                                },
+                                scoring::Band {
+                                    from: "0.5".into(),
+                                    points: "60".into(),
+                                },
+                                scoring::Band {
+                                    from: "1".into(),
+                                    points: "100".into(),
+                                },
                             ],
                         }),
                         Pillar::Behaviour,
                     ),
-                    kpi("training", "trainings_completed", "10", T::Fixed("1".into()), lin("1"), Pillar::Capability),
+                    kpi(
+                        "training",
+                        "trainings_completed",
+                        "10",
+                        T::Fixed("1".into()),
+                        lin("1"),
+                        Pillar::Capability,
+                    ),
                 ],
                 ..Default::default()
             }),
@@ -379,10 +483,17 @@ async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo,
     };
     for (rep, team, _, _) in &demo.reps {
         // Senior reps (team north) carry a higher quota.
-        let (m_rev, q_rev) = if team == "north" { ("90000", "270000") } else { ("70000", "210000") };
+        let (m_rev, q_rev) = if team == "north" {
+            ("90000", "270000")
+        } else {
+            ("70000", "210000")
+        };
         // Monthly goals; quarter and year targets roll up from them.
         let _ = (&q, q_rev);
-        for (metric, period, target) in [("revenue", month(month_key), m_rev), ("visits", month(month_key), "25")] {
+        for (metric, period, target) in [
+            ("revenue", month(month_key), m_rev),
+            ("visits", month(month_key), "25"),
+        ] {
             adm.set_goal(authed(
                 scoring::SetGoalRequest {
                     subject_kind: scoring::SubjectKind::Rep as i32,
@@ -414,15 +525,28 @@ async fn configure_scoring(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo,
         .await
         .map_err(status_error)?;
     }
-    println!("scorecard ae-standard and {} goals set", demo.reps.len() * 2 + demo.teams.len());
+    println!(
+        "scorecard ae-standard and {} goals set",
+        demo.reps.len() * 2 + demo.teams.len()
+    );
     Ok(())
 }
 
 /// Waits until scoring has counted every generated visit and deal credit.
-async fn wait_scored(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo, cal: &spm_core::period::Calendar, now: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+async fn wait_scored(
+    cli: &Cli,
+    key: &str,
+    demo: &spm_testkit::demo::Demo,
+    cal: &spm_core::period::Calendar,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
     let mut sc = ScoringServiceClient::new(channel(&cli.scoring).await?);
     let months: Vec<String> = cal
-        .periods_between(spm_core::period::PeriodKind::Month, now - chrono::Duration::days(demo_days(demo, now) + 2), now)
+        .periods_between(
+            spm_core::period::PeriodKind::Month,
+            now - chrono::Duration::days(demo_days(demo, now) + 2),
+            now,
+        )
         .into_iter()
         .map(|p| p.key)
         .collect();
@@ -461,11 +585,16 @@ async fn wait_scored(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo, cal: 
             break;
         }
         if t.elapsed() > Duration::from_secs(300) {
-            bail!("scoring has {visits}/{want_visits} visits and {won}/{want_won} deals after 5 minutes");
+            bail!(
+                "scoring has {visits}/{want_visits} visits and {won}/{want_won} deals after 5 minutes"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    pb.finish_with_message(format!("scoring applied everything in {:.1} s", t.elapsed().as_secs_f64()));
+    pb.finish_with_message(format!(
+        "scoring applied everything in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -476,14 +605,29 @@ fn demo_days(_demo: &spm_testkit::demo::Demo, now: chrono::DateTime<Utc>) -> i64
 }
 
 fn trim(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_owned() } else { format!("{}...", s.chars().take(n).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}...", s.chars().take(n).collect::<String>())
+    }
 }
 
-async fn configure_incentive(cli: &Cli, key: &str, demo: &spm_testkit::demo::Demo, now: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+async fn configure_incentive(
+    cli: &Cli,
+    key: &str,
+    demo: &spm_testkit::demo::Demo,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
     let mut adm = IncentiveAdminServiceClient::new(channel(&cli.incentive).await?);
-    let start = (now - chrono::Duration::days(120)).format("%Y-%m-%d").to_string();
-    let spiff_from = (now - chrono::Duration::days(20)).format("%Y-%m-%d").to_string();
-    let spiff_to = (now + chrono::Duration::days(10)).format("%Y-%m-%d").to_string();
+    let start = (now - chrono::Duration::days(120))
+        .format("%Y-%m-%d")
+        .to_string();
+    let spiff_from = (now - chrono::Duration::days(20))
+        .format("%Y-%m-%d")
+        .to_string();
+    let spiff_to = (now + chrono::Duration::days(10))
+        .format("%Y-%m-%d")
+        .to_string();
     let rep_quotas = demo
         .reps
         .iter()
@@ -495,16 +639,28 @@ async fn configure_incentive(cli: &Cli, key: &str, demo: &spm_testkit::demo::Dem
         name: "Account executives 2026".into(),
         effective_from: start,
         period_kind: common::PeriodKind::Month as i32,
-        assignment: Some(incentive::PlanAssignment { tenant_default: true, ..Default::default() }),
+        assignment: Some(incentive::PlanAssignment {
+            tenant_default: true,
+            ..Default::default()
+        }),
         commission: Some(incentive::Commission {
             basis: incentive::TierBasis::Attainment as i32,
             mode: incentive::TierMode::Marginal as i32,
             quota: "70000".into(),
             rep_quotas,
             tiers: vec![
-                incentive::Tier { from: "0".into(), rate: "0.04".into() },
-                incentive::Tier { from: "1".into(), rate: "0.07".into() },
-                incentive::Tier { from: "1.5".into(), rate: "0.1".into() },
+                incentive::Tier {
+                    from: "0".into(),
+                    rate: "0.04".into(),
+                },
+                incentive::Tier {
+                    from: "1".into(),
+                    rate: "0.07".into(),
+                },
+                incentive::Tier {
+                    from: "1.5".into(),
+                    rate: "0.1".into(),
+                },
             ],
             threshold: "0.3".into(),
             per_deal_cap: "5000".into(),
@@ -526,9 +682,18 @@ async fn configure_incentive(cli: &Cli, key: &str, demo: &spm_testkit::demo::Dem
                 factor: String::new(),
             },
         ],
-        payout: Some(incentive::PayoutSplit { at_close_percent: "50".into(), on_collection_percent: "50".into() }),
-        attainment_bonuses: vec![incentive::AttainmentBonus { at: "1".into(), amount: "1000".into() }],
-        score_bonus: vec![incentive::ScoreBand { min_score: "100".into(), amount: "500".into() }],
+        payout: Some(incentive::PayoutSplit {
+            at_close_percent: "50".into(),
+            on_collection_percent: "50".into(),
+        }),
+        attainment_bonuses: vec![incentive::AttainmentBonus {
+            at: "1".into(),
+            amount: "1000".into(),
+        }],
+        score_bonus: vec![incentive::ScoreBand {
+            min_score: "100".into(),
+            amount: "500".into(),
+        }],
         spiffs: vec![incentive::Spiff {
             spiff_id: "analytics-push".into(),
             name: "Analytics push".into(),
@@ -539,15 +704,41 @@ async fn configure_incentive(cli: &Cli, key: &str, demo: &spm_testkit::demo::Dem
         }],
         clawback_window_days: 90,
         badges: vec![
-            incentive::BadgeRule { code: "first-deal".into(), title: "First deal".into(), kind: incentive::BadgeKind::FirstDeal as i32, threshold: String::new(), periods: 0 },
-            incentive::BadgeRule { code: "club-120".into(), title: "120% club".into(), kind: incentive::BadgeKind::AttainmentClub as i32, threshold: "1.2".into(), periods: 0 },
-            incentive::BadgeRule { code: "streak-3".into(), title: "Three in a row".into(), kind: incentive::BadgeKind::Streak as i32, threshold: "1".into(), periods: 3 },
+            incentive::BadgeRule {
+                code: "first-deal".into(),
+                title: "First deal".into(),
+                kind: incentive::BadgeKind::FirstDeal as i32,
+                threshold: String::new(),
+                periods: 0,
+            },
+            incentive::BadgeRule {
+                code: "club-120".into(),
+                title: "120% club".into(),
+                kind: incentive::BadgeKind::AttainmentClub as i32,
+                threshold: "1.2".into(),
+                periods: 0,
+            },
+            incentive::BadgeRule {
+                code: "streak-3".into(),
+                title: "Three in a row".into(),
+                kind: incentive::BadgeKind::Streak as i32,
+                threshold: "1".into(),
+                periods: 3,
+            },
         ],
-        promotion: Some(incentive::PromotionRule { periods: 3, min_attainment: "1.1".into(), min_score: "95".into() }),
+        promotion: Some(incentive::PromotionRule {
+            periods: 3,
+            min_attainment: "1.1".into(),
+            min_score: "95".into(),
+        }),
         ..Default::default()
     };
-    adm.put_plan(authed(incentive::PutPlanRequest { plan: Some(plan) }, key)).await.map_err(status_error)?;
-    println!("plan ae-2026: marginal tiers 4% / 7% above quota / 10% above 150%, collection gate, SPIFF, badges");
+    adm.put_plan(authed(incentive::PutPlanRequest { plan: Some(plan) }, key))
+        .await
+        .map_err(status_error)?;
+    println!(
+        "plan ae-2026: marginal tiers 4% / 7% above quota / 10% above 150%, collection gate, SPIFF, badges"
+    );
     Ok(())
 }
 
@@ -557,13 +748,22 @@ async fn wait_incentive(cli: &Cli, key: &str, rep: &str, traced_event: &str) -> 
     let t = Instant::now();
     loop {
         let s = inc
-            .get_statement(authed(incentive::GetStatementRequest { rep_id: rep.to_owned(), period: None }, key))
+            .get_statement(authed(
+                incentive::GetStatementRequest {
+                    rep_id: rep.to_owned(),
+                    period: None,
+                },
+                key,
+            ))
             .await
             .map_err(status_error)?
             .into_inner()
             .statement
             .unwrap_or_default();
-        if s.lines.iter().any(|l| l.explanation_json.contains(traced_event)) {
+        if s.lines
+            .iter()
+            .any(|l| l.explanation_json.contains(traced_event))
+        {
             return Ok(());
         }
         if t.elapsed() > Duration::from_secs(120) {
@@ -582,35 +782,60 @@ fn print_statement(s: &incentive::Statement) {
     let mut t = table(&["line", "kind", "amount", "status", "how"]);
     for l in s.lines.iter().take(14) {
         let kind = spm_proto::events::v1::EarningKind::try_from(l.kind)
-            .map(|k| k.as_str_name().trim_start_matches("EARNING_KIND_").to_lowercase())
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("EARNING_KIND_")
+                    .to_lowercase()
+            })
             .unwrap_or_default();
         let status: Vec<String> = l
             .by_status
             .iter()
             .map(|x| {
                 let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
-                    .map(|k| k.as_str_name().trim_start_matches("EARNING_STATUS_").to_lowercase())
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("EARNING_STATUS_")
+                            .to_lowercase()
+                    })
                     .unwrap_or_default();
                 format!("{st} {}", x.amount)
             })
             .collect();
-        t.add_row(vec![Cell::new(&l.key), Cell::new(kind), num(&l.amount), Cell::new(status.join(", ")), Cell::new(trim(&l.summary, 70))]);
+        t.add_row(vec![
+            Cell::new(&l.key),
+            Cell::new(kind),
+            num(&l.amount),
+            Cell::new(status.join(", ")),
+            Cell::new(trim(&l.summary, 70)),
+        ]);
     }
     println!("{t}");
     if s.lines.len() > 14 {
-        note(&format!("... {} more lines; `spm statement {}` shows all", s.lines.len() - 14, s.rep_id));
+        note(&format!(
+            "... {} more lines; `spm statement {}` shows all",
+            s.lines.len() - 14,
+            s.rep_id
+        ));
     }
     let totals: Vec<String> = s
         .totals_by_status
         .iter()
         .map(|x| {
             let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
-                .map(|k| k.as_str_name().trim_start_matches("EARNING_STATUS_").to_lowercase())
+                .map(|k| {
+                    k.as_str_name()
+                        .trim_start_matches("EARNING_STATUS_")
+                        .to_lowercase()
+                })
                 .unwrap_or_default();
             format!("{st} {}", x.amount)
         })
         .collect();
-    note(&format!("by status: {}; every line's calculation trace: ExplainLine(line_id)", totals.join(", ")));
+    note(&format!(
+        "by status: {}; every line's calculation trace: ExplainLine(line_id)",
+        totals.join(", ")
+    ));
 }
 
 struct Receiver {
@@ -629,23 +854,41 @@ async fn webhook_receiver() -> anyhow::Result<Receiver> {
     let (s2, c2, b2) = (secret.clone(), count.clone(), bad.clone());
     let app = axum::Router::new().route(
         "/spm-hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let (s, c, b) = (s2.clone(), c2.clone(), b2.clone());
-            async move {
-                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                let secret = s.lock().expect("secret").clone();
-                if spm_core::signature::verify(&secret, &h("x-spm-timestamp"), &body, &h("x-spm-signature")) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                    axum::http::StatusCode::OK
-                } else {
-                    b.fetch_add(1, Ordering::Relaxed);
-                    axum::http::StatusCode::UNAUTHORIZED
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (s, c, b) = (s2.clone(), c2.clone(), b2.clone());
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let secret = s.lock().expect("secret").clone();
+                    if spm_core::signature::verify(
+                        &secret,
+                        &h("x-spm-timestamp"),
+                        &body,
+                        &h("x-spm-signature"),
+                    ) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        axum::http::StatusCode::OK
+                    } else {
+                        b.fetch_add(1, Ordering::Relaxed);
+                        axum::http::StatusCode::UNAUTHORIZED
+                    }
                 }
-            }
-        }),
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(Receiver { addr, secret, count, bad })
+    Ok(Receiver {
+        addr,
+        secret,
+        count,
+        bad,
+    })
 }

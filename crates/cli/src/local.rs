@@ -54,7 +54,10 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let p = exe.parent().context("exe dir")?.join(name);
     if !p.exists() {
-        bail!("{} is missing: build with `cargo build --workspace --bins`", p.display());
+        bail!(
+            "{} is missing: build with `cargo build --workspace --bins`",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -63,7 +66,11 @@ pub async fn healthy(port: u16) -> bool {
     let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
         return false;
     };
-    let Ok(ch) = ep.connect_timeout(Duration::from_millis(300)).connect().await else {
+    let Ok(ch) = ep
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+    else {
         return false;
     };
     let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
@@ -104,8 +111,14 @@ pub async fn up() -> anyhow::Result<()> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting spm-{name}"))?;
-        std::fs::write(state.join(format!("services/{name}.pid")), child.id().to_string())?;
-        eprintln!("started spm-{name} (pid {}, gRPC 127.0.0.1:{grpc}, metrics http://127.0.0.1:{http}/metrics)", child.id());
+        std::fs::write(
+            state.join(format!("services/{name}.pid")),
+            child.id().to_string(),
+        )?;
+        eprintln!(
+            "started spm-{name} (pid {}, gRPC 127.0.0.1:{grpc}, metrics http://127.0.0.1:{http}/metrics)",
+            child.id()
+        );
     }
     let started = Instant::now();
     for (name, grpc, _) in SERVICES {
@@ -125,7 +138,10 @@ pub async fn down() -> anyhow::Result<()> {
     for (name, grpc, _) in SERVICES {
         let pid_file = state.join(format!("services/{name}.pid"));
         if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.trim()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.trim())
+                .status();
             let t = Instant::now();
             while healthy(*grpc).await && t.elapsed() < Duration::from_secs(20) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -139,8 +155,14 @@ pub async fn down() -> anyhow::Result<()> {
 
 pub async fn status() -> anyhow::Result<()> {
     for (name, grpc, http) in SERVICES {
-        let s = if healthy(*grpc).await { "serving" } else { "down" };
-        println!("{name:<13} {s:<8} gRPC 127.0.0.1:{grpc}  metrics http://127.0.0.1:{http}/metrics");
+        let s = if healthy(*grpc).await {
+            "serving"
+        } else {
+            "down"
+        };
+        println!(
+            "{name:<13} {s:<8} gRPC 127.0.0.1:{grpc}  metrics http://127.0.0.1:{http}/metrics"
+        );
     }
     stack("status")
 }

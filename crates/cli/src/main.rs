@@ -8,19 +8,43 @@ mod out;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "spm", version, about = "SPM: sales performance management, event-driven")]
+#[command(
+    name = "spm",
+    version,
+    about = "SPM: sales performance management, event-driven"
+)]
 pub struct Cli {
     /// Ingest gRPC endpoint.
-    #[arg(long, env = "SPM_INGEST_URL", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "SPM_INGEST_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub ingest: String,
     /// Scoring gRPC endpoint.
-    #[arg(long, env = "SPM_SCORING_URL", default_value = "http://127.0.0.1:50052", global = true)]
+    #[arg(
+        long,
+        env = "SPM_SCORING_URL",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
     pub scoring: String,
     /// Incentive gRPC endpoint.
-    #[arg(long, env = "SPM_INCENTIVE_URL", default_value = "http://127.0.0.1:50053", global = true)]
+    #[arg(
+        long,
+        env = "SPM_INCENTIVE_URL",
+        default_value = "http://127.0.0.1:50053",
+        global = true
+    )]
     pub incentive: String,
     /// Notification gRPC endpoint.
-    #[arg(long, env = "SPM_NOTIFICATION_URL", default_value = "http://127.0.0.1:50054", global = true)]
+    #[arg(
+        long,
+        env = "SPM_NOTIFICATION_URL",
+        default_value = "http://127.0.0.1:50054",
+        global = true
+    )]
     pub notification: String,
     /// API key of the tenant (default: the demo tenant's admin key in .local/demo-tenant.json).
     #[arg(long, env = "SPM_API_KEY", global = true, hide_env_values = true)]

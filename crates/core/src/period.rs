@@ -20,7 +20,9 @@ pub enum Error {
 }
 
 /// The kinds of period SPM reports on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PeriodKind {
     Week,
@@ -111,7 +113,10 @@ impl Calendar {
         if !(1..=12).contains(&fiscal_start_month) {
             return Err(Error::BadFiscalStart(fiscal_start_month));
         }
-        Ok(Self { tz, fiscal_start_month })
+        Ok(Self {
+            tz,
+            fiscal_start_month,
+        })
     }
 
     pub fn time_zone(&self) -> Tz {
@@ -164,7 +169,10 @@ impl Calendar {
         let first = match kind {
             PeriodKind::Week => {
                 let (y, w) = key.split_once("-W").ok_or_else(bad)?;
-                let (y, w) = (y.parse::<i32>().map_err(|_| bad())?, w.parse::<u32>().map_err(|_| bad())?);
+                let (y, w) = (
+                    y.parse::<i32>().map_err(|_| bad())?,
+                    w.parse::<u32>().map_err(|_| bad())?,
+                );
                 NaiveDate::from_isoywd_opt(y, w, chrono::Weekday::Mon).ok_or_else(bad)?
             }
             PeriodKind::Month => {
@@ -172,20 +180,30 @@ impl Calendar {
                 if m.len() != 2 {
                     return Err(bad());
                 }
-                let (y, m) = (y.parse::<i32>().map_err(|_| bad())?, m.parse::<u32>().map_err(|_| bad())?);
+                let (y, m) = (
+                    y.parse::<i32>().map_err(|_| bad())?,
+                    m.parse::<u32>().map_err(|_| bad())?,
+                );
                 NaiveDate::from_ymd_opt(y, m, 1).ok_or_else(bad)?
             }
             PeriodKind::Quarter => {
                 let rest = key.strip_prefix("FY").ok_or_else(bad)?;
                 let (y, q) = rest.split_once("-Q").ok_or_else(bad)?;
-                let (fy, q) = (y.parse::<i32>().map_err(|_| bad())?, q.parse::<u32>().map_err(|_| bad())?);
+                let (fy, q) = (
+                    y.parse::<i32>().map_err(|_| bad())?,
+                    q.parse::<u32>().map_err(|_| bad())?,
+                );
                 if !(1..=4).contains(&q) {
                     return Err(bad());
                 }
                 self.fiscal_year_start(fy).ok_or_else(bad)? + Months::new((q - 1) * 3)
             }
             PeriodKind::Year => {
-                let fy = key.strip_prefix("FY").ok_or_else(bad)?.parse::<i32>().map_err(|_| bad())?;
+                let fy = key
+                    .strip_prefix("FY")
+                    .ok_or_else(bad)?
+                    .parse::<i32>()
+                    .map_err(|_| bad())?;
                 self.fiscal_year_start(fy).ok_or_else(bad)?
             }
         };
@@ -197,7 +215,12 @@ impl Calendar {
     }
 
     /// The periods of `kind` from the one containing `from` up to the one containing `to`.
-    pub fn periods_between(&self, kind: PeriodKind, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Period> {
+    pub fn periods_between(
+        &self,
+        kind: PeriodKind,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Vec<Period> {
         let mut out = Vec::new();
         let mut p = self.period(kind, from);
         while p.start <= to {
@@ -209,13 +232,21 @@ impl Calendar {
     }
 
     fn fiscal_year_first_day(&self, d: NaiveDate) -> NaiveDate {
-        let year = if d.month() >= self.fiscal_start_month { d.year() } else { d.year() - 1 };
+        let year = if d.month() >= self.fiscal_start_month {
+            d.year()
+        } else {
+            d.year() - 1
+        };
         NaiveDate::from_ymd_opt(year, self.fiscal_start_month, 1).expect("valid month")
     }
 
     /// First day of fiscal year `fy` (named after the calendar year it ends in).
     fn fiscal_year_start(&self, fy: i32) -> Option<NaiveDate> {
-        let year = if self.fiscal_start_month == 1 { fy } else { fy - 1 };
+        let year = if self.fiscal_start_month == 1 {
+            fy
+        } else {
+            fy - 1
+        };
         NaiveDate::from_ymd_opt(year, self.fiscal_start_month, 1)
     }
 
@@ -241,7 +272,9 @@ impl Calendar {
         let mut t = d.and_hms_opt(0, 0, 0).expect("midnight");
         for _ in 0..4 {
             match self.tz.from_local_datetime(&t) {
-                LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => return x.with_timezone(&Utc),
+                LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => {
+                    return x.with_timezone(&Utc);
+                }
                 LocalResult::None => t += chrono::Duration::minutes(30),
             }
         }
@@ -250,7 +283,11 @@ impl Calendar {
 }
 
 fn fiscal_year_name(fy_first: NaiveDate) -> i32 {
-    if fy_first.month() == 1 { fy_first.year() } else { fy_first.year() + 1 }
+    if fy_first.month() == 1 {
+        fy_first.year()
+    } else {
+        fy_first.year() + 1
+    }
 }
 
 fn month_diff(from: NaiveDate, to: NaiveDate) -> u32 {
@@ -300,8 +337,14 @@ mod tests {
         let sh = Calendar::new("Asia/Shanghai", 1).unwrap();
         let at = utc("2026-11-30T17:00:00Z");
         assert_eq!(sh.period(PeriodKind::Month, at).key, "2026-12");
-        assert_eq!(Calendar::default().period(PeriodKind::Month, at).key, "2026-11");
-        assert_eq!(sh.period(PeriodKind::Month, at).start, utc("2026-11-30T16:00:00Z"));
+        assert_eq!(
+            Calendar::default().period(PeriodKind::Month, at).key,
+            "2026-11"
+        );
+        assert_eq!(
+            sh.period(PeriodKind::Month, at).start,
+            utc("2026-11-30T16:00:00Z")
+        );
     }
 
     #[test]
@@ -309,7 +352,12 @@ mod tests {
         let cal = Calendar::new("America/New_York", 2).unwrap();
         let mut at = utc("2025-01-01T00:00:00Z");
         while at < utc("2028-01-01T00:00:00Z") {
-            for kind in [PeriodKind::Week, PeriodKind::Month, PeriodKind::Quarter, PeriodKind::Year] {
+            for kind in [
+                PeriodKind::Week,
+                PeriodKind::Month,
+                PeriodKind::Quarter,
+                PeriodKind::Year,
+            ] {
                 let p = cal.period(kind, at);
                 assert!(p.contains(at), "{kind} {at}");
                 assert_eq!(cal.parse_key(kind, &p.key).unwrap(), p);
@@ -323,15 +371,27 @@ mod tests {
 
     #[test]
     fn bad_calendars_are_rejected() {
-        assert_eq!(Calendar::new("Mars/Olympus", 1), Err(Error::UnknownTimeZone("Mars/Olympus".into())));
+        assert_eq!(
+            Calendar::new("Mars/Olympus", 1),
+            Err(Error::UnknownTimeZone("Mars/Olympus".into()))
+        );
         assert_eq!(Calendar::new("UTC", 13), Err(Error::BadFiscalStart(13)));
     }
 
     #[test]
     fn elapsed_fraction_is_clamped() {
         let p = Calendar::default().period(PeriodKind::Month, utc("2026-11-10T00:00:00Z"));
-        assert_eq!(p.elapsed_fraction(utc("2026-10-01T00:00:00Z")), Decimal::ZERO);
-        assert_eq!(p.elapsed_fraction(utc("2026-11-16T00:00:00Z")), Decimal::new(5, 1));
-        assert_eq!(p.elapsed_fraction(utc("2027-01-01T00:00:00Z")), Decimal::ONE);
+        assert_eq!(
+            p.elapsed_fraction(utc("2026-10-01T00:00:00Z")),
+            Decimal::ZERO
+        );
+        assert_eq!(
+            p.elapsed_fraction(utc("2026-11-16T00:00:00Z")),
+            Decimal::new(5, 1)
+        );
+        assert_eq!(
+            p.elapsed_fraction(utc("2027-01-01T00:00:00Z")),
+            Decimal::ONE
+        );
     }
 }

@@ -5,7 +5,8 @@ use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
 fn mac(secret: &str, ts: &str, body: &[u8]) -> Hmac<Sha256> {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut m =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     m.update(ts.as_bytes());
     m.update(b".");
     m.update(body);
@@ -14,7 +15,10 @@ fn mac(secret: &str, ts: &str, body: &[u8]) -> Hmac<Sha256> {
 
 /// The `X-SPM-Signature` value for `body` sent at `ts`.
 pub fn sign(secret: &str, ts: i64, body: &[u8]) -> String {
-    format!("v1={}", hex::encode(mac(secret, &ts.to_string(), body).finalize().into_bytes()))
+    format!(
+        "v1={}",
+        hex::encode(mac(secret, &ts.to_string(), body).finalize().into_bytes())
+    )
 }
 
 /// Whether `header` (`v1=<hex>`) signs `body` at `ts` with `secret` (constant time).

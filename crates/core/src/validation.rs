@@ -47,7 +47,11 @@ impl Violations {
 
     /// `Ok(value)` when nothing was found, else every violation.
     pub fn finish<T>(self, value: T) -> Result<T, Vec<FieldViolation>> {
-        if self.0.is_empty() { Ok(value) } else { Err(self.0) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
     }
 
     /// Checks an identifier: present, at most `max` characters, no whitespace or control
@@ -77,7 +81,10 @@ impl Violations {
         if value.chars().count() > max {
             self.add(field, format!("must be at most {max} characters"));
             false
-        } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+        } else if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+        {
             self.add(field, "must not contain control characters");
             false
         } else {
@@ -101,6 +108,9 @@ mod tests {
         assert!(!v.text("f", "bell\u{7}", 10));
         let got: Vec<&str> = v.0.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(got, ["b", "c", "d", "f"]);
-        assert_eq!(FieldViolation::new("amount", "x").under("event").field, "event.amount");
+        assert_eq!(
+            FieldViolation::new("amount", "x").under("event").field,
+            "event.amount"
+        );
     }
 }

@@ -27,7 +27,8 @@ where
     let msg = DynamicMessage::deserialize_with_options(desc, &mut de, &DeserializeOptions::new())
         .map_err(|e| JsonError(e.to_string()))?;
     de.end().map_err(|e| JsonError(e.to_string()))?;
-    msg.transcode_to::<T>().map_err(|e| JsonError(e.to_string()))
+    msg.transcode_to::<T>()
+        .map_err(|e| JsonError(e.to_string()))
 }
 
 /// Renders `msg` in the proto3 JSON mapping (field names in lowerCamelCase, enums as names).

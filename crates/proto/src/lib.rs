@@ -9,7 +9,8 @@ use std::sync::LazyLock;
 use prost_reflect::DescriptorPool;
 
 /// Encoded `FileDescriptorSet` of every SPM proto, for gRPC reflection and JSON mapping.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/spm_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/spm_descriptor.bin"));
 
 /// The descriptor pool of every SPM proto (plus the well-known types they import).
 pub fn descriptor_pool() -> &'static DescriptorPool {
@@ -19,6 +20,7 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
     &POOL
 }
 
+pub mod codec;
 pub mod json;
 
 pub mod common {

@@ -34,22 +34,40 @@ pub struct App {
 
 impl App {
     /// Starts the shared parts of service `name` (its schema is named after it).
-    pub async fn start(name: &'static str, config: ServiceConfig, migrator: &Migrator) -> anyhow::Result<Self> {
+    pub async fn start(
+        name: &'static str,
+        config: ServiceConfig,
+        migrator: &Migrator,
+    ) -> anyhow::Result<Self> {
         let telemetry = spm_telemetry::init(&format!("spm-{name}"), config.log_format)?;
         let cancel = crate::shutdown::on_signal();
 
         // Dependencies may come up after us (orchestrators start everything at once):
         // retry for a while before giving up.
-        let pool = retry("Postgres", &cancel, || crate::db::connect(&config.database_url, name, config.db_max_connections))
-            .await
-            .with_context(|| format!("connecting to DATABASE_URL ({})", redact(&config.database_url)))?;
+        let pool = retry("Postgres", &cancel, || {
+            crate::db::connect(&config.database_url, name, config.db_max_connections)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to DATABASE_URL ({})",
+                redact(&config.database_url)
+            )
+        })?;
         crate::db::migrate(&pool, migrator)
             .await
             .with_context(|| format!("migrating schema {name}"))?;
 
-        retry("Kafka", &cancel, || spm_bus::admin::ensure_topics(&config.kafka))
-            .await
-            .with_context(|| format!("creating topics on KAFKA_BROKERS ({})", config.kafka.brokers))?;
+        retry("Kafka", &cancel, || {
+            spm_bus::admin::ensure_topics(&config.kafka)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "creating topics on KAFKA_BROKERS ({})",
+                config.kafka.brokers
+            )
+        })?;
         let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
 
         let relay = Relay::new(pool.clone(), producer.clone());
@@ -90,8 +108,15 @@ impl App {
 
     /// Runs a consumer loop for group `group` over base topics `topics`.
     pub fn consume(&mut self, group: &str, topics: &[&str], handler: Arc<dyn Handler>) {
-        let l = ConsumerLoop::new(&self.config.kafka, group, topics, self.pool.clone(), self.producer.clone(), handler)
-            .wake_relay(self.relay_wake.clone());
+        let l = ConsumerLoop::new(
+            &self.config.kafka,
+            group,
+            topics,
+            self.pool.clone(),
+            self.producer.clone(),
+            handler,
+        )
+        .wake_relay(self.relay_wake.clone());
         let cancel = self.cancel.clone();
         self.consumers.spawn(async move {
             if let Err(e) = l.run(cancel.clone()).await {
@@ -148,7 +173,11 @@ impl App {
 }
 
 /// Retries `f` with backoff for up to a minute (or until cancelled).
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, cancel: &CancellationToken, mut f: F) -> Result<T, E>
+async fn retry<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    mut f: F,
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -158,7 +187,10 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if started.elapsed() < std::time::Duration::from_secs(60) && !cancel.is_cancelled() => {
+            Err(e)
+                if started.elapsed() < std::time::Duration::from_secs(60)
+                    && !cancel.is_cancelled() =>
+            {
                 tracing::warn!(dependency = what, error = %e, retry_in = ?delay, "dependency not ready");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
@@ -184,7 +216,10 @@ fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h:1/db"), "postgres://u@h:1/db");
+        assert_eq!(
+            super::redact("postgres://u:secret@h:1/db"),
+            "postgres://u@h:1/db"
+        );
         assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
     }
 }

@@ -99,7 +99,9 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Integration => Err(ApiError::PermissionDenied("this call needs an ADMIN key of the tenant".into())),
+            Role::Integration => Err(ApiError::PermissionDenied(
+                "this call needs an ADMIN key of the tenant".into(),
+            )),
         }
     }
 }
@@ -153,8 +155,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn key_id_of(key: &str) -> Option<&str> {
     let rest = key.strip_prefix("spm_")?;
     let (id, secret) = rest.split_once('_')?;
-    (id.len() == 16 && secret.len() == 64 && id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit()))
-        .then_some(id)
+    (id.len() == 16
+        && secret.len() == 64
+        && id
+            .bytes()
+            .chain(secret.bytes())
+            .all(|b| b.is_ascii_hexdigit()))
+    .then_some(id)
 }
 
 #[derive(Debug, Clone)]
@@ -189,7 +196,9 @@ impl KeyStore {
         let key = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(ApiError::Unauthenticated("authorization must be 'Bearer <api key>'"))?
+            .ok_or(ApiError::Unauthenticated(
+                "authorization must be 'Bearer <api key>'",
+            ))?
             .trim();
         self.authenticate(key).await
     }
@@ -236,22 +245,27 @@ impl KeyStore {
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|(tenant_id, sha256, role, not_revoked, active)| {
-            Some(Entry {
-                tenant_id,
-                sha256,
-                role: Role::parse(&role)?,
-                // A key may arrive before its tenant (different partitions of the compacted
-                // topic); an unknown tenant is not a deactivated one.
-                usable: not_revoked && active.unwrap_or(true),
-            })
-        }))
+        Ok(
+            row.and_then(|(tenant_id, sha256, role, not_revoked, active)| {
+                Some(Entry {
+                    tenant_id,
+                    sha256,
+                    role: Role::parse(&role)?,
+                    // A key may arrive before its tenant (different partitions of the compacted
+                    // topic); an unknown tenant is not a deactivated one.
+                    usable: not_revoked && active.unwrap_or(true),
+                })
+            }),
+        )
     }
 }
 
 /// Applies a tenant or API key event from `spm.tenants.v1` to the auth tables. Returns
 /// false for any other event. Idempotent and safe under redelivery.
-pub async fn apply_tenant_event(conn: &mut PgConnection, ev: &EventEnvelope) -> Result<bool, sqlx::Error> {
+pub async fn apply_tenant_event(
+    conn: &mut PgConnection,
+    ev: &EventEnvelope,
+) -> Result<bool, sqlx::Error> {
     let at = ev
         .occurred_at
         .as_ref()
@@ -319,7 +333,10 @@ pub async fn apply_tenant_event(conn: &mut PgConnection, ev: &EventEnvelope) -> 
 }
 
 /// The calendar of a tenant as this service knows it (from `spm.tenants.v1`).
-pub async fn tenant_calendar(pool: &PgPool, tenant_id: &str) -> Result<Option<(spm_core::period::Calendar, String)>, sqlx::Error> {
+pub async fn tenant_calendar(
+    pool: &PgPool,
+    tenant_id: &str,
+) -> Result<Option<(spm_core::period::Calendar, String)>, sqlx::Error> {
     let row: Option<(String, i32, String)> = sqlx::query_as(
         "SELECT time_zone, fiscal_year_start_month, base_currency FROM auth_tenants WHERE tenant_id = $1",
     )
@@ -346,7 +363,13 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_rejected_before_any_lookup() {
-        for bad in ["", "spm_", "spm_abc_def", "xyz_0123456789abcdef_00", &format!("spm_{}_{}", "g".repeat(16), "0".repeat(64))] {
+        for bad in [
+            "",
+            "spm_",
+            "spm_abc_def",
+            "xyz_0123456789abcdef_00",
+            &format!("spm_{}_{}", "g".repeat(16), "0".repeat(64)),
+        ] {
             assert_eq!(key_id_of(bad), None, "{bad}");
         }
     }

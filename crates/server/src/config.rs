@@ -9,8 +9,12 @@ use spm_telemetry::LogFormat;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceConfig {
     /// Postgres connection URL. The service works in its own schema of this database.
-    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "DATABASE_URL",
-          default_value = "postgres://spm@127.0.0.1:55432/spm")]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        default_value = "postgres://spm@127.0.0.1:55432/spm"
+    )]
     pub database_url: String,
 
     /// Most connections in the pool.
@@ -19,15 +23,28 @@ pub struct ServiceConfig {
     pub db_max_connections: u32,
 
     /// Address of the gRPC server.
-    #[arg(long = "grpc-addr", env = "SPM_GRPC_ADDR", value_name = "SPM_GRPC_ADDR")]
+    #[arg(
+        long = "grpc-addr",
+        env = "SPM_GRPC_ADDR",
+        value_name = "SPM_GRPC_ADDR"
+    )]
     pub grpc_addr: SocketAddr,
 
     /// Address of the HTTP server (`/metrics`, `/healthz`, and service routes).
-    #[arg(long = "http-addr", env = "SPM_HTTP_ADDR", value_name = "SPM_HTTP_ADDR")]
+    #[arg(
+        long = "http-addr",
+        env = "SPM_HTTP_ADDR",
+        value_name = "SPM_HTTP_ADDR"
+    )]
     pub http_addr: SocketAddr,
 
     /// Log format: json or pretty.
-    #[arg(long = "log-format", env = "SPM_LOG_FORMAT", value_name = "SPM_LOG_FORMAT", default_value = "json")]
+    #[arg(
+        long = "log-format",
+        env = "SPM_LOG_FORMAT",
+        value_name = "SPM_LOG_FORMAT",
+        default_value = "json"
+    )]
     pub log_format: LogFormat,
 
     /// Largest gRPC message accepted or sent, in bytes.

@@ -54,7 +54,13 @@ fn shared_migrations() -> Vec<Migration> {
         .chain(crate::auth::MIGRATIONS)
         .chain(crate::org::MIGRATIONS)
         .map(|(version, desc, sql)| {
-            Migration::new(*version, Cow::Borrowed(*desc), MigrationType::Simple, Cow::Borrowed(*sql), false)
+            Migration::new(
+                *version,
+                Cow::Borrowed(*desc),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
         })
         .collect()
 }

@@ -37,7 +37,10 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{message}")]
-    Unavailable { message: String, retry_after: Duration },
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -126,7 +129,9 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::PermissionDenied(_) => Status::permission_denied(msg),
             ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
-            ApiError::ResourceExhausted(_) | ApiError::PayloadTooLarge(_) => Status::resource_exhausted(msg),
+            ApiError::ResourceExhausted(_) | ApiError::PayloadTooLarge(_) => {
+                Status::resource_exhausted(msg)
+            }
             ApiError::BadRequest(_) => Status::invalid_argument(msg),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
@@ -162,11 +167,16 @@ mod tests {
     fn invalid_argument_carries_bad_request_details() {
         let status: Status = ApiError::InvalidArgument(vec![
             FieldViolation::new("event.event_id", "must be a UUID"),
-            FieldViolation::new("event.deal_closed.amount.currency", "\"EURO\" is not an ISO 4217 currency code"),
+            FieldViolation::new(
+                "event.deal_closed.amount.currency",
+                "\"EURO\" is not an ISO 4217 currency code",
+            ),
         ])
         .into();
         assert_eq!(status.code(), Code::InvalidArgument);
-        let br = status.get_details_bad_request().expect("bad request details");
+        let br = status
+            .get_details_bad_request()
+            .expect("bad request details");
         assert_eq!(br.field_violations.len(), 2);
         assert_eq!(br.field_violations[0].field, "event.event_id");
     }
@@ -177,6 +187,9 @@ mod tests {
         assert_eq!(e.http_status(), 422);
         assert_eq!(e.to_json()["field_violations"][0]["field"], "amount");
         assert_eq!(ApiError::Unauthenticated("x").http_status(), 401);
-        assert_eq!(ApiError::unavailable("broker").to_json()["retry_after_ms"], 1000);
+        assert_eq!(
+            ApiError::unavailable("broker").to_json()["retry_after_ms"],
+            1000
+        );
     }
 }

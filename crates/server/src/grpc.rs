@@ -45,7 +45,12 @@ impl GrpcServer {
     /// Adds a service (wrap generated servers with message size limits first).
     pub fn add_service<S>(&mut self, svc: S) -> &mut Self
     where
-        S: Service<http::Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S: Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
@@ -161,7 +166,10 @@ where
             tenant = field::Empty,
             trace_id = field::Empty,
         );
-        spm_telemetry::propagation::set_parent(&span, spm_telemetry::propagation::extract_http(req.headers()));
+        spm_telemetry::propagation::set_parent(
+            &span,
+            spm_telemetry::propagation::extract_http(req.headers()),
+        );
         if let Some(t) = spm_telemetry::propagation::trace_id(&span) {
             span.record("trace_id", t);
         }
@@ -170,7 +178,10 @@ where
             let started = Instant::now();
             let authenticate = !infra && !layer.open.contains(&path.as_str());
             let result = if authenticate {
-                let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let header = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
                 match layer.keys.authenticate_header(header).await {
                     Ok(caller) => {
                         tracing::Span::current().record("tenant", caller.tenant_id.as_str());

@@ -14,7 +14,10 @@ pub fn base_router() -> Router {
             "/metrics",
             get(|| async {
                 (
-                    [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     spm_telemetry::metrics::render(),
                 )
             }),

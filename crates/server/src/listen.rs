@@ -9,7 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Listens on `channel` until `cancel`, reconnecting after connection loss, and sends
 /// every payload to `tx`.
-pub async fn forward(pool: PgPool, channel: &'static str, tx: broadcast::Sender<String>, cancel: CancellationToken) {
+pub async fn forward(
+    pool: PgPool,
+    channel: &'static str,
+    tx: broadcast::Sender<String>,
+    cancel: CancellationToken,
+) {
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,

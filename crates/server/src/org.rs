@@ -72,7 +72,11 @@ pub enum Change {
 
 /// Applies a rep or team upsert. Returns `Ok(None)` for other events or an upsert older
 /// than what is stored; `Ok(Some(change))` when the row changed.
-pub async fn apply(conn: &mut PgConnection, event_id: Uuid, ev: &EventEnvelope) -> Result<Option<Change>, sqlx::Error> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    ev: &EventEnvelope,
+) -> Result<Option<Change>, sqlx::Error> {
     let at = ev
         .occurred_at
         .as_ref()
@@ -131,7 +135,11 @@ pub async fn apply(conn: &mut PgConnection, event_id: Uuid, ev: &EventEnvelope) 
     }
 }
 
-pub async fn reps(conn: &mut PgConnection, tenant: &str, ids: &[String]) -> Result<HashMap<String, Rep>, sqlx::Error> {
+pub async fn reps(
+    conn: &mut PgConnection,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, Rep>, sqlx::Error> {
     let rows: Vec<Rep> = sqlx::query_as(
         "SELECT rep_id, display_name, email, team_id, manager_id, role, active FROM org_reps
           WHERE tenant_id = $1 AND rep_id = ANY($2)",
@@ -143,22 +151,32 @@ pub async fn reps(conn: &mut PgConnection, tenant: &str, ids: &[String]) -> Resu
     Ok(rows.into_iter().map(|r| (r.rep_id.clone(), r)).collect())
 }
 
-pub async fn teams(conn: &mut PgConnection, tenant: &str) -> Result<HashMap<String, Team>, sqlx::Error> {
-    let rows: Vec<Team> =
-        sqlx::query_as("SELECT team_id, name, parent_team_id, manager_id FROM org_teams WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(conn)
-            .await?;
+pub async fn teams(
+    conn: &mut PgConnection,
+    tenant: &str,
+) -> Result<HashMap<String, Team>, sqlx::Error> {
+    let rows: Vec<Team> = sqlx::query_as(
+        "SELECT team_id, name, parent_team_id, manager_id FROM org_teams WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(|t| (t.team_id.clone(), t)).collect())
 }
 
 /// The reps of a team and all its sub-teams; an empty team id means every rep.
-pub async fn team_members(conn: &mut PgConnection, tenant: &str, team: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn team_members(
+    conn: &mut PgConnection,
+    tenant: &str,
+    team: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     if team.is_empty() {
-        return sqlx::query_scalar("SELECT rep_id FROM org_reps WHERE tenant_id = $1 ORDER BY rep_id")
-            .bind(tenant)
-            .fetch_all(conn)
-            .await;
+        return sqlx::query_scalar(
+            "SELECT rep_id FROM org_reps WHERE tenant_id = $1 ORDER BY rep_id",
+        )
+        .bind(tenant)
+        .fetch_all(conn)
+        .await;
     }
     sqlx::query_scalar(
         "WITH RECURSIVE sub(team_id) AS (
@@ -180,23 +198,31 @@ pub fn chain(team: &str, teams: &HashMap<String, Team>) -> Vec<String> {
     let mut t = team.to_owned();
     while !t.is_empty() && out.len() < 64 && !out.contains(&t) {
         out.push(t.clone());
-        t = teams.get(&t).map(|x| x.parent_team_id.clone()).unwrap_or_default();
+        t = teams
+            .get(&t)
+            .map(|x| x.parent_team_id.clone())
+            .unwrap_or_default();
     }
     out
 }
 
 /// The managers above a rep: its own manager, then that manager's, up to the top
 /// (cycle-safe, at most 16 levels).
-pub async fn manager_chain(conn: &mut PgConnection, tenant: &str, rep: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn manager_chain(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rep: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     let mut out: Vec<String> = Vec::new();
     let mut cur = rep.to_owned();
     for _ in 0..16 {
-        let m: Option<String> =
-            sqlx::query_scalar("SELECT manager_id FROM org_reps WHERE tenant_id = $1 AND rep_id = $2")
-                .bind(tenant)
-                .bind(&cur)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let m: Option<String> = sqlx::query_scalar(
+            "SELECT manager_id FROM org_reps WHERE tenant_id = $1 AND rep_id = $2",
+        )
+        .bind(tenant)
+        .bind(&cur)
+        .fetch_optional(&mut *conn)
+        .await?;
         match m {
             Some(m) if !m.is_empty() && m != rep && !out.contains(&m) => {
                 out.push(m.clone());

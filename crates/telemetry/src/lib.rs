@@ -68,7 +68,9 @@ impl Telemetry {
 pub fn init(service: &str, format: LogFormat) -> Result<Telemetry, Error> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let resource = Resource::builder().with_service_name(service.to_owned()).build();
+    let resource = Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
@@ -100,7 +102,11 @@ pub fn init(service: &str, format: LogFormat) -> Result<Telemetry, Error> {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     res.map_err(|e| Error::Subscriber(e.to_string()))?;

@@ -62,15 +62,31 @@ fn global_state() -> &'static Global {
             grpc_request_seconds: Family::new_with_constructor(latency_buckets),
             http_requests: Family::default(),
         };
-        r.register("events_consumed", "Kafka records applied, by topic and group", m.events_consumed.clone());
+        r.register(
+            "events_consumed",
+            "Kafka records applied, by topic and group",
+            m.events_consumed.clone(),
+        );
         r.register(
             "events_duplicate",
             "Kafka records skipped because their event id was already applied",
             m.events_duplicate.clone(),
         );
-        r.register("events_failed", "Kafka record processing failures, by kind", m.events_failed.clone());
-        r.register("events_dead_lettered", "Kafka records sent to the DLQ", m.events_dead_lettered.clone());
-        r.register("consumer_lag", "Messages behind the partition end, per partition", m.consumer_lag.clone());
+        r.register(
+            "events_failed",
+            "Kafka record processing failures, by kind",
+            m.events_failed.clone(),
+        );
+        r.register(
+            "events_dead_lettered",
+            "Kafka records sent to the DLQ",
+            m.events_dead_lettered.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "Messages behind the partition end, per partition",
+            m.consumer_lag.clone(),
+        );
         r.register(
             "processing_seconds",
             "Wall time of one consumer batch transaction",
@@ -81,16 +97,36 @@ fn global_state() -> &'static Global {
             "Time from an event's recording at ingest to its application here",
             m.event_age_seconds.clone(),
         );
-        r.register("records_published", "Kafka records published, by topic", m.records_published.clone());
-        r.register("outbox_backlog", "Outbox rows not yet published", m.outbox_backlog.clone());
+        r.register(
+            "records_published",
+            "Kafka records published, by topic",
+            m.records_published.clone(),
+        );
+        r.register(
+            "outbox_backlog",
+            "Outbox rows not yet published",
+            m.outbox_backlog.clone(),
+        );
         r.register(
             "outbox_oldest_age_seconds",
             "Age of the oldest unpublished outbox row",
             m.outbox_oldest_age_seconds.clone(),
         );
-        r.register("grpc_requests", "gRPC requests by method and status code", m.grpc_requests.clone());
-        r.register("grpc_request_seconds", "gRPC request latency by method", m.grpc_request_seconds.clone());
-        r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
+        r.register(
+            "grpc_requests",
+            "gRPC requests by method and status code",
+            m.grpc_requests.clone(),
+        );
+        r.register(
+            "grpc_request_seconds",
+            "gRPC request latency by method",
+            m.grpc_request_seconds.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            m.http_requests.clone(),
+        );
         Global {
             metrics: m,
             registry: Mutex::new(r),
@@ -120,7 +156,10 @@ pub fn latency_histogram() -> Histogram {
 /// The Prometheus text exposition of every registered metric.
 pub fn render() -> String {
     let mut out = String::new();
-    let reg = global_state().registry.lock().expect("metrics registry lock");
+    let reg = global_state()
+        .registry
+        .lock()
+        .expect("metrics registry lock");
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
 }
@@ -141,7 +180,10 @@ mod tests {
             .get_or_create(&labels([("topic", "t"), ("group", "g")]))
             .inc();
         let text = render();
-        assert!(text.contains("spm_events_consumed_total{topic=\"t\",group=\"g\"} 1"), "{text}");
+        assert!(
+            text.contains("spm_events_consumed_total{topic=\"t\",group=\"g\"} 1"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

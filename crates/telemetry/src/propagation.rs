@@ -39,7 +39,9 @@ pub fn extract_http(headers: &http::HeaderMap) -> Context {
 /// Writes the current span's context into outgoing HTTP/2 (gRPC) headers.
 pub fn inject_http(headers: &mut http::HeaderMap) {
     let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers))
+    });
 }
 
 /// Makes `cx` the parent of `span` (when `cx` carries a remote span).
@@ -113,7 +115,10 @@ mod tests {
     #[test]
     fn traceparent_trace_id() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(trace_id_of_traceparent(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_id_of_traceparent(tp),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         assert_eq!(trace_id_of_traceparent("garbage"), None);
     }
 

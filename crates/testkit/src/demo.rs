@@ -36,8 +36,18 @@ pub struct Demo {
 
 const PRODUCTS: [&str; 4] = ["platform", "analytics", "support", "training"];
 const NAMES: [&str; 12] = [
-    "Li Wei", "Ana Souza", "Tom Berg", "Mei Chen", "Omar Haddad", "Sara Costa", "Jonas Weber", "Yuki Sato", "Priya Nair",
-    "Lucas Martin", "Zhang Min", "Eva Novak",
+    "Li Wei",
+    "Ana Souza",
+    "Tom Berg",
+    "Mei Chen",
+    "Omar Haddad",
+    "Sara Costa",
+    "Jonas Weber",
+    "Yuki Sato",
+    "Priya Nair",
+    "Lucas Martin",
+    "Zhang Min",
+    "Eva Novak",
 ];
 
 fn ts(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
@@ -54,8 +64,19 @@ fn ev_at(id: Uuid, at: DateTime<Utc>, p: Payload) -> CrmEvent {
 }
 
 /// Generates `reps_per_team` reps in each of `teams` teams over the `days` days before `now`.
-#[allow(clippy::too_many_lines, clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-pub fn generate(seed: u64, teams: usize, reps_per_team: usize, days: i64, now: DateTime<Utc>) -> Demo {
+#[allow(
+    clippy::too_many_lines,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+pub fn generate(
+    seed: u64,
+    teams: usize,
+    reps_per_team: usize,
+    days: i64,
+    now: DateTime<Utc>,
+) -> Demo {
     let mut rng = StdRng::seed_from_u64(seed);
     let counter = std::cell::Cell::new(0u128);
     let id = || {
@@ -158,7 +179,8 @@ pub fn generate(seed: u64, teams: usize, reps_per_team: usize, days: i64, now: D
     for (ri, (rep, _team, _m, skill)) in d.reps.clone().iter().enumerate() {
         for day in 0..days {
             let day_start = start + Duration::days(day);
-            let at = |rng: &mut StdRng| day_start + Duration::minutes(rng.random_range(8 * 60..18 * 60));
+            let at =
+                |rng: &mut StdRng| day_start + Duration::minutes(rng.random_range(8 * 60..18 * 60));
             let act = |rng: &mut StdRng, kind: ev::ActivityKind, p: f64, max: u32| {
                 let mut out = Vec::new();
                 for _ in 0..max {
@@ -204,7 +226,11 @@ pub fn generate(seed: u64, teams: usize, reps_per_team: usize, days: i64, now: D
             if rng.random_bool(0.3) {
                 let t = at(&mut rng);
                 if t < now {
-                    let score = if rng.random_bool((0.55 * skill).min(0.95)) { 5 } else { rng.random_range(2..=4) };
+                    let score = if rng.random_bool((0.55 * skill).min(0.95)) {
+                        5
+                    } else {
+                        rng.random_range(2..=4)
+                    };
                     d.surveys += 1;
                     timed.push((
                         t,
@@ -241,18 +267,31 @@ pub fn generate(seed: u64, teams: usize, reps_per_team: usize, days: i64, now: D
                     lines.push(ev::ProductLine {
                         product_id: PRODUCTS[(deal_no + l) % PRODUCTS.len()].into(),
                         quantity: rng.random_range(1..10),
-                        amount: Some(money(&format!("{}.{:02}", cents / 100, cents % 100), currency)),
+                        amount: Some(money(
+                            &format!("{}.{:02}", cents / 100, cents % 100),
+                            currency,
+                        )),
                     });
                 }
                 let amount = format!("{}.{:02}", total_cents / 100, total_cents % 100);
                 let credits = if rng.random_bool(0.2) {
-                    let other = &d.reps[(ri + 1 + rng.random_range(0..d.reps.len() - 1)) % d.reps.len()].0;
+                    let other =
+                        &d.reps[(ri + 1 + rng.random_range(0..d.reps.len() - 1)) % d.reps.len()].0;
                     vec![
-                        ev::CreditSplit { rep_id: rep.clone(), share_percent: "60".into() },
-                        ev::CreditSplit { rep_id: other.clone(), share_percent: "40".into() },
+                        ev::CreditSplit {
+                            rep_id: rep.clone(),
+                            share_percent: "60".into(),
+                        },
+                        ev::CreditSplit {
+                            rep_id: other.clone(),
+                            share_percent: "40".into(),
+                        },
                     ]
                 } else {
-                    vec![ev::CreditSplit { rep_id: rep.clone(), share_percent: "100".into() }]
+                    vec![ev::CreditSplit {
+                        rep_id: rep.clone(),
+                        share_percent: "100".into(),
+                    }]
                 };
                 let n_credits = credits.len();
                 d.deal_credits += n_credits;
@@ -295,7 +334,11 @@ pub fn generate(seed: u64, teams: usize, reps_per_team: usize, days: i64, now: D
                 // Payments: most deals pay, some in two parts.
                 let paid_at = t + Duration::days(rng.random_range(5..45));
                 if paid_at < now && rng.random_bool(0.75) {
-                    let first = if rng.random_bool(0.3) { total_cents / 2 } else { total_cents };
+                    let first = if rng.random_bool(0.3) {
+                        total_cents / 2
+                    } else {
+                        total_cents
+                    };
                     let mut parts = vec![(paid_at, first)];
                     let second_at = paid_at + Duration::days(10);
                     if first < total_cents && second_at < now {
@@ -311,7 +354,10 @@ pub fn generate(seed: u64, teams: usize, reps_per_team: usize, days: i64, now: D
                                 Payload::PaymentReceived(ev::PaymentReceived {
                                     payment_id: format!("P-{deal_no:05}-{i}"),
                                     deal_id: deal_id.clone(),
-                                    amount: Some(money(&format!("{}.{:02}", cents / 100, cents % 100), currency)),
+                                    amount: Some(money(
+                                        &format!("{}.{:02}", cents / 100, cents % 100),
+                                        currency,
+                                    )),
                                 }),
                             ),
                         ));

@@ -38,7 +38,8 @@ impl Stack {
         Self {
             admin_db_url: std::env::var("SPM_TEST_DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://spm@127.0.0.1:55432/postgres".into()),
-            brokers: std::env::var("SPM_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into()),
+            brokers: std::env::var("SPM_TEST_KAFKA_BROKERS")
+                .unwrap_or_else(|_| "127.0.0.1:59092".into()),
             broker_pid,
         }
     }
@@ -52,6 +53,75 @@ pub fn repo_root() -> PathBuf {
     p
 }
 
+/// A broker of one's own (for tests that pause it): Tansu on a free port, memory engine.
+pub struct PrivateBroker {
+    pub brokers: String,
+    child: std::process::Child,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let port = process::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let tansu = std::env::var("HOME")
+            .map(|h| format!("{h}/.cargo/bin/tansu"))
+            .ok()
+            .filter(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| "tansu".into());
+        let child = std::process::Command::new(tansu)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a private tansu broker (is tansu installed?)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private broker did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            brokers: format!("127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One test's isolated world: its own database and its own topic/group prefix on the shared
 /// broker, so tests run in parallel without seeing each other.
 pub struct TestEnv {
@@ -63,9 +133,20 @@ pub struct TestEnv {
     pub admin_token: String,
     pub log_dir: PathBuf,
     pub partitions: i32,
+    /// Set when the test runs on a broker of its own.
+    pub broker: Option<PrivateBroker>,
 }
 
 impl TestEnv {
+    /// Like [`TestEnv::new`] with a private broker the test may pause.
+    pub async fn with_private_broker(name: &str) -> Self {
+        let mut env = Self::new(name).await;
+        let b = PrivateBroker::start();
+        env.stack.brokers = b.brokers.clone();
+        env.broker = Some(b);
+        env
+    }
+
     /// Creates the database `spm_t_<name>_<random>`.
     pub async fn new(name: &str) -> Self {
         let stack = Stack::from_env();
@@ -73,7 +154,12 @@ impl TestEnv {
         let db_name = format!("spm_t_{}_{suffix:08x}", name.replace('-', "_"));
         let mut conn = PgConnection::connect(&stack.admin_db_url)
             .await
-            .unwrap_or_else(|e| panic!("cannot reach Postgres at {} ({e}); run deploy/local/stack up", stack.admin_db_url));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot reach Postgres at {} ({e}); run deploy/local/stack up",
+                    stack.admin_db_url
+                )
+            });
         sqlx::query(&format!("CREATE DATABASE {db_name}"))
             .execute(&mut conn)
             .await
@@ -82,7 +168,9 @@ impl TestEnv {
             Some((base, _)) => format!("{base}/{db_name}"),
             None => panic!("SPM_TEST_DATABASE_URL has no database part"),
         };
-        let log_dir = repo_root().join("target/test-logs").join(format!("{name}-{suffix:08x}"));
+        let log_dir = repo_root()
+            .join("target/test-logs")
+            .join(format!("{name}-{suffix:08x}"));
         std::fs::create_dir_all(&log_dir).expect("log dir");
         Self {
             prefix: format!("t{suffix:08x}."),
@@ -93,6 +181,7 @@ impl TestEnv {
             admin_token: format!("op-{suffix:08x}"),
             log_dir,
             partitions: 3,
+            broker: None,
         }
     }
 
@@ -138,7 +227,10 @@ impl Drop for TestEnv {
         let db = self.db_name.clone();
         // Drop is synchronous: use a private runtime on a plain thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let mut c = PgConnection::connect(&url).await.ok()?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -162,7 +254,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -170,8 +265,10 @@ where
 /// A request with `authorization: Bearer <key>`.
 pub fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ascii key"),
+    );
     r
 }
 
@@ -198,7 +295,14 @@ pub async fn create_tenant(env: &TestEnv, ingest: &Service, id: &str) -> Tenant 
     create_tenant_with(env, ingest, id, "EUR", "UTC", 1).await
 }
 
-pub async fn create_tenant_with(env: &TestEnv, ingest: &Service, id: &str, currency: &str, tz: &str, fy: u32) -> Tenant {
+pub async fn create_tenant_with(
+    env: &TestEnv,
+    ingest: &Service,
+    id: &str,
+    currency: &str,
+    tz: &str,
+    fy: u32,
+) -> Tenant {
     use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
     let mut admin = IngestAdminServiceClient::new(ingest.channel().await);
     let resp = admin
@@ -227,9 +331,19 @@ pub async fn create_tenant_with(env: &TestEnv, ingest: &Service, id: &str, curre
 /// Waits until `svc` accepts `key` (tenants and keys reach services over Kafka).
 pub async fn wait_key_known(svc: &Service, key: &str) {
     let ch = svc.channel().await;
-    eventually(Duration::from_secs(30), &format!("{} to know the key", svc.name), || {
-        let ch = ch.clone();
-        async move { process::probe_auth(ch, key).await.then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{} to know the key", svc.name),
+        || {
+            let ch = ch.clone();
+            async move { process::probe_auth(ch, key).await.then_some(()) }
+        },
+    )
     .await;
+}
+
+/// An HTTP client for tests (installs the process's TLS crypto provider first).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

@@ -56,7 +56,10 @@ impl Service {
             ("SPM_LOG_FORMAT".into(), "json".into()),
             ("SPM_ADMIN_TOKEN".into(), env.admin_token.clone()),
             ("SPM_DB_MAX_CONNECTIONS".into(), "5".into()),
-            ("RUST_LOG".into(), std::env::var("SPM_TEST_RUST_LOG").unwrap_or_else(|_| "info".into())),
+            (
+                "RUST_LOG".into(),
+                std::env::var("SPM_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
         ];
         for (k, v) in extra {
             vars.retain(|(x, _)| x != k);
@@ -66,7 +69,9 @@ impl Service {
             name: name.to_owned(),
             grpc,
             http,
-            log: env.log_dir.join(format!("{name}-{grpc}.log").replace(':', "_")),
+            log: env
+                .log_dir
+                .join(format!("{name}-{grpc}.log").replace(':', "_")),
             env: vars,
             child: None,
             generation: 0,
@@ -125,7 +130,10 @@ impl Service {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().and_then(Child::id).expect("running process")
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("running process")
     }
 
     /// SIGKILL, and reap.
@@ -150,7 +158,11 @@ impl Service {
 
     /// Starts the process again with the same settings (after kill9 or terminate).
     pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop {} before restarting it", self.name);
+        assert!(
+            self.child.is_none(),
+            "stop {} before restarting it",
+            self.name
+        );
         self.spawn().await;
     }
 
@@ -175,7 +187,9 @@ impl Service {
 
     /// The service's Prometheus metrics text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.http))
+        crate::http()
+            .get(format!("http://{}/metrics", self.http))
+            .send()
             .await
             .expect("GET /metrics")
             .text()
@@ -196,25 +210,38 @@ impl Service {
     /// Waits until the log contains `needle` at least `n` times.
     pub async fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) {
         let log = self.log.clone();
-        eventually(timeout, &format!("{n} x {:?} in {}", needle, self.log.display()), || {
-            let log = log.clone();
-            async move {
-                std::fs::read_to_string(&log)
-                    .ok()
-                    .filter(|t| t.matches(needle).count() >= n)
-                    .map(|_| ())
-            }
-        })
+        eventually(
+            timeout,
+            &format!("{n} x {:?} in {}", needle, self.log.display()),
+            || {
+                let log = log.clone();
+                async move {
+                    std::fs::read_to_string(&log)
+                        .ok()
+                        .filter(|t| t.matches(needle).count() >= n)
+                        .map(|_| ())
+                }
+            },
+        )
         .await;
     }
 
     /// Waits until the log contains `needle`.
     pub async fn wait_log(&self, needle: &str, timeout: Duration) {
         let log = self.log.clone();
-        eventually(timeout, &format!("{:?} in {}", needle, self.log.display()), || {
-            let log = log.clone();
-            async move { std::fs::read_to_string(&log).ok().filter(|t| t.contains(needle)).map(|_| ()) }
-        })
+        eventually(
+            timeout,
+            &format!("{:?} in {}", needle, self.log.display()),
+            || {
+                let log = log.clone();
+                async move {
+                    std::fs::read_to_string(&log)
+                        .ok()
+                        .filter(|t| t.contains(needle))
+                        .map(|_| ())
+                }
+            },
+        )
         .await;
     }
 }
@@ -244,8 +271,16 @@ fn tail(p: &std::path::Path) -> String {
 }
 
 async fn health(addr: SocketAddr) -> bool {
-    let Ok(ep) = Channel::from_shared(format!("http://{addr}")) else { return false };
-    let Ok(ch) = ep.connect_timeout(Duration::from_millis(500)).connect().await else { return false };
+    let Ok(ep) = Channel::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(ch) = ep
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    else {
+        return false;
+    };
     let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
     matches!(
         c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await,

@@ -106,10 +106,18 @@ fn lines_of(ctx: &Ctx, statement_key: &str, rows: &[Row]) -> Vec<pb::StatementLi
             }
             let last = rs.last()?;
             let late = last.source_period_key != statement_key;
-            let kind = if late { Kind::Adjustment } else { Kind::of_key(&last.line_key) };
+            let kind = if late {
+                Kind::Adjustment
+            } else {
+                Kind::of_key(&last.line_key)
+            };
             Some(pb::StatementLine {
                 line_id: id.to_string(),
-                key: if late { format!("adjust:{}:{}", last.source_period_key, last.line_key) } else { last.line_key.clone() },
+                key: if late {
+                    format!("adjust:{}:{}", last.source_period_key, last.line_key)
+                } else {
+                    last.line_key.clone()
+                },
                 kind: kind.to_proto(),
                 source_period: last.source_period_key.clone(),
                 amount: money_s(ctx, by_status.values().copied().sum()),
@@ -132,7 +140,13 @@ fn lines_of(ctx: &Ctx, statement_key: &str, rows: &[Row]) -> Vec<pb::StatementLi
 }
 
 impl Api {
-    async fn statement(&self, ctx: &Ctx, rep: &str, kind: PeriodKind, key: &str) -> Result<pb::Statement, ApiError> {
+    async fn statement(
+        &self,
+        ctx: &Ctx,
+        rep: &str,
+        kind: PeriodKind,
+        key: &str,
+    ) -> Result<pb::Statement, ApiError> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 ORDER BY seq"
         ))
@@ -151,7 +165,8 @@ impl Api {
             total += a;
             *by_kind.entry(l.kind).or_default() += a;
             for st in &l.by_status {
-                *by_status.entry(st.status).or_default() += st.amount.parse::<Decimal>().unwrap_or_default();
+                *by_status.entry(st.status).or_default() +=
+                    st.amount.parse::<Decimal>().unwrap_or_default();
             }
         }
         let result: Option<(String, i32, Decimal, Option<Decimal>)> = sqlx::query_as(
@@ -171,7 +186,9 @@ impl Api {
             period: Some(ctx.period_pb(kind, key)),
             currency: ctx.currency.code().to_owned(),
             plan_id: result.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
-            plan_version: result.as_ref().map_or(0, |r| u32::try_from(r.1).unwrap_or(0)),
+            plan_version: result
+                .as_ref()
+                .map_or(0, |r| u32::try_from(r.1).unwrap_or(0)),
             total: money_s(ctx, total),
             totals_by_kind: by_kind
                 .into_iter()
@@ -188,7 +205,10 @@ impl Api {
                 })
                 .collect(),
             lines,
-            revenue: result.as_ref().map(|r| money_s(ctx, r.2)).unwrap_or_default(),
+            revenue: result
+                .as_ref()
+                .map(|r| money_s(ctx, r.2))
+                .unwrap_or_default(),
             attainment: result.and_then(|r| r.3).map(s).unwrap_or_default(),
             closed,
             paid,
@@ -212,7 +232,11 @@ impl Api {
         Ok(PeriodKind::Month)
     }
 
-    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Postgres>, mut out: Outbox) -> Result<(), ApiError> {
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        mut out: Outbox,
+    ) -> Result<(), ApiError> {
         let mut tx = tx;
         out.write(&mut tx).await?;
         tx.commit().await?;
@@ -236,7 +260,10 @@ fn dispute_pb(r: DisputeRow) -> pb::Dispute {
         note: r.note,
         resolved_by: r.resolved_by,
         adjustment: r.adjustment.map(s).unwrap_or_default(),
-        adjustment_line_id: r.adjustment_posting.map(|u| u.to_string()).unwrap_or_default(),
+        adjustment_line_id: r
+            .adjustment_posting
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
         opened_at: Some(spm_proto::ext::timestamp(r.opened_at)),
         resolved_at: r.resolved_at.map(spm_proto::ext::timestamp),
     }
@@ -258,12 +285,14 @@ struct DisputeRow {
     resolved_at: Option<DateTime<Utc>>,
 }
 
-const DISPUTE_COLUMNS: &str =
-    "dispute_id, line_id, rep_id, reason, opened_by, status, note, resolved_by, adjustment, adjustment_posting, opened_at, resolved_at";
+const DISPUTE_COLUMNS: &str = "dispute_id, line_id, rep_id, reason, opened_by, status, note, resolved_by, adjustment, adjustment_posting, opened_at, resolved_at";
 
 #[tonic::async_trait]
 impl IncentiveService for Api {
-    async fn get_statement(&self, req: Request<pb::GetStatementRequest>) -> Result<Response<pb::GetStatementResponse>, Status> {
+    async fn get_statement(
+        &self,
+        req: Request<pb::GetStatementRequest>,
+    ) -> Result<Response<pb::GetStatementResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         if r.rep_id.is_empty() {
@@ -278,10 +307,14 @@ impl IncentiveService for Api {
         }))
     }
 
-    async fn explain_line(&self, req: Request<pb::ExplainLineRequest>) -> Result<Response<pb::ExplainLineResponse>, Status> {
+    async fn explain_line(
+        &self,
+        req: Request<pb::ExplainLineRequest>,
+    ) -> Result<Response<pb::ExplainLineResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        let id = Uuid::parse_str(&r.line_id).map_err(|_| ApiError::invalid("line_id", "must be a UUID"))?;
+        let id = Uuid::parse_str(&r.line_id)
+            .map_err(|_| ApiError::invalid("line_id", "must be a UUID"))?;
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant_id = $1 AND line_id = $2 ORDER BY seq"
         ))
@@ -293,20 +326,25 @@ impl IncentiveService for Api {
         let Some(first) = rows.first() else {
             return Err(ApiError::NotFound(format!("line {id}")).into());
         };
-        let rep: String = sqlx::query_scalar("SELECT rep_id FROM ledger WHERE tenant_id = $1 AND posting_id = $2")
-            .bind(&c.tenant_id)
-            .bind(first.posting_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(ApiError::from)?;
+        let rep: String = sqlx::query_scalar(
+            "SELECT rep_id FROM ledger WHERE tenant_id = $1 AND posting_id = $2",
+        )
+        .bind(&c.tenant_id)
+        .bind(first.posting_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ApiError::from)?;
         let ctx = self.ctx(&c.tenant_id).await?;
-        let line = lines_of(&ctx, &first.source_period_key, &rows).into_iter().next().unwrap_or_else(|| pb::StatementLine {
-            line_id: id.to_string(),
-            key: first.line_key.clone(),
-            amount: "0".into(),
-            summary: "fully cancelled by later postings".into(),
-            ..Default::default()
-        });
+        let line = lines_of(&ctx, &first.source_period_key, &rows)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| pb::StatementLine {
+                line_id: id.to_string(),
+                key: first.line_key.clone(),
+                amount: "0".into(),
+                summary: "fully cancelled by later postings".into(),
+                ..Default::default()
+            });
         let postings = rows
             .iter()
             .map(|r| pb::Posting {
@@ -328,7 +366,10 @@ impl IncentiveService for Api {
         }))
     }
 
-    async fn list_awards(&self, req: Request<pb::ListAwardsRequest>) -> Result<Response<pb::ListAwardsResponse>, Status> {
+    async fn list_awards(
+        &self,
+        req: Request<pb::ListAwardsRequest>,
+    ) -> Result<Response<pb::ListAwardsResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
@@ -340,11 +381,17 @@ impl IncentiveService for Api {
         .await
         .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListAwardsResponse {
-            awards: rows.into_iter().filter_map(|(b,)| ev::AwardGranted::decode(b.as_slice()).ok()).collect(),
+            awards: rows
+                .into_iter()
+                .filter_map(|(b,)| ev::AwardGranted::decode(b.as_slice()).ok())
+                .collect(),
         }))
     }
 
-    async fn what_if(&self, req: Request<pb::WhatIfRequest>) -> Result<Response<pb::WhatIfResponse>, Status> {
+    async fn what_if(
+        &self,
+        req: Request<pb::WhatIfRequest>,
+    ) -> Result<Response<pb::WhatIfResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let ctx = self.ctx(&c.tenant_id).await?;
@@ -358,7 +405,10 @@ impl IncentiveService for Api {
             Some(m) => match Money::parse_non_negative(&m.amount, &m.currency) {
                 Ok(x) if x.currency == ctx.currency => Some(x.amount),
                 Ok(_) => {
-                    v.add("amount.currency", format!("must be the tenant's base currency {}", ctx.currency));
+                    v.add(
+                        "amount.currency",
+                        format!("must be the tenant's base currency {}", ctx.currency),
+                    );
                     None
                 }
                 Err(e) => {
@@ -381,10 +431,21 @@ impl IncentiveService for Api {
         let kind = self.rep_kind(&ctx, &r.rep_id).await?;
         let key = ctx.calendar.period(kind, close_at).key;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
-        let Some(plan) = ctx.plan_for(&mut conn, &r.rep_id, kind, &key).await.map_err(ApiError::from)?.cloned() else {
-            return Err(ApiError::FailedPrecondition(format!("no plan governs rep {} in {key}", r.rep_id)).into());
+        let Some(plan) = ctx
+            .plan_for(&mut conn, &r.rep_id, kind, &key)
+            .await
+            .map_err(ApiError::from)?
+            .cloned()
+        else {
+            return Err(ApiError::FailedPrecondition(format!(
+                "no plan governs rep {} in {key}",
+                r.rep_id
+            ))
+            .into());
         };
-        let rp = engine::input(&mut conn, &ctx, &r.rep_id, kind, &key, Mode::Normal).await.map_err(ApiError::from)?;
+        let rp = engine::input(&mut conn, &ctx, &r.rep_id, kind, &key, Mode::Normal)
+            .await
+            .map_err(ApiError::from)?;
         drop(conn);
         let before = compute(&plan, &rp, ctx.currency);
         let mut with = rp.clone();
@@ -398,7 +459,11 @@ impl IncentiveService for Api {
                 .lines
                 .iter()
                 .map(|l| {
-                    let a = l.amount.as_ref().and_then(|m| parse_decimal(&m.amount).ok()).unwrap_or_default();
+                    let a = l
+                        .amount
+                        .as_ref()
+                        .and_then(|m| parse_decimal(&m.amount).ok())
+                        .unwrap_or_default();
                     (l.product_id.clone(), a)
                 })
                 .collect(),
@@ -428,15 +493,26 @@ impl IncentiveService for Api {
         }))
     }
 
-    async fn simulate_plan(&self, req: Request<pb::SimulatePlanRequest>) -> Result<Response<pb::SimulatePlanResponse>, Status> {
+    async fn simulate_plan(
+        &self,
+        req: Request<pb::SimulatePlanRequest>,
+    ) -> Result<Response<pb::SimulatePlanResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        let draft_pb = r.draft.ok_or_else(|| ApiError::invalid("draft", "is required"))?;
-        let draft = plan::from_proto(&draft_pb).map_err(|v| ApiError::InvalidArgument(v.into_iter().map(|f| f.under("draft")).collect()))?;
+        let draft_pb = r
+            .draft
+            .ok_or_else(|| ApiError::invalid("draft", "is required"))?;
+        let draft = plan::from_proto(&draft_pb).map_err(|v| {
+            ApiError::InvalidArgument(v.into_iter().map(|f| f.under("draft")).collect())
+        })?;
         let ctx = self.ctx(&c.tenant_id).await?;
         let kind = kind_of(r.period.as_ref(), draft.period_kind)?;
         if kind != draft.period_kind {
-            return Err(ApiError::invalid("period.kind", "must match the draft plan's period kind").into());
+            return Err(ApiError::invalid(
+                "period.kind",
+                "must match the draft plan's period kind",
+            )
+            .into());
         }
         let key = period_key(&ctx, r.period.as_ref(), kind)?;
         let (payouts, deals, totals) = simulate(&self.pool, &ctx, &draft, kind, &key).await?;
@@ -451,7 +527,10 @@ impl IncentiveService for Api {
         }))
     }
 
-    async fn open_dispute(&self, req: Request<pb::OpenDisputeRequest>) -> Result<Response<pb::OpenDisputeResponse>, Status> {
+    async fn open_dispute(
+        &self,
+        req: Request<pb::OpenDisputeRequest>,
+    ) -> Result<Response<pb::OpenDisputeResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -466,12 +545,14 @@ impl IncentiveService for Api {
         v.id("opened_by", &r.opened_by, 128);
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
         let line_id = line_id.expect("checked");
-        let rep: Option<String> = sqlx::query_scalar("SELECT rep_id FROM ledger WHERE tenant_id = $1 AND line_id = $2 LIMIT 1")
-            .bind(&c.tenant_id)
-            .bind(line_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(ApiError::from)?;
+        let rep: Option<String> = sqlx::query_scalar(
+            "SELECT rep_id FROM ledger WHERE tenant_id = $1 AND line_id = $2 LIMIT 1",
+        )
+        .bind(&c.tenant_id)
+        .bind(line_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ApiError::from)?;
         let rep = rep.ok_or_else(|| ApiError::NotFound(format!("line {line_id}")))?;
         let ctx = self.ctx(&c.tenant_id).await?;
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
@@ -511,7 +592,10 @@ impl IncentiveService for Api {
         }))
     }
 
-    async fn list_disputes(&self, req: Request<pb::ListDisputesRequest>) -> Result<Response<pb::ListDisputesResponse>, Status> {
+    async fn list_disputes(
+        &self,
+        req: Request<pb::ListDisputesRequest>,
+    ) -> Result<Response<pb::ListDisputesResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let rows: Vec<DisputeRow> = sqlx::query_as(&format!(
@@ -530,8 +614,17 @@ impl IncentiveService for Api {
     }
 }
 
-fn changed_lines(ctx: &Ctx, key: &str, before: &Outcome, after: &Outcome) -> Vec<pb::StatementLine> {
-    let prev: BTreeMap<&str, Decimal> = before.lines.iter().map(|l| (l.key.as_str(), l.total())).collect();
+fn changed_lines(
+    ctx: &Ctx,
+    key: &str,
+    before: &Outcome,
+    after: &Outcome,
+) -> Vec<pb::StatementLine> {
+    let prev: BTreeMap<&str, Decimal> = before
+        .lines
+        .iter()
+        .map(|l| (l.key.as_str(), l.total()))
+        .collect();
     after
         .lines
         .iter()
@@ -541,7 +634,10 @@ fn changed_lines(ctx: &Ctx, key: &str, before: &Outcome, after: &Outcome) -> Vec
             key: l.key.clone(),
             kind: l.kind.to_proto(),
             source_period: key.to_owned(),
-            amount: money_s(ctx, l.total() - prev.get(l.key.as_str()).copied().unwrap_or_default()),
+            amount: money_s(
+                ctx,
+                l.total() - prev.get(l.key.as_str()).copied().unwrap_or_default(),
+            ),
             by_status: l
                 .amounts
                 .iter()
@@ -559,15 +655,26 @@ fn changed_lines(ctx: &Ctx, key: &str, before: &Outcome, after: &Outcome) -> Vec
 }
 
 /// Runs `draft` and each rep's current plan over a period's stored events.
-pub async fn simulate(pool: &PgPool, ctx: &Ctx, draft: &Plan, kind: PeriodKind, key: &str) -> Result<(Vec<pb::RepPayout>, u32, (Decimal, Decimal)), ApiError> {
+pub async fn simulate(
+    pool: &PgPool,
+    ctx: &Ctx,
+    draft: &Plan,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<(Vec<pb::RepPayout>, u32, (Decimal, Decimal)), ApiError> {
     let mut conn = pool.acquire().await?;
     let deals = store::deals_of_period(&mut conn, &ctx.tenant, None, kind, key).await?;
     let kpis = store::kpis(&mut conn, &ctx.tenant, None, kind, key).await?;
     let (closed, _) = store::period_state(&mut conn, &ctx.tenant, kind, key).await?;
     let reps: Vec<String> = deals.keys().cloned().collect();
     let org = spm_server::org::reps(&mut conn, &ctx.tenant, &reps).await?;
-    let period = ctx.calendar.parse_key(kind, key).map_err(|e| ApiError::invalid("period.key", e.to_string()))?;
-    let last_day = ctx.calendar.local_date(period.end - chrono::Duration::seconds(1));
+    let period = ctx
+        .calendar
+        .parse_key(kind, key)
+        .map_err(|e| ApiError::invalid("period.key", e.to_string()))?;
+    let last_day = ctx
+        .calendar
+        .local_date(period.end - chrono::Duration::seconds(1));
     let mut payouts = Vec::new();
     let mut n_deals = 0u32;
     let (mut cur_total, mut draft_total) = (Decimal::ZERO, Decimal::ZERO);
@@ -603,35 +710,53 @@ pub async fn simulate(pool: &PgPool, ctx: &Ctx, draft: &Plan, kind: PeriodKind, 
 
 #[tonic::async_trait]
 impl IncentiveAdminService for Api {
-    async fn put_plan(&self, req: Request<pb::PutPlanRequest>) -> Result<Response<pb::PutPlanResponse>, Status> {
+    async fn put_plan(
+        &self,
+        req: Request<pb::PutPlanRequest>,
+    ) -> Result<Response<pb::PutPlanResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
-        let proto = req.into_inner().plan.ok_or_else(|| ApiError::invalid("plan", "is required"))?;
-        let mut p = plan::from_proto(&proto).map_err(|v| ApiError::InvalidArgument(v.into_iter().map(|f| f.under("plan")).collect()))?;
+        let proto = req
+            .into_inner()
+            .plan
+            .ok_or_else(|| ApiError::invalid("plan", "is required"))?;
+        let mut p = plan::from_proto(&proto).map_err(|v| {
+            ApiError::InvalidArgument(v.into_iter().map(|f| f.under("plan")).collect())
+        })?;
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind(format!("plans:{}", c.tenant_id))
             .execute(&mut *tx)
             .await
             .map_err(ApiError::from)?;
-        let version: i32 = sqlx::query_scalar("SELECT COALESCE(max(version), 0) + 1 FROM plans WHERE tenant_id = $1 AND plan_id = $2")
-            .bind(&c.tenant_id)
-            .bind(&p.plan_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        let version: i32 = sqlx::query_scalar(
+            "SELECT COALESCE(max(version), 0) + 1 FROM plans WHERE tenant_id = $1 AND plan_id = $2",
+        )
+        .bind(&c.tenant_id)
+        .bind(&p.plan_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
         p.version = u32::try_from(version).unwrap_or(1);
-        sqlx::query("INSERT INTO plans (tenant_id, plan_id, version, definition) VALUES ($1, $2, $3, $4)")
-            .bind(&c.tenant_id)
-            .bind(&p.plan_id)
-            .bind(version)
-            .bind(sqlx::types::Json(&p))
-            .execute(&mut *tx)
+        sqlx::query(
+            "INSERT INTO plans (tenant_id, plan_id, version, definition) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&c.tenant_id)
+        .bind(&p.plan_id)
+        .bind(version)
+        .bind(sqlx::types::Json(&p))
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        // Open periods of the plan's kind with data follow the new version.
+        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
             .await
             .map_err(ApiError::from)?;
-        // Open periods of the plan's kind with data follow the new version.
-        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id).await.map_err(ApiError::from)?;
-        let col = if p.period_kind == PeriodKind::Quarter { "quarter_key" } else { "month_key" };
+        let col = if p.period_kind == PeriodKind::Quarter {
+            "quarter_key"
+        } else {
+            "month_key"
+        };
         let keys: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT DISTINCT c.{col} FROM credits c
                LEFT JOIN periods p ON p.tenant_id = c.tenant_id AND p.period_kind = $2 AND p.period_key = c.{col}
@@ -644,11 +769,25 @@ impl IncentiveAdminService for Api {
         .map_err(ApiError::from)?;
         let mut out = Outbox::new(&self.kafka);
         for key in keys {
-            for rep in store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key).await.map_err(ApiError::from)? {
-                let at = engine::RepKey { rep: &rep, kind: p.period_kind, key: &key };
-                engine::recompute(&mut tx, &ctx, at, &engine::Cause::default(), Mode::Normal, &mut out)
-                    .await
-                    .map_err(ApiError::from)?;
+            for rep in store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key)
+                .await
+                .map_err(ApiError::from)?
+            {
+                let at = engine::RepKey {
+                    rep: &rep,
+                    kind: p.period_kind,
+                    key: &key,
+                };
+                engine::recompute(
+                    &mut tx,
+                    &ctx,
+                    at,
+                    &engine::Cause::default(),
+                    Mode::Normal,
+                    &mut out,
+                )
+                .await
+                .map_err(ApiError::from)?;
             }
         }
         self.commit(tx, out).await?;
@@ -657,7 +796,10 @@ impl IncentiveAdminService for Api {
         Ok(Response::new(pb::PutPlanResponse { plan: Some(resp) }))
     }
 
-    async fn list_plans(&self, req: Request<pb::ListPlansRequest>) -> Result<Response<pb::ListPlansResponse>, Status> {
+    async fn list_plans(
+        &self,
+        req: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
         let c = caller(&req)?;
         let history = req.into_inner().history;
         let rows: Vec<(sqlx::types::Json<Plan>, DateTime<Utc>)> =
@@ -675,24 +817,37 @@ impl IncentiveAdminService for Api {
             all.push(x);
         }
         Ok(Response::new(pb::ListPlansResponse {
-            plans: if history { all } else { latest.into_values().collect() },
+            plans: if history {
+                all
+            } else {
+                latest.into_values().collect()
+            },
         }))
     }
 
-    async fn close_period(&self, req: Request<pb::ClosePeriodRequest>) -> Result<Response<pb::ClosePeriodResponse>, Status> {
+    async fn close_period(
+        &self,
+        req: Request<pb::ClosePeriodRequest>,
+    ) -> Result<Response<pb::ClosePeriodResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
         let r = req.into_inner();
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
-        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id).await.map_err(ApiError::from)?;
+        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         let kind = kind_of(r.period.as_ref(), PeriodKind::Month)?;
         let key = period_key(&ctx, r.period.as_ref(), kind)?;
-        let (closed, _) = store::period_state(&mut tx, &c.tenant_id, kind, &key).await.map_err(ApiError::from)?;
+        let (closed, _) = store::period_state(&mut tx, &c.tenant_id, kind, &key)
+            .await
+            .map_err(ApiError::from)?;
         if closed {
             return Err(ApiError::FailedPrecondition(format!("{key} is already closed")).into());
         }
         let mut out = Outbox::new(&self.kafka);
-        let (reps, report) = engine::settle_period(&mut tx, &ctx, kind, &key, false, &mut out).await.map_err(ApiError::from)?;
+        let (reps, report) = engine::settle_period(&mut tx, &ctx, kind, &key, false, &mut out)
+            .await
+            .map_err(ApiError::from)?;
         self.commit(tx, out).await?;
         tracing::info!(tenant = %c.tenant_id, period = %key, reps, postings = report.postings, "period closed");
         Ok(Response::new(pb::ClosePeriodResponse {
@@ -702,23 +857,34 @@ impl IncentiveAdminService for Api {
         }))
     }
 
-    async fn mark_period_paid(&self, req: Request<pb::MarkPeriodPaidRequest>) -> Result<Response<pb::MarkPeriodPaidResponse>, Status> {
+    async fn mark_period_paid(
+        &self,
+        req: Request<pb::MarkPeriodPaidRequest>,
+    ) -> Result<Response<pb::MarkPeriodPaidResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
         let r = req.into_inner();
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
-        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id).await.map_err(ApiError::from)?;
+        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         let kind = kind_of(r.period.as_ref(), PeriodKind::Month)?;
         let key = period_key(&ctx, r.period.as_ref(), kind)?;
-        let (closed, paid) = store::period_state(&mut tx, &c.tenant_id, kind, &key).await.map_err(ApiError::from)?;
+        let (closed, paid) = store::period_state(&mut tx, &c.tenant_id, kind, &key)
+            .await
+            .map_err(ApiError::from)?;
         if !closed {
-            return Err(ApiError::FailedPrecondition(format!("close {key} before paying it")).into());
+            return Err(
+                ApiError::FailedPrecondition(format!("close {key} before paying it")).into(),
+            );
         }
         if paid {
             return Err(ApiError::FailedPrecondition(format!("{key} is already paid")).into());
         }
         let mut out = Outbox::new(&self.kafka);
-        let (reps, _) = engine::settle_period(&mut tx, &ctx, kind, &key, true, &mut out).await.map_err(ApiError::from)?;
+        let (reps, _) = engine::settle_period(&mut tx, &ctx, kind, &key, true, &mut out)
+            .await
+            .map_err(ApiError::from)?;
         let paid_total: Decimal = sqlx::query_scalar(
             "SELECT COALESCE(sum(amount), 0) FROM ledger WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3 AND status = 'paid'",
         )
@@ -735,29 +901,38 @@ impl IncentiveAdminService for Api {
         }))
     }
 
-    async fn resolve_dispute(&self, req: Request<pb::ResolveDisputeRequest>) -> Result<Response<pb::ResolveDisputeResponse>, Status> {
+    async fn resolve_dispute(
+        &self,
+        req: Request<pb::ResolveDisputeRequest>,
+    ) -> Result<Response<pb::ResolveDisputeResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
         let r = req.into_inner();
-        let id = Uuid::parse_str(&r.dispute_id).map_err(|_| ApiError::invalid("dispute_id", "must be a UUID"))?;
+        let id = Uuid::parse_str(&r.dispute_id)
+            .map_err(|_| ApiError::invalid("dispute_id", "must be a UUID"))?;
         let mut v = Violations::new();
         v.id("resolved_by", &r.resolved_by, 128);
         v.text("note", &r.note, 2000);
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
-        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id).await.map_err(ApiError::from)?;
-        let outcome = ev::DisputeOutcome::try_from(r.outcome).unwrap_or(ev::DisputeOutcome::Unspecified);
+        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
+        let outcome =
+            ev::DisputeOutcome::try_from(r.outcome).unwrap_or(ev::DisputeOutcome::Unspecified);
         let adjustment = match outcome {
-            ev::DisputeOutcome::Accepted => match Money::parse(&r.adjustment, ctx.currency.code()) {
-                Ok(m) if !m.amount.is_zero() => Some(m.amount),
-                Ok(_) => {
-                    v.add("adjustment", "must not be zero when accepting");
-                    None
+            ev::DisputeOutcome::Accepted => {
+                match Money::parse(&r.adjustment, ctx.currency.code()) {
+                    Ok(m) if !m.amount.is_zero() => Some(m.amount),
+                    Ok(_) => {
+                        v.add("adjustment", "must not be zero when accepting");
+                        None
+                    }
+                    Err(e) => {
+                        v.add("adjustment", e.to_string());
+                        None
+                    }
                 }
-                Err(e) => {
-                    v.add("adjustment", e.to_string());
-                    None
-                }
-            },
+            }
             ev::DisputeOutcome::Rejected => None,
             ev::DisputeOutcome::Unspecified => {
                 v.add("outcome", "must be REJECTED or ACCEPTED");
@@ -775,7 +950,11 @@ impl IncentiveAdminService for Api {
         .map_err(ApiError::from)?;
         let d = d.ok_or_else(|| ApiError::NotFound(format!("dispute {id}")))?;
         if d.status != "open" {
-            return Err(ApiError::FailedPrecondition(format!("dispute {id} is already {}", d.status)).into());
+            return Err(ApiError::FailedPrecondition(format!(
+                "dispute {id} is already {}",
+                d.status
+            ))
+            .into());
         }
         let mut out = Outbox::new(&self.kafka);
         let mut posting = None;
@@ -790,7 +969,9 @@ impl IncentiveAdminService for Api {
             .map_err(ApiError::from)?;
             let kind: PeriodKind = kind_s.parse().unwrap_or(PeriodKind::Month);
             let now_key = ctx.calendar.period(kind, Utc::now()).key;
-            let post_key = store::next_open(&mut tx, &c.tenant_id, &ctx.calendar, kind, &now_key).await.map_err(ApiError::from)?;
+            let post_key = store::next_open(&mut tx, &c.tenant_id, &ctx.calendar, kind, &now_key)
+                .await
+                .map_err(ApiError::from)?;
             let pid = Uuid::new_v4();
             let line_key = format!("dispute:{id}");
             let row = store::LedgerRow {
@@ -812,8 +993,12 @@ impl IncentiveAdminService for Api {
                 explanation: serde_json::json!({"dispute": id.to_string(), "disputed_line": d.line_id.to_string(), "disputed_period": source, "reason": d.reason, "note": r.note}),
                 caused_by: Vec::new(),
             };
-            store::append(&mut tx, &c.tenant_id, std::slice::from_ref(&row)).await.map_err(ApiError::from)?;
-            let total = store::period_total(&mut tx, &c.tenant_id, &d.rep_id, kind, &post_key).await.map_err(ApiError::from)?;
+            store::append(&mut tx, &c.tenant_id, std::slice::from_ref(&row))
+                .await
+                .map_err(ApiError::from)?;
+            let total = store::period_total(&mut tx, &c.tenant_id, &d.rep_id, kind, &post_key)
+                .await
+                .map_err(ApiError::from)?;
             let m = |a: Decimal| common::Money {
                 amount: ctx.currency.round(a).to_string(),
                 currency: ctx.currency.code().to_owned(),
@@ -838,7 +1023,11 @@ impl IncentiveAdminService for Api {
             );
             posting = Some((row.line_id, amount));
         }
-        let status = if posting.is_some() { "accepted" } else { "rejected" };
+        let status = if posting.is_some() {
+            "accepted"
+        } else {
+            "rejected"
+        };
         let row: DisputeRow = sqlx::query_as(&format!(
             "UPDATE disputes SET status = $3, note = $4, resolved_by = $5, adjustment = $6, adjustment_posting = $7, resolved_at = now()
               WHERE tenant_id = $1 AND dispute_id = $2 RETURNING {DISPUTE_COLUMNS}"

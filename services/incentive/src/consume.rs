@@ -21,18 +21,28 @@ pub struct IncentiveHandler {
 }
 
 fn dec(m: &Option<common::Money>) -> Decimal {
-    m.as_ref().and_then(|m| parse_decimal(&m.amount).ok()).unwrap_or_default()
+    m.as_ref()
+        .and_then(|m| parse_decimal(&m.amount).ok())
+        .unwrap_or_default()
 }
 
 #[async_trait]
 impl Handler for IncentiveHandler {
-    async fn apply(&self, conn: &mut PgConnection, batch: &[&Incoming], out: &mut Outbox) -> Result<(), HandlerError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[&Incoming],
+        out: &mut Outbox,
+    ) -> Result<(), HandlerError> {
         let mut by_tenant: BTreeMap<&str, Vec<&Incoming>> = BTreeMap::new();
         for inc in batch {
             if spm_server::auth::apply_tenant_event(conn, &inc.envelope).await? {
                 continue;
             }
-            by_tenant.entry(inc.envelope.tenant_id.as_str()).or_default().push(inc);
+            by_tenant
+                .entry(inc.envelope.tenant_id.as_str())
+                .or_default()
+                .push(inc);
         }
         for (tenant, events) in by_tenant {
             self.apply_tenant(conn, tenant, &events, out).await?;
@@ -42,7 +52,13 @@ impl Handler for IncentiveHandler {
 }
 
 impl IncentiveHandler {
-    async fn apply_tenant(&self, conn: &mut PgConnection, tenant: &str, events: &[&Incoming], out: &mut Outbox) -> Result<(), HandlerError> {
+    async fn apply_tenant(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&Incoming],
+        out: &mut Outbox,
+    ) -> Result<(), HandlerError> {
         let ctx_pb = events
             .iter()
             .rev()
@@ -64,7 +80,11 @@ impl IncentiveHandler {
                 .as_ref()
                 .and_then(|c| Currency::new(&c.base_currency).ok())
                 .unwrap_or_else(|| Currency::new("EUR").expect("EUR"));
-            let at = e.occurred_at.as_ref().and_then(spm_proto::ext::datetime).unwrap_or_default();
+            let at = e
+                .occurred_at
+                .as_ref()
+                .and_then(spm_proto::ext::datetime)
+                .unwrap_or_default();
             if let Some(change) = spm_server::org::apply(conn, inc.event_id, e).await? {
                 if let spm_server::org::Change::Rep(r) = change {
                     org_changed.insert(r);
@@ -90,17 +110,62 @@ impl IncentiveHandler {
                         .iter()
                         .map(|l| (l.product_id.clone(), base.round(dec(&l.amount) * fx)))
                         .collect();
-                    insert_credit(conn, tenant, inc, "deal", &d.rep_id, &d.deal_id, &month, &quarter, local, dec(&d.credited_base_amount), &lines, false, base).await?;
+                    insert_credit(
+                        conn,
+                        tenant,
+                        inc,
+                        "deal",
+                        &d.rep_id,
+                        &d.deal_id,
+                        &month,
+                        &quarter,
+                        local,
+                        dec(&d.credited_base_amount),
+                        &lines,
+                        false,
+                        base,
+                    )
+                    .await?;
                     touch(&d.rep_id, &month, &quarter);
                 }
                 Some(Payload::PaymentCredited(p)) => {
-                    insert_credit(conn, tenant, inc, "payment", &p.rep_id, &p.deal_id, &month, &quarter, local, dec(&p.credited_base_amount), &[], false, base).await?;
+                    insert_credit(
+                        conn,
+                        tenant,
+                        inc,
+                        "payment",
+                        &p.rep_id,
+                        &p.deal_id,
+                        &month,
+                        &quarter,
+                        local,
+                        dec(&p.credited_base_amount),
+                        &[],
+                        false,
+                        base,
+                    )
+                    .await?;
                     if let Some((m, q)) = deal_keys(conn, tenant, &p.rep_id, &p.deal_id).await? {
                         touch(&p.rep_id, &m, &q);
                     }
                 }
                 Some(Payload::DealReversalCredited(r)) => {
-                    insert_credit(conn, tenant, inc, "reversal", &r.rep_id, &r.deal_id, &month, &quarter, local, dec(&r.credited_base_amount), &[], r.full, base).await?;
+                    insert_credit(
+                        conn,
+                        tenant,
+                        inc,
+                        "reversal",
+                        &r.rep_id,
+                        &r.deal_id,
+                        &month,
+                        &quarter,
+                        local,
+                        dec(&r.credited_base_amount),
+                        &[],
+                        r.full,
+                        base,
+                    )
+                    .await?;
                     if let Some((m, q)) = deal_keys(conn, tenant, &r.rep_id, &r.deal_id).await? {
                         touch(&r.rep_id, &m, &q);
                     }
@@ -166,7 +231,19 @@ impl IncentiveHandler {
         }
         for (rep, kind, key) in pairs {
             let cause = causes.get(&rep).cloned().unwrap_or_default();
-            engine::recompute(conn, &ctx, engine::RepKey { rep: &rep, kind, key: &key }, &cause, Mode::Normal, out).await?;
+            engine::recompute(
+                conn,
+                &ctx,
+                engine::RepKey {
+                    rep: &rep,
+                    kind,
+                    key: &key,
+                },
+                &cause,
+                Mode::Normal,
+                out,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -188,8 +265,17 @@ async fn insert_credit(
     full: bool,
     currency: Currency,
 ) -> Result<(), sqlx::Error> {
-    let at = inc.envelope.occurred_at.as_ref().and_then(spm_proto::ext::datetime).unwrap_or_default();
-    let source = if inc.envelope.causation_id.is_empty() { inc.event_id.to_string() } else { inc.envelope.causation_id.clone() };
+    let at = inc
+        .envelope
+        .occurred_at
+        .as_ref()
+        .and_then(spm_proto::ext::datetime)
+        .unwrap_or_default();
+    let source = if inc.envelope.causation_id.is_empty() {
+        inc.event_id.to_string()
+    } else {
+        inc.envelope.causation_id.clone()
+    };
     sqlx::query(
         "INSERT INTO credits (tenant_id, rep_id, event_id, source_event_id, kind, deal_id, occurred_at, local_date, month_key,
                               quarter_key, amount, lines, full_reversal, currency)
@@ -215,7 +301,12 @@ async fn insert_credit(
 }
 
 /// The (month, quarter) a rep's deal closed in, once its credit is known.
-async fn deal_keys(conn: &mut PgConnection, tenant: &str, rep: &str, deal: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+async fn deal_keys(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rep: &str,
+    deal: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT month_key, quarter_key FROM credits WHERE tenant_id = $1 AND rep_id = $2 AND deal_id = $3 AND kind = 'deal' LIMIT 1",
     )

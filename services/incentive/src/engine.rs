@@ -36,9 +36,16 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub async fn load(conn: &mut PgConnection, tenant: &str, context: common::TenantContext, emit: bool) -> Result<Self, sqlx::Error> {
-        let calendar = Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
-        let currency = Currency::new(&context.base_currency).unwrap_or_else(|_| Currency::new("EUR").expect("EUR"));
+    pub async fn load(
+        conn: &mut PgConnection,
+        tenant: &str,
+        context: common::TenantContext,
+        emit: bool,
+    ) -> Result<Self, sqlx::Error> {
+        let calendar =
+            Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
+        let currency = Currency::new(&context.base_currency)
+            .unwrap_or_else(|_| Currency::new("EUR").expect("EUR"));
         Ok(Self {
             tenant: tenant.to_owned(),
             plans: store::plans(conn, tenant).await?,
@@ -99,9 +106,19 @@ impl Ctx {
     }
 
     /// The plan of a rep for a period, if any governs it with this period kind.
-    pub async fn plan_for(&self, conn: &mut PgConnection, rep: &str, kind: PeriodKind, key: &str) -> Result<Option<&Plan>, sqlx::Error> {
-        let Ok(period) = self.calendar.parse_key(kind, key) else { return Ok(None) };
-        let last_day = self.calendar.local_date(period.end - chrono::Duration::seconds(1));
+    pub async fn plan_for(
+        &self,
+        conn: &mut PgConnection,
+        rep: &str,
+        kind: PeriodKind,
+        key: &str,
+    ) -> Result<Option<&Plan>, sqlx::Error> {
+        let Ok(period) = self.calendar.parse_key(kind, key) else {
+            return Ok(None);
+        };
+        let last_day = self
+            .calendar
+            .local_date(period.end - chrono::Duration::seconds(1));
         let team = org::reps(conn, &self.tenant, &[rep.to_owned()])
             .await?
             .remove(rep)
@@ -138,7 +155,14 @@ pub struct Report {
 }
 
 /// The rep-period input (deals, metrics, state) as stored.
-pub async fn input(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKind, key: &str, mode: Mode) -> Result<RepPeriod, sqlx::Error> {
+pub async fn input(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    rep: &str,
+    kind: PeriodKind,
+    key: &str,
+    mode: Mode,
+) -> Result<RepPeriod, sqlx::Error> {
     let reps = [rep.to_owned()];
     let deals = store::deals_of_period(conn, &ctx.tenant, Some(&reps), kind, key)
         .await?
@@ -172,14 +196,28 @@ pub struct RepKey<'a> {
 }
 
 /// Recomputes one rep-period and posts the difference.
-pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause: &Cause, mode: Mode, out: &mut Outbox) -> Result<Report, sqlx::Error> {
+pub async fn recompute(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    at: RepKey<'_>,
+    cause: &Cause,
+    mode: Mode,
+    out: &mut Outbox,
+) -> Result<Report, sqlx::Error> {
     let RepKey { rep, kind, key } = at;
     let plan = ctx.plan_for(conn, rep, kind, key).await?.cloned();
     let rp = input(conn, ctx, rep, kind, key, mode).await?;
     let held = store::holdings(conn, &ctx.tenant, rep, kind, key).await?;
     let late_paid = mode == Mode::Normal && rp.paid;
     let mut outcome = match &plan {
-        Some(p) => compute(p, &RepPeriod { paid: rp.paid && !late_paid, ..rp.clone() }, ctx.currency),
+        Some(p) => compute(
+            p,
+            &RepPeriod {
+                paid: rp.paid && !late_paid,
+                ..rp.clone()
+            },
+            ctx.currency,
+        ),
         None => Outcome {
             lines: Vec::new(),
             revenue: Decimal::ZERO,
@@ -201,7 +239,9 @@ pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause
             key.to_owned()
         };
         let late = post_key != key;
-        let (plan_id, plan_version) = plan.as_ref().map_or((String::new(), 0), |p| (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0)));
+        let (plan_id, plan_version) = plan.as_ref().map_or((String::new(), 0), |p| {
+            (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
+        });
         let rows: Vec<LedgerRow> = postings
             .iter()
             .map(|p| LedgerRow {
@@ -212,14 +252,20 @@ pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause
                 source_period_key: key.to_owned(),
                 line_key: p.key.clone(),
                 line_id: line_id(&ctx.tenant, rep, kind, key, &p.key),
-                kind: if late { Kind::Adjustment } else { p.kind }.as_str().to_owned(),
+                kind: if late { Kind::Adjustment } else { p.kind }
+                    .as_str()
+                    .to_owned(),
                 status: p.status.as_str().to_owned(),
                 amount: p.amount,
                 currency: ctx.currency.code().to_owned(),
                 plan_id: plan_id.clone(),
                 plan_version,
                 deal_id: p.deal_id.clone(),
-                summary: if late { format!("late change to closed period {key}: {}", p.summary) } else { p.summary.clone() },
+                summary: if late {
+                    format!("late change to closed period {key}: {}", p.summary)
+                } else {
+                    p.summary.clone()
+                },
                 explanation: p.explanation.clone(),
                 caused_by: cause.events.clone(),
             })
@@ -250,7 +296,8 @@ pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause
                         rep_id: rep.to_owned(),
                         period: Some(ctx.period_pb(kind, key)),
                         kind: Kind::parse(&r.kind).map_or(0, Kind::to_proto),
-                        status: crate::domain::compute::Status::parse(&r.status).map_or(0, |s| s.to_proto()),
+                        status: crate::domain::compute::Status::parse(&r.status)
+                            .map_or(0, |s| s.to_proto()),
                         amount: Some(money(r.amount)),
                         deal_id: r.deal_id.clone(),
                         plan_id: r.plan_id.clone(),
@@ -260,7 +307,12 @@ pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause
                         period_total: Some(money(total)),
                     })
                 };
-                out.emit(&span, topics::EARNINGS, spm_core::kafka_key(&ctx.tenant, rep), &ctx.envelope(&cause.causation, payload));
+                out.emit(
+                    &span,
+                    topics::EARNINGS,
+                    spm_core::kafka_key(&ctx.tenant, rep),
+                    &ctx.envelope(&cause.causation, payload),
+                );
             }
         }
     }
@@ -301,12 +353,26 @@ pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause
 }
 
 /// The stable id of a statement line.
-pub fn line_id(tenant: &str, rep: &str, kind: PeriodKind, source_key: &str, line_key: &str) -> Uuid {
+pub fn line_id(
+    tenant: &str,
+    rep: &str,
+    kind: PeriodKind,
+    source_key: &str,
+    line_key: &str,
+) -> Uuid {
     spm_core::derived_id(&[tenant, "line", rep, kind.as_str(), source_key, line_key])
 }
 
 /// Records awards not granted before and emits them.
-pub async fn grant(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKind, list: &[Award], cause: &Cause, out: &mut Outbox) -> Result<u32, sqlx::Error> {
+pub async fn grant(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    rep: &str,
+    kind: PeriodKind,
+    list: &[Award],
+    cause: &Cause,
+    out: &mut Outbox,
+) -> Result<u32, sqlx::Error> {
     let mut n = 0;
     for a in list {
         let award_id = spm_core::derived_id(&[&ctx.tenant, "award", rep, &a.code, &a.period_key]);
@@ -339,7 +405,12 @@ pub async fn grant(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKi
             n += 1;
             if ctx.emit {
                 let span = cause.span.clone().unwrap_or_else(tracing::Span::current);
-                out.emit(&span, topics::EARNINGS, spm_core::kafka_key(&ctx.tenant, rep), &ctx.envelope(&cause.causation, Payload::AwardGranted(msg)));
+                out.emit(
+                    &span,
+                    topics::EARNINGS,
+                    spm_core::kafka_key(&ctx.tenant, rep),
+                    &ctx.envelope(&cause.causation, Payload::AwardGranted(msg)),
+                );
             }
         }
     }
@@ -347,12 +418,27 @@ pub async fn grant(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKi
 }
 
 /// Closes (or pays) a period: settles every rep-period in it, then marks it.
-pub async fn settle_period(conn: &mut PgConnection, ctx: &Ctx, kind: PeriodKind, key: &str, paid: bool, out: &mut Outbox) -> Result<(u32, Report), sqlx::Error> {
+pub async fn settle_period(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    kind: PeriodKind,
+    key: &str,
+    paid: bool,
+    out: &mut Outbox,
+) -> Result<(u32, Report), sqlx::Error> {
     let reps = store::reps_of_period(conn, &ctx.tenant, kind, key).await?;
     let mut total = Report::default();
     let cause = Cause::default();
     for rep in &reps {
-        let r = recompute(conn, ctx, RepKey { rep, kind, key }, &cause, Mode::Settle { paid }, out).await?;
+        let r = recompute(
+            conn,
+            ctx,
+            RepKey { rep, kind, key },
+            &cause,
+            Mode::Settle { paid },
+            out,
+        )
+        .await?;
         total.postings += r.postings;
         total.awards += r.awards;
     }
@@ -376,8 +462,17 @@ pub async fn settle_period(conn: &mut PgConnection, ctx: &Ctx, kind: PeriodKind,
 
 /// Streak badges and promotion eligibility, from the consecutive closed periods ending
 /// with `key`.
-async fn close_awards(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: PeriodKind, key: &str, out: &mut Outbox) -> Result<u32, sqlx::Error> {
-    let Some(plan) = ctx.plan_for(conn, rep, kind, key).await?.cloned() else { return Ok(0) };
+async fn close_awards(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    rep: &str,
+    kind: PeriodKind,
+    key: &str,
+    out: &mut Outbox,
+) -> Result<u32, sqlx::Error> {
+    let Some(plan) = ctx.plan_for(conn, rep, kind, key).await?.cloned() else {
+        return Ok(0);
+    };
     let results: HashMap<String, (Option<Decimal>, Option<Decimal>)> = sqlx::query_as::<_, (String, Option<Decimal>, Option<Decimal>)>(
         "SELECT r.period_key, r.attainment, r.score FROM period_results r
            JOIN periods p ON p.tenant_id = r.tenant_id AND p.period_kind = r.period_kind AND p.period_key = r.period_key
@@ -392,15 +487,21 @@ async fn close_awards(conn: &mut PgConnection, ctx: &Ctx, rep: &str, kind: Perio
     .map(|(k, a, s)| (k, (a, s)))
     .collect();
     let mut history = Vec::new();
-    let Ok(mut p) = ctx.calendar.parse_key(kind, key) else { return Ok(0) };
+    let Ok(mut p) = ctx.calendar.parse_key(kind, key) else {
+        return Ok(0);
+    };
     for _ in 0..36 {
-        let Some((a, s)) = results.get(&p.key) else { break };
+        let Some((a, s)) = results.get(&p.key) else {
+            break;
+        };
         history.push(PeriodResult {
             period_key: p.key.clone(),
             attainment: *a,
             score: *s,
         });
-        p = ctx.calendar.period(kind, p.start - chrono::Duration::seconds(1));
+        p = ctx
+            .calendar
+            .period(kind, p.start - chrono::Duration::seconds(1));
     }
     history.reverse();
     let list = awards::at_close(&plan, &history);

@@ -50,7 +50,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut app = App::start("incentive", config.service.clone(), &MIGRATOR).await?;
-    app.consume("incentive", TOPICS, Arc::new(consume::IncentiveHandler { emit: true }));
+    app.consume(
+        "incentive",
+        TOPICS,
+        Arc::new(consume::IncentiveHandler { emit: true }),
+    );
     let api = api::Api {
         pool: app.pool.clone(),
         kafka: app.config.kafka.clone(),
@@ -58,22 +62,47 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let max = app.config.max_message_bytes();
     let mut grpc = GrpcServer::new(app.keys.clone());
-    grpc.add_service(IncentiveServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
-        .add_service(IncentiveAdminServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max));
+    grpc.add_service(
+        IncentiveServiceServer::new(api.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        IncentiveAdminServiceServer::new(api)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
     app.serve(grpc, axum::Router::new()).await
 }
 
 /// Input projections rebuilt from the topics (the ledger, plans, periods, awards and
 /// disputes are the system of record and stay).
-pub const PROJECTIONS: &[&str] = &["credits", "kpis", "org_reps", "org_teams", "auth_tenants", "auth_keys", "inbox"];
+pub const PROJECTIONS: &[&str] = &[
+    "credits",
+    "kpis",
+    "org_reps",
+    "org_teams",
+    "auth_tenants",
+    "auth_keys",
+    "inbox",
+];
 
 async fn rebuild(config: Config) -> anyhow::Result<()> {
     let telemetry = spm_telemetry::init("spm-incentive-rebuild", config.service.log_format)?;
-    let pool = spm_server::db::connect(&config.service.database_url, "incentive", config.service.db_max_connections).await?;
+    let pool = spm_server::db::connect(
+        &config.service.database_url,
+        "incentive",
+        config.service.db_max_connections,
+    )
+    .await?;
     spm_server::db::migrate(&pool, &MIGRATOR).await?;
     let started = std::time::Instant::now();
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&pool).await?;
-    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", "))).execute(&pool).await?;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&pool)
+        .await?;
+    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", ")))
+        .execute(&pool)
+        .await?;
     let producer = spm_bus::Producer::new(&config.service.kafka)?;
     let l = spm_bus::consumer::ConsumerLoop::new(
         &config.service.kafka,
@@ -84,7 +113,9 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
         Arc::new(consume::IncentiveHandler { emit: false }),
     );
     let read = l.replay(spm_server::shutdown::on_signal()).await?;
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&pool).await?;
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&pool)
+        .await?;
     println!(
         "rebuilt incentive from {read} records in {:.2?}; the ledger needed {} corrective postings",
         started.elapsed(),

@@ -14,11 +14,12 @@ use crate::domain::plan::Plan;
 
 /// Every version of every plan of a tenant.
 pub async fn plans(conn: &mut PgConnection, tenant: &str) -> Result<Vec<Plan>, sqlx::Error> {
-    let rows: Vec<(sqlx::types::Json<Plan>,)> =
-        sqlx::query_as("SELECT definition FROM plans WHERE tenant_id = $1 ORDER BY plan_id, version")
-            .bind(tenant)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(sqlx::types::Json<Plan>,)> = sqlx::query_as(
+        "SELECT definition FROM plans WHERE tenant_id = $1 ORDER BY plan_id, version",
+    )
+    .bind(tenant)
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(|r| r.0.0).collect())
 }
 
@@ -36,7 +37,11 @@ struct CreditRow {
 }
 
 fn key_column(kind: PeriodKind) -> &'static str {
-    if kind == PeriodKind::Quarter { "quarter_key" } else { "month_key" }
+    if kind == PeriodKind::Quarter {
+        "quarter_key"
+    } else {
+        "month_key"
+    }
 }
 
 /// The deals of `reps` closed in a period, each with its payments and reversals (all
@@ -69,16 +74,18 @@ pub async fn deals_of_period(
     for r in rows {
         if r.kind == "deal" {
             // A deal id closes once per rep; a duplicate credit would be a second deal.
-            deals.entry((r.rep_id.clone(), r.deal_id.clone())).or_insert(DealIn {
-                deal_id: r.deal_id,
-                event_id: r.source_event_id,
-                closed_at: r.occurred_at,
-                local_date: r.local_date,
-                credited: r.amount,
-                lines: r.lines.0,
-                payments: Vec::new(),
-                reversals: Vec::new(),
-            });
+            deals
+                .entry((r.rep_id.clone(), r.deal_id.clone()))
+                .or_insert(DealIn {
+                    deal_id: r.deal_id,
+                    event_id: r.source_event_id,
+                    closed_at: r.occurred_at,
+                    local_date: r.local_date,
+                    credited: r.amount,
+                    lines: r.lines.0,
+                    payments: Vec::new(),
+                    reversals: Vec::new(),
+                });
         } else {
             links.push(r);
         }
@@ -113,7 +120,11 @@ pub async fn kpis(
     kind: PeriodKind,
     key: &str,
 ) -> Result<BTreeMap<String, (BTreeMap<String, Decimal>, Option<Decimal>)>, sqlx::Error> {
-    type KpiRow = (String, sqlx::types::Json<BTreeMap<String, String>>, Option<Decimal>);
+    type KpiRow = (
+        String,
+        sqlx::types::Json<BTreeMap<String, String>>,
+        Option<Decimal>,
+    );
     let rows: Vec<KpiRow> = sqlx::query_as(
         "SELECT rep_id, metrics, score FROM kpis WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3
             AND ($4::text[] IS NULL OR rep_id = ANY($4))",
@@ -127,14 +138,22 @@ pub async fn kpis(
     Ok(rows
         .into_iter()
         .map(|(rep, m, s)| {
-            let metrics = m.0.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect();
+            let metrics =
+                m.0.into_iter()
+                    .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                    .collect();
             (rep, (metrics, s))
         })
         .collect())
 }
 
 /// (closed, paid) of a period.
-pub async fn period_state(conn: &mut PgConnection, tenant: &str, kind: PeriodKind, key: &str) -> Result<(bool, bool), sqlx::Error> {
+pub async fn period_state(
+    conn: &mut PgConnection,
+    tenant: &str,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<(bool, bool), sqlx::Error> {
     type StateRow = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
     let row: Option<StateRow> = sqlx::query_as(
         "SELECT closed_at, paid_at FROM periods WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3",
@@ -148,7 +167,13 @@ pub async fn period_state(conn: &mut PgConnection, tenant: &str, kind: PeriodKin
 }
 
 /// The first period from `key` on that is not closed (where late changes are posted).
-pub async fn next_open(conn: &mut PgConnection, tenant: &str, cal: &Calendar, kind: PeriodKind, key: &str) -> Result<String, sqlx::Error> {
+pub async fn next_open(
+    conn: &mut PgConnection,
+    tenant: &str,
+    cal: &Calendar,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<String, sqlx::Error> {
     let closed: BTreeSet<String> = sqlx::query_scalar(
         "SELECT period_key FROM periods WHERE tenant_id = $1 AND period_kind = $2 AND closed_at IS NOT NULL",
     )
@@ -158,7 +183,9 @@ pub async fn next_open(conn: &mut PgConnection, tenant: &str, cal: &Calendar, ki
     .await?
     .into_iter()
     .collect();
-    let Ok(mut p) = cal.parse_key(kind, key) else { return Ok(key.to_owned()) };
+    let Ok(mut p) = cal.parse_key(kind, key) else {
+        return Ok(key.to_owned());
+    };
     for _ in 0..240 {
         if !closed.contains(&p.key) {
             return Ok(p.key);
@@ -170,7 +197,13 @@ pub async fn next_open(conn: &mut PgConnection, tenant: &str, cal: &Calendar, ki
 
 /// What the ledger holds for a rep's source period (dispute adjustments excluded: they are
 /// not computed from events).
-pub async fn holdings(conn: &mut PgConnection, tenant: &str, rep: &str, kind: PeriodKind, key: &str) -> Result<Holdings, sqlx::Error> {
+pub async fn holdings(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rep: &str,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<Holdings, sqlx::Error> {
     let rows: Vec<(String, String, Decimal)> = sqlx::query_as(
         "SELECT line_key, status, sum(amount) FROM ledger
           WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND source_period_key = $4
@@ -211,7 +244,11 @@ pub struct LedgerRow {
     pub caused_by: Vec<String>,
 }
 
-pub async fn append(conn: &mut PgConnection, tenant: &str, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
+pub async fn append(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rows: &[LedgerRow],
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -222,7 +259,10 @@ pub async fn append(conn: &mut PgConnection, tenant: &str, rows: &[LedgerRow]) -
     let versions: Vec<i32> = rows.iter().map(|r| r.plan_version).collect();
     let expl: Vec<serde_json::Value> = rows.iter().map(|r| r.explanation.clone()).collect();
     // Arrays of arrays cannot go through UNNEST: caused_by travels as JSON.
-    let caused: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::json!(r.caused_by)).collect();
+    let caused: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!(r.caused_by))
+        .collect();
     sqlx::query(
         "INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
                              kind, status, amount, currency, plan_id, plan_version, deal_id, summary, explanation, caused_by)
@@ -257,7 +297,13 @@ pub async fn append(conn: &mut PgConnection, tenant: &str, rows: &[LedgerRow]) -
 }
 
 /// The statement total of a rep's period.
-pub async fn period_total(conn: &mut PgConnection, tenant: &str, rep: &str, kind: PeriodKind, key: &str) -> Result<Decimal, sqlx::Error> {
+pub async fn period_total(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rep: &str,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<Decimal, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COALESCE(sum(amount), 0) FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4",
     )
@@ -270,7 +316,12 @@ pub async fn period_total(conn: &mut PgConnection, tenant: &str, rep: &str, kind
 }
 
 /// The rep-periods with anything to recompute in a period (deals, metrics or postings).
-pub async fn reps_of_period(conn: &mut PgConnection, tenant: &str, kind: PeriodKind, key: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn reps_of_period(
+    conn: &mut PgConnection,
+    tenant: &str,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     let col = key_column(kind);
     sqlx::query_scalar(&format!(
         "SELECT rep_id FROM credits WHERE tenant_id = $1 AND kind = 'deal' AND {col} = $2

@@ -15,8 +15,8 @@ use spm_proto::events::v1::event_envelope::Payload;
 use spm_proto::ingest::v1 as pb;
 use spm_proto::ingest::v1::ingest_admin_service_server::IngestAdminService;
 use spm_proto::ingest::v1::ingest_service_server::IngestService;
-use spm_server::auth::{self, Role, caller};
 use spm_server::ApiError;
+use spm_server::auth::{self, Role, caller};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -45,7 +45,10 @@ fn prefixed(violations: &[pb::EventAck], i: usize, prefix: &str) -> Vec<FieldVio
 impl Api {
     fn check_batch(&self, n: usize) -> Result<(), ApiError> {
         if n == 0 {
-            return Err(ApiError::invalid("events", "at least one event is required"));
+            return Err(ApiError::invalid(
+                "events",
+                "at least one event is required",
+            ));
         }
         if n > self.max_batch.0 {
             return Err(ApiError::invalid(
@@ -57,21 +60,30 @@ impl Api {
     }
 }
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send + 'static>>;
+type AckStream =
+    Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl IngestService for Api {
-    async fn submit_event(&self, req: Request<pb::SubmitEventRequest>) -> Result<Response<pb::SubmitEventResponse>, Status> {
+    async fn submit_event(
+        &self,
+        req: Request<pb::SubmitEventRequest>,
+    ) -> Result<Response<pb::SubmitEventResponse>, Status> {
         let c = caller(&req)?;
         let tenant = self.pipeline.tenant(&c.tenant_id).await?;
         let event = req
             .into_inner()
             .event
             .ok_or_else(|| ApiError::invalid("event", "is required"))?;
-        let acks = self.pipeline.submit(&tenant, std::slice::from_ref(&event)).await?;
+        let acks = self
+            .pipeline
+            .submit(&tenant, std::slice::from_ref(&event))
+            .await?;
         let ack = acks.into_iter().next().expect("one ack per event");
         match pb::AckStatus::try_from(ack.status) {
-            Ok(pb::AckStatus::Rejected) => Err(ApiError::InvalidArgument(prefixed(&[ack], 0, "event")).into()),
+            Ok(pb::AckStatus::Rejected) => {
+                Err(ApiError::InvalidArgument(prefixed(&[ack], 0, "event")).into())
+            }
             Ok(pb::AckStatus::Conflict) => Err(ApiError::AlreadyExists(format!(
                 "event {} was already accepted with different content",
                 event.event_id
@@ -82,7 +94,10 @@ impl IngestService for Api {
         }
     }
 
-    async fn submit_events(&self, req: Request<pb::SubmitEventsRequest>) -> Result<Response<pb::SubmitEventsResponse>, Status> {
+    async fn submit_events(
+        &self,
+        req: Request<pb::SubmitEventsRequest>,
+    ) -> Result<Response<pb::SubmitEventsResponse>, Status> {
         let c = caller(&req)?;
         let events = req.into_inner().events;
         self.check_batch(events.len())?;
@@ -95,7 +110,10 @@ impl IngestService for Api {
 
     /// Messages of one stream are processed in order (a payment may follow its deal in the
     /// next message); open several streams for parallelism.
-    async fn stream_events(&self, req: Request<Streaming<pb::StreamEventsRequest>>) -> Result<Response<AckStream>, Status> {
+    async fn stream_events(
+        &self,
+        req: Request<Streaming<pb::StreamEventsRequest>>,
+    ) -> Result<Response<AckStream>, Status> {
         let c = caller(&req)?;
         let tenant = self.pipeline.tenant(&c.tenant_id).await?;
         let pipeline = self.pipeline.clone();
@@ -175,7 +193,9 @@ impl Api {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthenticated("CreateTenant needs 'authorization: Bearer <SPM_ADMIN_TOKEN>'"))?;
+            .ok_or(ApiError::Unauthenticated(
+                "CreateTenant needs 'authorization: Bearer <SPM_ADMIN_TOKEN>'",
+            ))?;
         if auth::constant_time_eq(got.trim().as_bytes(), expected.as_bytes()) {
             Ok(())
         } else {
@@ -183,7 +203,11 @@ impl Api {
         }
     }
 
-    async fn emit_and_commit(&self, mut tx: sqlx::Transaction<'_, sqlx::Postgres>, events: Vec<(String, ev::EventEnvelope)>) -> Result<(), ApiError> {
+    async fn emit_and_commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        events: Vec<(String, ev::EventEnvelope)>,
+    ) -> Result<(), ApiError> {
         let mut out = Outbox::new(&self.pipeline.kafka);
         let span = tracing::Span::current();
         for (key, env) in &events {
@@ -195,7 +219,10 @@ impl Api {
         Ok(())
     }
 
-    async fn admin(&self, req: &Request<impl Sized>) -> Result<(auth::Caller, crate::domain::accept::Tenant), ApiError> {
+    async fn admin(
+        &self,
+        req: &Request<impl Sized>,
+    ) -> Result<(auth::Caller, crate::domain::accept::Tenant), ApiError> {
         let c = caller(req)?;
         c.require_admin()?;
         let t = self.pipeline.tenant(&c.tenant_id).await?;
@@ -205,12 +232,17 @@ impl Api {
 
 #[tonic::async_trait]
 impl IngestAdminService for Api {
-    async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::CreateTenantResponse>, Status> {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         self.operator(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
         let slug_ok = (3..=40).contains(&r.tenant_id.len())
-            && r.tenant_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && r.tenant_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !r.tenant_id.starts_with('-');
         if !slug_ok {
             v.add("tenant_id", "must be 3..=40 characters of a-z, 0-9 and '-'");
@@ -238,10 +270,19 @@ impl IngestAdminService for Api {
         .map_err(ApiError::from)?
         .rows_affected();
         if inserted == 0 {
-            return Err(ApiError::AlreadyExists(format!("tenant {} already exists", r.tenant_id)).into());
+            return Err(
+                ApiError::AlreadyExists(format!("tenant {} already exists", r.tenant_id)).into(),
+            );
         }
         let key = auth::generate_key();
-        insert_key(&mut tx, &r.tenant_id, &key, Role::Admin, "initial admin key").await?;
+        insert_key(
+            &mut tx,
+            &r.tenant_id,
+            &key,
+            Role::Admin,
+            "initial admin key",
+        )
+        .await?;
         let secret = auth::generate_secret();
         sqlx::query("INSERT INTO tenant_secrets (tenant_id, webhook_secret) VALUES ($1, $2)")
             .bind(&r.tenant_id)
@@ -274,7 +315,10 @@ impl IngestAdminService for Api {
         }))
     }
 
-    async fn update_tenant(&self, req: Request<pb::UpdateTenantRequest>) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+    async fn update_tenant(
+        &self,
+        req: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let (c, _) = self.admin(&req).await?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -306,14 +350,18 @@ impl IngestAdminService for Api {
                 active: true,
             }),
         );
-        self.emit_and_commit(tx, vec![(c.tenant_id.clone(), env)]).await?;
+        self.emit_and_commit(tx, vec![(c.tenant_id.clone(), env)])
+            .await?;
         self.pipeline.forget_tenant(&c.tenant_id);
         Ok(Response::new(pb::UpdateTenantResponse {
             tenant: Some(tenant_pb(&c.tenant_id, &r.name, ctx, true)),
         }))
     }
 
-    async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::GetTenantResponse>, Status> {
+    async fn get_tenant(
+        &self,
+        req: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
         let c = caller(&req)?;
         let (t, name, active) = crate::store::tenant(&self.pipeline.pool, &c.tenant_id)
             .await
@@ -324,25 +372,35 @@ impl IngestAdminService for Api {
         }))
     }
 
-    async fn issue_api_key(&self, req: Request<pb::IssueApiKeyRequest>) -> Result<Response<pb::IssueApiKeyResponse>, Status> {
+    async fn issue_api_key(
+        &self,
+        req: Request<pb::IssueApiKeyRequest>,
+    ) -> Result<Response<pb::IssueApiKeyResponse>, Status> {
         let (c, t) = self.admin(&req).await?;
         let r = req.into_inner();
-        let role = Role::from_proto(r.role()).ok_or_else(|| ApiError::invalid("role", "must be INTEGRATION or ADMIN"))?;
+        let role = Role::from_proto(r.role())
+            .ok_or_else(|| ApiError::invalid("role", "must be INTEGRATION or ADMIN"))?;
         let mut v = Violations::new();
         v.text("label", &r.label, 200);
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
         let key = auth::generate_key();
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
         insert_key(&mut tx, &c.tenant_id, &key, role, &r.label).await?;
-        self.emit_and_commit(tx, vec![key_event(&c.tenant_id, &t.context, &key, role, &r.label)])
-            .await?;
+        self.emit_and_commit(
+            tx,
+            vec![key_event(&c.tenant_id, &t.context, &key, role, &r.label)],
+        )
+        .await?;
         Ok(Response::new(pb::IssueApiKeyResponse {
             key_id: key.key_id,
             api_key: key.key,
         }))
     }
 
-    async fn revoke_api_key(&self, req: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let (c, t) = self.admin(&req).await?;
         let r = req.into_inner();
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
@@ -361,7 +419,9 @@ impl IngestAdminService for Api {
         let env = admin_envelope(
             &c.tenant_id,
             &t.context,
-            Payload::ApiKeyRevoked(ev::ApiKeyRevoked { key_id: r.key_id.clone() }),
+            Payload::ApiKeyRevoked(ev::ApiKeyRevoked {
+                key_id: r.key_id.clone(),
+            }),
         );
         let key = spm_core::kafka_key(&c.tenant_id, &format!("key:{}", r.key_id));
         self.emit_and_commit(tx, vec![(key, env)]).await?;
@@ -383,10 +443,15 @@ impl IngestAdminService for Api {
         .execute(&self.pipeline.pool)
         .await
         .map_err(ApiError::from)?;
-        Ok(Response::new(pb::RotateWebhookSecretResponse { webhook_secret: secret }))
+        Ok(Response::new(pb::RotateWebhookSecretResponse {
+            webhook_secret: secret,
+        }))
     }
 
-    async fn set_fx_rate(&self, req: Request<pb::SetFxRateRequest>) -> Result<Response<pb::SetFxRateResponse>, Status> {
+    async fn set_fx_rate(
+        &self,
+        req: Request<pb::SetFxRateRequest>,
+    ) -> Result<Response<pb::SetFxRateResponse>, Status> {
         let (c, t) = self.admin(&req).await?;
         let rate = req
             .into_inner()
@@ -394,7 +459,10 @@ impl IngestAdminService for Api {
             .ok_or_else(|| ApiError::invalid("rate", "is required"))?;
         let mut v = Violations::new();
         match Currency::new(&rate.currency) {
-            Ok(cur) if cur == t.base => v.add("rate.currency", "is the tenant's base currency (its rate is always 1)"),
+            Ok(cur) if cur == t.base => v.add(
+                "rate.currency",
+                "is the tenant's base currency (its rate is always 1)",
+            ),
             Ok(_) => {}
             Err(e) => v.add("rate.currency", e.to_string()),
         }
@@ -420,9 +488,15 @@ impl IngestAdminService for Api {
             return Err(ApiError::InvalidArgument(v.0).into());
         };
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
-        crate::store::set_fx_rate(&self.pipeline.pool, &c.tenant_id, &rate.currency, from, value)
-            .await
-            .map_err(ApiError::from)?;
+        crate::store::set_fx_rate(
+            &self.pipeline.pool,
+            &c.tenant_id,
+            &rate.currency,
+            from,
+            value,
+        )
+        .await
+        .map_err(ApiError::from)?;
         Ok(Response::new(pb::SetFxRateResponse {
             rate: Some(pb::FxRate {
                 currency: rate.currency,
@@ -432,7 +506,10 @@ impl IngestAdminService for Api {
         }))
     }
 
-    async fn list_fx_rates(&self, req: Request<pb::ListFxRatesRequest>) -> Result<Response<pb::ListFxRatesResponse>, Status> {
+    async fn list_fx_rates(
+        &self,
+        req: Request<pb::ListFxRatesRequest>,
+    ) -> Result<Response<pb::ListFxRatesResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let rows = crate::store::fx_rates(&self.pipeline.pool, &c.tenant_id, &r.currency)
@@ -469,7 +546,13 @@ async fn insert_key(
     Ok(())
 }
 
-fn key_event(tenant_id: &str, ctx: &TenantContext, key: &auth::NewKey, role: Role, label: &str) -> (String, ev::EventEnvelope) {
+fn key_event(
+    tenant_id: &str,
+    ctx: &TenantContext,
+    key: &auth::NewKey,
+    role: Role,
+    label: &str,
+) -> (String, ev::EventEnvelope) {
     (
         spm_core::kafka_key(tenant_id, &format!("key:{}", key.key_id)),
         admin_envelope(

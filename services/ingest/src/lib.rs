@@ -24,7 +24,11 @@ pub struct Config {
     pub service: ServiceConfig,
 
     /// Operator token for CreateTenant (`authorization: Bearer <token>`); unset disables it.
-    #[arg(long = "admin-token", env = "SPM_ADMIN_TOKEN", value_name = "SPM_ADMIN_TOKEN")]
+    #[arg(
+        long = "admin-token",
+        env = "SPM_ADMIN_TOKEN",
+        value_name = "SPM_ADMIN_TOKEN"
+    )]
     pub admin_token: Option<String>,
 
     /// Most events per request (unary batch, stream message, webhook body).
@@ -57,7 +61,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_future: Duration::from_secs(300),
         max_age: Duration::from_secs(u64::from(config.horizon_days) * 86_400),
     };
-    let pipeline = pipeline::Pipeline::new(app.pool.clone(), app.producer.clone(), app.config.kafka.clone(), limits);
+    let pipeline = pipeline::Pipeline::new(
+        app.pool.clone(),
+        app.producer.clone(),
+        app.config.kafka.clone(),
+        limits,
+    );
     let max_batch = api::BatchLimit(config.max_batch as usize);
     let api = api::Api {
         pipeline: pipeline.clone(),

@@ -22,10 +22,14 @@ pub fn init() {
 
 pub fn accepted(events_n: usize, records: usize) {
     let f = events();
-    f.get_or_create(&vec![("outcome", "accepted".to_owned())]).inc_by(events_n as u64);
-    f.get_or_create(&vec![("outcome", "records_published".to_owned())]).inc_by(records as u64);
+    f.get_or_create(&vec![("outcome", "accepted".to_owned())])
+        .inc_by(events_n as u64);
+    f.get_or_create(&vec![("outcome", "records_published".to_owned())])
+        .inc_by(records as u64);
 }
 
 pub fn rejected() {
-    events().get_or_create(&vec![("outcome", "rejected".to_owned())]).inc();
+    events()
+        .get_or_create(&vec![("outcome", "rejected".to_owned())])
+        .inc();
 }

@@ -54,11 +54,13 @@ impl Pipeline {
         {
             return Ok(t.clone());
         }
-        let (t, _, active) = store::tenant(&self.pool, tenant_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("tenant {tenant_id} is not known to ingest")))?;
+        let (t, _, active) = store::tenant(&self.pool, tenant_id).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("tenant {tenant_id} is not known to ingest"))
+        })?;
         if !active {
-            return Err(ApiError::PermissionDenied(format!("tenant {tenant_id} is deactivated")));
+            return Err(ApiError::PermissionDenied(format!(
+                "tenant {tenant_id} is deactivated"
+            )));
         }
         self.tenants
             .lock()
@@ -75,8 +77,13 @@ impl Pipeline {
     /// Accepts what it can of `events`; one acknowledgement per event, in order. `Err` only
     /// when nothing could be decided (database unavailable). Violation paths are relative
     /// to each event.
-    pub async fn submit(&self, tenant: &Tenant, events: &[CrmEvent]) -> Result<Vec<EventAck>, ApiError> {
-        let now = Utc::now();
+    pub async fn submit(
+        &self,
+        tenant: &Tenant,
+        events: &[CrmEvent],
+    ) -> Result<Vec<EventAck>, ApiError> {
+        // Postgres keeps microseconds: the acknowledgement of a duplicate must equal the first.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let mut acks: Vec<Option<EventAck>> = vec![None; events.len()];
 
         // 1. Stateless validation; repeated ids within the request are settled at the end.
@@ -103,7 +110,10 @@ impl Pipeline {
         }
 
         for (i, first, hash) in repeats {
-            let first_hash = candidates.iter().find(|(j, ..)| *j == first).map(|(.., h)| h);
+            let first_hash = candidates
+                .iter()
+                .find(|(j, ..)| *j == first)
+                .map(|(.., h)| h);
             let mut ack = acks[first].clone().expect("first occurrence has an ack");
             if first_hash != Some(&hash) {
                 ack = conflict(&events[i].event_id);
@@ -112,7 +122,10 @@ impl Pipeline {
             }
             acks[i] = Some(ack);
         }
-        Ok(acks.into_iter().map(|a| a.expect("every event has an ack")).collect())
+        Ok(acks
+            .into_iter()
+            .map(|a| a.expect("every event has an ack"))
+            .collect())
     }
 
     async fn accept(
@@ -127,10 +140,17 @@ impl Pipeline {
 
         let mut tx = self.pool.begin().await?;
         let claimed: std::collections::HashSet<Uuid> =
-            store::claim(&mut tx, &tenant.tenant_id, &ids, &hashes, now).await?.into_iter().collect();
+            store::claim(&mut tx, &tenant.tenant_id, &ids, &hashes, now)
+                .await?
+                .into_iter()
+                .collect();
 
         // 2. Ids seen before: the original acknowledgement, or a conflict.
-        let seen: Vec<Uuid> = ids.iter().filter(|id| !claimed.contains(id)).copied().collect();
+        let seen: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !claimed.contains(id))
+            .copied()
+            .collect();
         if !seen.is_empty() {
             let earlier = store::existing(&mut tx, &tenant.tenant_id, &seen).await?;
             for (i, v, hash) in candidates {
@@ -152,8 +172,10 @@ impl Pipeline {
         }
 
         // 3. Accept the new ones against what ingest knows.
-        let fresh: Vec<&(usize, ValidEvent, Vec<u8>)> =
-            candidates.iter().filter(|(_, v, _)| claimed.contains(&v.client_id)).collect();
+        let fresh: Vec<&(usize, ValidEvent, Vec<u8>)> = candidates
+            .iter()
+            .filter(|(_, v, _)| claimed.contains(&v.client_id))
+            .collect();
         if fresh.is_empty() {
             tx.commit().await?;
             return Ok(());
@@ -166,9 +188,13 @@ impl Pipeline {
             deals.extend(v.payload.deal_id().map(str::to_owned));
             currencies.extend(v.payload.currency().map(str::to_owned));
         }
-        let (reps, deals, currencies): (Vec<String>, Vec<String>, Vec<String>) =
-            (reps.into_iter().collect(), deals.into_iter().collect(), currencies.into_iter().collect());
-        let mut state = store::load_state(&mut tx, &tenant.tenant_id, &reps, &deals, &currencies).await?;
+        let (reps, deals, currencies): (Vec<String>, Vec<String>, Vec<String>) = (
+            reps.into_iter().collect(),
+            deals.into_iter().collect(),
+            currencies.into_iter().collect(),
+        );
+        let mut state =
+            store::load_state(&mut tx, &tenant.tenant_id, &reps, &deals, &currencies).await?;
 
         let mut outgoing = Vec::new();
         let mut published = Vec::new();
@@ -211,7 +237,10 @@ impl Pipeline {
             .collect();
         let results = self.producer.send_all(&records).await;
         drop(spans);
-        let failures: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(ToString::to_string)).collect();
+        let failures: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
         let committed = if failures.is_empty() {
             match tx.commit().await {
                 Ok(()) => Ok(()),
@@ -219,7 +248,12 @@ impl Pipeline {
             }
         } else {
             let _ = tx.rollback().await;
-            Err(format!("the broker did not acknowledge {} of {} records: {}", failures.len(), records.len(), failures[0]))
+            Err(format!(
+                "the broker did not acknowledge {} of {} records: {}",
+                failures.len(),
+                records.len(),
+                failures[0]
+            ))
         };
         match committed {
             Ok(()) => {

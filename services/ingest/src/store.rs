@@ -14,7 +14,10 @@ use crate::domain::accept::Tenant;
 use crate::domain::{DealState, IngestState, RepState};
 
 /// A tenant as ingest knows it, or `None`.
-pub async fn tenant(pool: &PgPool, tenant_id: &str) -> Result<Option<(Tenant, String, bool)>, sqlx::Error> {
+pub async fn tenant(
+    pool: &PgPool,
+    tenant_id: &str,
+) -> Result<Option<(Tenant, String, bool)>, sqlx::Error> {
     let row: Option<(String, String, i32, String, bool)> = sqlx::query_as(
         "SELECT name, time_zone, fiscal_year_start_month, base_currency, active FROM auth_tenants WHERE tenant_id = $1",
     )
@@ -41,11 +44,16 @@ pub async fn tenant(pool: &PgPool, tenant_id: &str) -> Result<Option<(Tenant, St
 }
 
 /// The webhook secrets of a tenant: (current, previous).
-pub async fn webhook_secrets(pool: &PgPool, tenant_id: &str) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
-    sqlx::query_as("SELECT webhook_secret, previous_secret FROM tenant_secrets WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .fetch_optional(pool)
-        .await
+pub async fn webhook_secrets(
+    pool: &PgPool,
+    tenant_id: &str,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT webhook_secret, previous_secret FROM tenant_secrets WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Inserts idempotency records for `ids` (content hashes alongside); returns the ids that
@@ -86,7 +94,10 @@ pub async fn existing(
     .bind(ids)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|(id, h, at, p)| (id, (h, at, p))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, h, at, p)| (id, (h, at, p)))
+        .collect())
 }
 
 /// Records how many records each accepted event published, and drops the claims of
@@ -131,13 +142,17 @@ pub async fn load_state(
 ) -> Result<IngestState, sqlx::Error> {
     let mut state = IngestState::default();
     if !reps.is_empty() {
-        let rows: Vec<(String, bool)> =
-            sqlx::query_as("SELECT rep_id, active FROM reps WHERE tenant_id = $1 AND rep_id = ANY($2)")
-                .bind(tenant_id)
-                .bind(reps)
-                .fetch_all(&mut *conn)
-                .await?;
-        state.reps = rows.into_iter().map(|(r, active)| (r, RepState { active })).collect();
+        let rows: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT rep_id, active FROM reps WHERE tenant_id = $1 AND rep_id = ANY($2)",
+        )
+        .bind(tenant_id)
+        .bind(reps)
+        .fetch_all(&mut *conn)
+        .await?;
+        state.reps = rows
+            .into_iter()
+            .map(|(r, active)| (r, RepState { active }))
+            .collect();
     }
     if !deals.is_empty() {
         let rows: Vec<(String, sqlx::types::Json<DealState>)> = sqlx::query_as(
@@ -170,10 +185,18 @@ pub async fn load_state(
 }
 
 /// Writes the reps and deals the batch changed.
-pub async fn save_state(conn: &mut PgConnection, tenant_id: &str, state: &IngestState) -> Result<(), sqlx::Error> {
+pub async fn save_state(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    state: &IngestState,
+) -> Result<(), sqlx::Error> {
     if !state.dirty_reps.is_empty() {
         let ids: Vec<&str> = state.dirty_reps.iter().map(String::as_str).collect();
-        let active: Vec<bool> = state.dirty_reps.iter().map(|r| state.reps[r].active).collect();
+        let active: Vec<bool> = state
+            .dirty_reps
+            .iter()
+            .map(|r| state.reps[r].active)
+            .collect();
         sqlx::query(
             "INSERT INTO reps (tenant_id, rep_id, active)
              SELECT $1, * FROM UNNEST($2::text[], $3::bool[])
@@ -206,7 +229,13 @@ pub async fn save_state(conn: &mut PgConnection, tenant_id: &str, state: &Ingest
     Ok(())
 }
 
-pub async fn set_fx_rate(pool: &PgPool, tenant_id: &str, currency: &str, from: NaiveDate, rate: Decimal) -> Result<(), sqlx::Error> {
+pub async fn set_fx_rate(
+    pool: &PgPool,
+    tenant_id: &str,
+    currency: &str,
+    from: NaiveDate,
+    rate: Decimal,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO fx_rates (tenant_id, currency, effective_from, rate) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, currency, effective_from) DO UPDATE SET rate = EXCLUDED.rate, created_at = now()",
@@ -220,7 +249,11 @@ pub async fn set_fx_rate(pool: &PgPool, tenant_id: &str, currency: &str, from: N
     Ok(())
 }
 
-pub async fn fx_rates(pool: &PgPool, tenant_id: &str, currency: &str) -> Result<Vec<(String, NaiveDate, Decimal)>, sqlx::Error> {
+pub async fn fx_rates(
+    pool: &PgPool,
+    tenant_id: &str,
+    currency: &str,
+) -> Result<Vec<(String, NaiveDate, Decimal)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT currency, effective_from, rate FROM fx_rates
           WHERE tenant_id = $1 AND ($2 = '' OR currency = $2)

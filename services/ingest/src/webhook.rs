@@ -42,14 +42,17 @@ pub fn router(w: Webhook) -> Router {
         .with_state(w)
 }
 
-async fn handle(State(w): State<Webhook>, headers: HeaderMap, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+async fn handle(
+    State(w): State<Webhook>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let started = std::time::Instant::now();
     let res = match body {
         Ok(body) => accept(&w, &headers, &body).await,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge(format!(
-            "the body exceeds {} bytes",
-            w.max_body
-        ))),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge(
+            format!("the body exceeds {} bytes", w.max_body),
+        )),
         Err(e) => Err(ApiError::BadRequest(e.body_text())),
     };
     let resp = match res {
@@ -69,22 +72,39 @@ async fn handle(State(w): State<Webhook>, headers: HeaderMap, body: Result<Bytes
 
 async fn accept(w: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
     if body.len() > w.max_body {
-        return Err(ApiError::PayloadTooLarge(format!("the body exceeds {} bytes", w.max_body)));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body exceeds {} bytes",
+            w.max_body
+        )));
     }
-    let header = |name: &'static str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let tenant_id = header("x-spm-tenant").ok_or(ApiError::Unauthenticated("X-SPM-Tenant header is required"))?;
-    let ts = header("x-spm-timestamp").ok_or(ApiError::Unauthenticated("X-SPM-Timestamp header is required"))?;
-    let sig = header("x-spm-signature").ok_or(ApiError::Unauthenticated("X-SPM-Signature header is required"))?;
+    let header = |name: &'static str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let tenant_id = header("x-spm-tenant")
+        .ok_or(ApiError::Unauthenticated("X-SPM-Tenant header is required"))?;
+    let ts = header("x-spm-timestamp").ok_or(ApiError::Unauthenticated(
+        "X-SPM-Timestamp header is required",
+    ))?;
+    let sig = header("x-spm-signature").ok_or(ApiError::Unauthenticated(
+        "X-SPM-Signature header is required",
+    ))?;
     let ts_secs: i64 = ts
         .parse()
         .map_err(|_| ApiError::Unauthenticated("X-SPM-Timestamp must be unix seconds"))?;
     let now = chrono::Utc::now().timestamp();
     let window = i64::try_from(w.window.as_secs()).unwrap_or(i64::MAX);
     if (now - ts_secs).abs() > window {
-        return Err(ApiError::Unauthenticated("X-SPM-Timestamp is outside the replay window"));
+        return Err(ApiError::Unauthenticated(
+            "X-SPM-Timestamp is outside the replay window",
+        ));
     }
     if !sig.starts_with("v1=") {
-        return Err(ApiError::Unauthenticated("X-SPM-Signature must be 'v1=<hex hmac-sha256>'"));
+        return Err(ApiError::Unauthenticated(
+            "X-SPM-Signature must be 'v1=<hex hmac-sha256>'",
+        ));
     }
 
     // Unknown tenants and bad signatures get the same answer.
@@ -100,15 +120,25 @@ async fn accept(w: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Respons
         return Err(ApiError::Unauthenticated("invalid signature"));
     }
 
-    let req: SubmitEventsRequest = spm_proto::json::from_json(body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not a SubmitEventsRequest in proto3 JSON: {e}")))?;
+    let req: SubmitEventsRequest = spm_proto::json::from_json(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body is not a SubmitEventsRequest in proto3 JSON: {e}"
+        ))
+    })?;
     if req.events.is_empty() {
-        return Err(ApiError::invalid("events", "at least one event is required"));
+        return Err(ApiError::invalid(
+            "events",
+            "at least one event is required",
+        ));
     }
     if req.events.len() > w.max_batch.0 {
         return Err(ApiError::invalid(
             "events",
-            format!("at most {} events per request, got {}", w.max_batch.0, req.events.len()),
+            format!(
+                "at most {} events per request, got {}",
+                w.max_batch.0,
+                req.events.len()
+            ),
         ));
     }
     let tenant = w.pipeline.tenant(tenant_id).await?;
@@ -118,11 +148,10 @@ async fn accept(w: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Respons
     let (mut conflict, mut unavailable) = (false, false);
     for (i, a) in acks.iter().enumerate() {
         match AckStatus::try_from(a.status) {
-            Ok(AckStatus::Rejected) => violations.extend(
-                a.violations
-                    .iter()
-                    .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()).under(&format!("events[{i}]"))),
-            ),
+            Ok(AckStatus::Rejected) => violations.extend(a.violations.iter().map(|v| {
+                FieldViolation::new(v.field.clone(), v.description.clone())
+                    .under(&format!("events[{i}]"))
+            })),
             Ok(AckStatus::Conflict) => conflict = true,
             Ok(AckStatus::Unavailable) => unavailable = true,
             _ => {}

@@ -41,7 +41,8 @@ struct NoteRow {
     read_at: Option<DateTime<Utc>>,
 }
 
-const NOTE_COLUMNS: &str = "notification_id, recipient, rule, title, body, data, source_event_id, created_at, read_at";
+const NOTE_COLUMNS: &str =
+    "notification_id, recipient, rule, title, body, data, source_event_id, created_at, read_at";
 
 fn note_pb(n: NoteRow) -> pb::Notification {
     pb::Notification {
@@ -61,7 +62,10 @@ type Live = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + S
 
 #[tonic::async_trait]
 impl NotificationService for Api {
-    async fn list_notifications(&self, req: Request<pb::ListNotificationsRequest>) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+    async fn list_notifications(
+        &self,
+        req: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let limit = i64::from(if r.limit == 0 { 50 } else { r.limit.min(500) });
@@ -90,11 +94,16 @@ impl NotificationService for Api {
         }))
     }
 
-    async fn mark_read(&self, req: Request<pb::MarkReadRequest>) -> Result<Response<pb::MarkReadResponse>, Status> {
+    async fn mark_read(
+        &self,
+        req: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let c = caller(&req)?;
         let mut ids = Vec::new();
         for (i, s) in req.into_inner().notification_ids.iter().enumerate() {
-            ids.push(Uuid::parse_str(s).map_err(|_| ApiError::invalid(format!("notification_ids[{i}]"), "must be a UUID"))?);
+            ids.push(Uuid::parse_str(s).map_err(|_| {
+                ApiError::invalid(format!("notification_ids[{i}]"), "must be a UUID")
+            })?);
         }
         let n = sqlx::query("UPDATE notifications SET read_at = now() WHERE tenant_id = $1 AND notification_id = ANY($2) AND read_at IS NULL")
             .bind(&c.tenant_id)
@@ -110,7 +119,10 @@ impl NotificationService for Api {
 
     type SubscribeStream = Live;
 
-    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Live>, Status> {
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Live>, Status> {
         let c = caller(&req)?;
         let recipient = req.into_inner().recipient;
         let mut rx = self.live.subscribe();
@@ -127,11 +139,17 @@ impl NotificationService for Api {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&msg) else { continue };
-                if v["tenant"] != tenant.as_str() || (!recipient.is_empty() && v["recipient"] != recipient.as_str()) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&msg) else {
+                    continue;
+                };
+                if v["tenant"] != tenant.as_str()
+                    || (!recipient.is_empty() && v["recipient"] != recipient.as_str())
+                {
                     continue;
                 }
-                let Some(id) = v["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+                let Some(id) = v["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
+                    continue;
+                };
                 let row: Option<NoteRow> = sqlx::query_as(&format!(
                     "SELECT {NOTE_COLUMNS} FROM notifications WHERE tenant_id = $1 AND notification_id = $2"
                 ))
@@ -142,15 +160,26 @@ impl NotificationService for Api {
                 .ok()
                 .flatten();
                 let Some(row) = row else { continue };
-                if tx.send(Ok(pb::SubscribeResponse { notification: Some(note_pb(row)) })).await.is_err() {
+                if tx
+                    .send(Ok(pb::SubscribeResponse {
+                        notification: Some(note_pb(row)),
+                    }))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
-    async fn get_preferences(&self, req: Request<pb::GetPreferencesRequest>) -> Result<Response<pb::GetPreferencesResponse>, Status> {
+    async fn get_preferences(
+        &self,
+        req: Request<pb::GetPreferencesRequest>,
+    ) -> Result<Response<pb::GetPreferencesResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let rows: Vec<(String, String, bool)> = sqlx::query_as(
@@ -164,12 +193,19 @@ impl NotificationService for Api {
         Ok(Response::new(pb::GetPreferencesResponse {
             preferences: rows
                 .into_iter()
-                .map(|(rule, channel, enabled)| pb::Preference { rule, channel, enabled })
+                .map(|(rule, channel, enabled)| pb::Preference {
+                    rule,
+                    channel,
+                    enabled,
+                })
                 .collect(),
         }))
     }
 
-    async fn set_preference(&self, req: Request<pb::SetPreferenceRequest>) -> Result<Response<pb::SetPreferenceResponse>, Status> {
+    async fn set_preference(
+        &self,
+        req: Request<pb::SetPreferenceRequest>,
+    ) -> Result<Response<pb::SetPreferenceResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -194,16 +230,24 @@ impl NotificationService for Api {
         .execute(&self.pool)
         .await
         .map_err(ApiError::from)?;
-        Ok(Response::new(pb::SetPreferenceResponse { preference: Some(p) }))
+        Ok(Response::new(pb::SetPreferenceResponse {
+            preference: Some(p),
+        }))
     }
 
-    async fn list_deliveries(&self, req: Request<pb::ListDeliveriesRequest>) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+    async fn list_deliveries(
+        &self,
+        req: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let nid = if r.notification_id.is_empty() {
             None
         } else {
-            Some(Uuid::parse_str(&r.notification_id).map_err(|_| ApiError::invalid("notification_id", "must be a UUID"))?)
+            Some(
+                Uuid::parse_str(&r.notification_id)
+                    .map_err(|_| ApiError::invalid("notification_id", "must be a UUID"))?,
+            )
         };
         let limit = i64::from(if r.limit == 0 { 100 } else { r.limit.min(1000) });
         #[derive(sqlx::FromRow)]
@@ -256,9 +300,9 @@ impl NotificationService for Api {
                             duration_ms: u32::try_from(a.5).unwrap_or(0),
                         })
                         .collect(),
-                    latency_ms: d
-                        .delivered_at
-                        .map_or(0, |t| u32::try_from((t - d.created).num_milliseconds().max(0)).unwrap_or(u32::MAX)),
+                    latency_ms: d.delivered_at.map_or(0, |t| {
+                        u32::try_from((t - d.created).num_milliseconds().max(0)).unwrap_or(u32::MAX)
+                    }),
                     delivery_id: d.delivery_id.to_string(),
                     notification_id: d.notification_id.to_string(),
                     channel: d.channel,
@@ -288,7 +332,10 @@ fn settings_pb(s: &crate::store::Settings) -> pb::Settings {
 
 #[tonic::async_trait]
 impl NotificationAdminService for Api {
-    async fn put_webhook(&self, req: Request<pb::PutWebhookRequest>) -> Result<Response<pb::PutWebhookResponse>, Status> {
+    async fn put_webhook(
+        &self,
+        req: Request<pb::PutWebhookRequest>,
+    ) -> Result<Response<pb::PutWebhookResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
         let r = req.into_inner();
@@ -325,7 +372,10 @@ impl NotificationAdminService for Api {
         }))
     }
 
-    async fn list_webhooks(&self, req: Request<pb::ListWebhooksRequest>) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+    async fn list_webhooks(
+        &self,
+        req: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
         let c = caller(&req)?;
         let rows: Vec<(Uuid, String, Vec<String>, bool)> =
             sqlx::query_as("SELECT webhook_id, url, rules, enabled FROM webhooks WHERE tenant_id = $1 ORDER BY created_at")
@@ -346,33 +396,47 @@ impl NotificationAdminService for Api {
         }))
     }
 
-    async fn disable_webhook(&self, req: Request<pb::DisableWebhookRequest>) -> Result<Response<pb::DisableWebhookResponse>, Status> {
+    async fn disable_webhook(
+        &self,
+        req: Request<pb::DisableWebhookRequest>,
+    ) -> Result<Response<pb::DisableWebhookResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
-        let id = Uuid::parse_str(&req.into_inner().webhook_id).map_err(|_| ApiError::invalid("webhook_id", "must be a UUID"))?;
-        let n = sqlx::query("UPDATE webhooks SET enabled = false WHERE tenant_id = $1 AND webhook_id = $2")
-            .bind(&c.tenant_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(ApiError::from)?
-            .rows_affected();
+        let id = Uuid::parse_str(&req.into_inner().webhook_id)
+            .map_err(|_| ApiError::invalid("webhook_id", "must be a UUID"))?;
+        let n = sqlx::query(
+            "UPDATE webhooks SET enabled = false WHERE tenant_id = $1 AND webhook_id = $2",
+        )
+        .bind(&c.tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(ApiError::from)?
+        .rows_affected();
         if n == 0 {
             return Err(ApiError::NotFound(format!("webhook {id}")).into());
         }
         Ok(Response::new(pb::DisableWebhookResponse {}))
     }
 
-    async fn get_settings(&self, req: Request<pb::GetSettingsRequest>) -> Result<Response<pb::GetSettingsResponse>, Status> {
+    async fn get_settings(
+        &self,
+        req: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::GetSettingsResponse>, Status> {
         let c = caller(&req)?;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
-        let s = crate::store::settings(&mut conn, &c.tenant_id).await.map_err(ApiError::from)?;
+        let s = crate::store::settings(&mut conn, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetSettingsResponse {
             settings: Some(settings_pb(&s)),
         }))
     }
 
-    async fn set_settings(&self, req: Request<pb::SetSettingsRequest>) -> Result<Response<pb::SetSettingsResponse>, Status> {
+    async fn set_settings(
+        &self,
+        req: Request<pb::SetSettingsRequest>,
+    ) -> Result<Response<pb::SetSettingsResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
         let s = req.into_inner().settings.unwrap_or_default();
@@ -380,7 +444,11 @@ impl NotificationAdminService for Api {
         if let Err(e) = Quiet::parse(&s.quiet_start, &s.quiet_end) {
             v.add("settings.quiet_start", e);
         }
-        let digest = if s.digest.is_empty() { "off".to_owned() } else { s.digest.clone() };
+        let digest = if s.digest.is_empty() {
+            "off".to_owned()
+        } else {
+            s.digest.clone()
+        };
         if !["off", "daily", "weekly"].contains(&digest.as_str()) {
             v.add("settings.digest", "must be off, daily or weekly");
         }
@@ -392,7 +460,10 @@ impl NotificationAdminService for Api {
         }
         for (i, r) in s.disabled_rules.iter().enumerate() {
             if !is_rule(r) {
-                v.add(format!("settings.disabled_rules[{i}]"), format!("unknown rule {r:?}"));
+                v.add(
+                    format!("settings.disabled_rules[{i}]"),
+                    format!("unknown rule {r:?}"),
+                );
             }
         }
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
@@ -428,10 +499,15 @@ impl NotificationAdminService for Api {
         }))
     }
 
-    async fn send_digests(&self, req: Request<pb::SendDigestsRequest>) -> Result<Response<pb::SendDigestsResponse>, Status> {
+    async fn send_digests(
+        &self,
+        req: Request<pb::SendDigestsRequest>,
+    ) -> Result<Response<pb::SendDigestsResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
-        let sent = crate::digest::send_due(&self.pool, Some(&c.tenant_id), true, self.email).await.map_err(ApiError::from)?;
+        let sent = crate::digest::send_due(&self.pool, Some(&c.tenant_id), true, self.email)
+            .await
+            .map_err(ApiError::from)?;
         self.wake.notify_one();
         Ok(Response::new(pb::SendDigestsResponse { sent }))
     }

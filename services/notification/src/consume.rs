@@ -25,16 +25,27 @@ pub struct NotificationHandler {
 
 #[async_trait]
 impl Handler for NotificationHandler {
-    async fn apply(&self, conn: &mut PgConnection, batch: &[&Incoming], _out: &mut Outbox) -> Result<(), HandlerError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[&Incoming],
+        _out: &mut Outbox,
+    ) -> Result<(), HandlerError> {
         let mut by_tenant: BTreeMap<&str, Vec<&Incoming>> = BTreeMap::new();
         for inc in batch {
             if spm_server::auth::apply_tenant_event(conn, &inc.envelope).await? {
                 continue;
             }
-            if spm_server::org::apply(conn, inc.event_id, &inc.envelope).await?.is_some() {
+            if spm_server::org::apply(conn, inc.event_id, &inc.envelope)
+                .await?
+                .is_some()
+            {
                 continue;
             }
-            by_tenant.entry(inc.envelope.tenant_id.as_str()).or_default().push(inc);
+            by_tenant
+                .entry(inc.envelope.tenant_id.as_str())
+                .or_default()
+                .push(inc);
         }
         let now = Utc::now();
         let mut announce = Vec::new();
@@ -47,8 +58,19 @@ impl Handler for NotificationHandler {
                 let trace = spm_telemetry::propagation::inject_span(&inc.span);
                 for d in drafts {
                     let key = format!("{}:{}:{}", inc.event_id, d.rule, d.recipient);
-                    if let Some(c) =
-                        store::create(conn, tenant, &d, &inc.event_id.to_string(), &key, &trace, &settings, tz, &channels, now).await?
+                    if let Some(c) = store::create(
+                        conn,
+                        tenant,
+                        &d,
+                        &inc.event_id.to_string(),
+                        &key,
+                        &trace,
+                        &settings,
+                        tz,
+                        &channels,
+                        now,
+                    )
+                    .await?
                     {
                         announce.push(serde_json::json!({"tenant": tenant, "id": c.notification_id, "recipient": c.recipient}).to_string());
                     }
@@ -71,7 +93,13 @@ impl Handler for NotificationHandler {
 }
 
 impl NotificationHandler {
-    async fn drafts(&self, conn: &mut PgConnection, tenant: &str, inc: &Incoming, settings: &store::Settings) -> Result<Vec<Draft>, sqlx::Error> {
+    async fn drafts(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &str,
+        inc: &Incoming,
+        settings: &store::Settings,
+    ) -> Result<Vec<Draft>, sqlx::Error> {
         let e = &inc.envelope;
         if let Some(Payload::ScoreChanged(s)) = &e.payload {
             return standings(conn, tenant, s, settings).await;
@@ -96,21 +124,32 @@ impl NotificationHandler {
         if let Some(Payload::GoalMilestoneReached(g)) = &e.payload
             && g.rep_id.is_empty()
         {
-            org.team_manager = sqlx::query_scalar("SELECT manager_id FROM org_teams WHERE tenant_id = $1 AND team_id = $2")
-                .bind(tenant)
-                .bind(&g.team_id)
-                .fetch_optional(&mut *conn)
-                .await?
-                .unwrap_or_default();
+            org.team_manager = sqlx::query_scalar(
+                "SELECT manager_id FROM org_teams WHERE tenant_id = $1 AND team_id = $2",
+            )
+            .bind(tenant)
+            .bind(&g.team_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or_default();
         }
         Ok(rules::drafts(e, &org))
     }
 }
 
 /// Updates a rep's standing for a month and derives who entered or left the top N.
-async fn standings(conn: &mut PgConnection, tenant: &str, s: &spm_proto::events::v1::ScoreChanged, settings: &store::Settings) -> Result<Vec<Draft>, sqlx::Error> {
-    let Some(p) = &s.period else { return Ok(Vec::new()) };
-    let Ok(score) = s.score.parse::<Decimal>() else { return Ok(Vec::new()) };
+async fn standings(
+    conn: &mut PgConnection,
+    tenant: &str,
+    s: &spm_proto::events::v1::ScoreChanged,
+    settings: &store::Settings,
+) -> Result<Vec<Draft>, sqlx::Error> {
+    let Some(p) = &s.period else {
+        return Ok(Vec::new());
+    };
+    let Ok(score) = s.score.parse::<Decimal>() else {
+        return Ok(Vec::new());
+    };
     if p.kind != spm_proto::common::v1::PeriodKind::Month as i32 || settings.top_n <= 0 {
         return Ok(Vec::new());
     }
@@ -132,12 +171,13 @@ async fn standings(conn: &mut PgConnection, tenant: &str, s: &spm_proto::events:
     .bind(i64::from(settings.top_n))
     .fetch_all(&mut *conn)
     .await?;
-    let before: Vec<String> = sqlx::query_scalar("SELECT reps FROM top_sets WHERE tenant_id = $1 AND period_key = $2")
-        .bind(tenant)
-        .bind(&p.key)
-        .fetch_optional(&mut *conn)
-        .await?
-        .unwrap_or_default();
+    let before: Vec<String> =
+        sqlx::query_scalar("SELECT reps FROM top_sets WHERE tenant_id = $1 AND period_key = $2")
+            .bind(tenant)
+            .bind(&p.key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or_default();
     if before == after {
         return Ok(Vec::new());
     }
@@ -150,5 +190,10 @@ async fn standings(conn: &mut PgConnection, tenant: &str, s: &spm_proto::events:
     .bind(&after)
     .execute(&mut *conn)
     .await?;
-    Ok(rules::standings(&before, &after, usize::try_from(settings.top_n).unwrap_or(5), &p.key))
+    Ok(rules::standings(
+        &before,
+        &after,
+        usize::try_from(settings.top_n).unwrap_or(5),
+        &p.key,
+    ))
 }

@@ -88,7 +88,9 @@ impl Worker {
             };
             let idle = claimed.is_empty();
             for d in claimed {
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let w = self.clone();
                 tokio::spawn(async move {
                     w.attempt(d).await;
@@ -137,7 +139,8 @@ impl Worker {
                 return;
             }
         };
-        let stored: Vec<(String, String)> = serde_json::from_value(note.trace.clone()).unwrap_or_default();
+        let stored: Vec<(String, String)> =
+            serde_json::from_value(note.trace.clone()).unwrap_or_default();
         let span = tracing::info_span!(
             "deliver",
             otel.name = format!("deliver {}", d.channel),
@@ -147,12 +150,29 @@ impl Worker {
             tenant = %d.tenant_id,
             delivery.attempt = d.attempts + 1,
         );
-        spm_telemetry::propagation::set_parent(&span, spm_telemetry::propagation::extract_pairs(stored.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+        spm_telemetry::propagation::set_parent(
+            &span,
+            spm_telemetry::propagation::extract_pairs(
+                stored.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
+        );
         let started = Instant::now();
-        let (title, body) = if d.is_summary { self.summary(&d).await } else { (note.title.clone(), note.body.clone()) };
+        let (title, body) = if d.is_summary {
+            self.summary(&d).await
+        } else {
+            (note.title.clone(), note.body.clone())
+        };
         let outcome = match d.channel.as_str() {
-            "webhook" => self.webhook(&d, &note, &title, &body).instrument(span.clone()).await,
-            "email" => self.email(&d, &note, &title, &body).instrument(span.clone()).await,
+            "webhook" => {
+                self.webhook(&d, &note, &title, &body)
+                    .instrument(span.clone())
+                    .await
+            }
+            "email" => {
+                self.email(&d, &note, &title, &body)
+                    .instrument(span.clone())
+                    .await
+            }
             other => Outcome::Failed(0, format!("unknown channel {other}")),
         };
         let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
@@ -168,7 +188,12 @@ impl Worker {
                     rand::random::<f64>(),
                 );
                 let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                (*code, e.clone(), if dead { "dead" } else { "pending" }, next)
+                (
+                    *code,
+                    e.clone(),
+                    if dead { "dead" } else { "pending" },
+                    next,
+                )
             }
         };
         let m = spm_telemetry::metrics::global();
@@ -178,9 +203,16 @@ impl Worker {
             _ => "retry",
         };
         m.http_requests
-            .get_or_create(&spm_telemetry::metrics::labels([("route", &format!("deliver_{}", d.channel)), ("status", label)]))
+            .get_or_create(&spm_telemetry::metrics::labels([
+                ("route", &format!("deliver_{}", d.channel)),
+                ("status", label),
+            ]))
             .inc();
-        crate::metrics::delivery(&d.channel, label, (Utc::now() - note.created_at).num_milliseconds());
+        crate::metrics::delivery(
+            &d.channel,
+            label,
+            (Utc::now() - note.created_at).num_milliseconds(),
+        );
         if status == "dead" {
             tracing::warn!(parent: &span, delivery = %d.delivery_id, target = %d.target, attempts = attempt, error = %error, "delivery dead");
         }
@@ -235,19 +267,27 @@ impl Worker {
         .unwrap_or_default();
         (
             format!("{} updates while you were busy", titles.len()),
-            titles.iter().map(|t| format!("- {t}")).collect::<Vec<_>>().join("\n"),
+            titles
+                .iter()
+                .map(|t| format!("- {t}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
         )
     }
 
     async fn webhook(&self, d: &Due, note: &Note, title: &str, body: &str) -> Outcome {
-        let secret: Option<String> = sqlx::query_scalar("SELECT secret FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2")
-            .bind(&d.tenant_id)
-            .bind(d.webhook_id)
-            .fetch_optional(&self.pool)
-            .await
-            .ok()
-            .flatten();
-        let Some(secret) = secret else { return Outcome::Failed(0, "webhook no longer exists".into()) };
+        let secret: Option<String> = sqlx::query_scalar(
+            "SELECT secret FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2",
+        )
+        .bind(&d.tenant_id)
+        .bind(d.webhook_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ok()
+        .flatten();
+        let Some(secret) = secret else {
+            return Outcome::Failed(0, "webhook no longer exists".into());
+        };
         let payload = serde_json::json!({
             "delivery_id": d.delivery_id, "notification_id": d.notification_id, "tenant": d.tenant_id,
             "rule": if d.is_summary { "summary" } else { note.rule.as_str() }, "recipient": note.recipient,
@@ -264,28 +304,38 @@ impl Worker {
             .headers(headers)
             .header("content-type", "application/json")
             .header("x-spm-timestamp", ts.to_string())
-            .header("x-spm-signature", spm_core::signature::sign(&secret, ts, &bytes))
+            .header(
+                "x-spm-signature",
+                spm_core::signature::sign(&secret, ts, &bytes),
+            )
             .header("x-spm-delivery-id", d.delivery_id.to_string())
             .header("x-spm-rule", note.rule.as_str())
             .timeout(self.policy.timeout)
             .body(bytes);
         match req.send().await {
             Ok(r) if r.status().is_success() => Outcome::Delivered(u32::from(r.status().as_u16())),
-            Ok(r) => Outcome::Failed(u32::from(r.status().as_u16()), format!("HTTP {}", r.status())),
+            Ok(r) => Outcome::Failed(
+                u32::from(r.status().as_u16()),
+                format!("HTTP {}", r.status()),
+            ),
             Err(e) => Outcome::Failed(0, e.to_string()),
         }
     }
 
     async fn email(&self, d: &Due, note: &Note, title: &str, body: &str) -> Outcome {
-        let Some(smtp) = &self.smtp else { return Outcome::Failed(0, "e-mail is not configured (SPM_SMTP_URL)".into()) };
-        let name: String = sqlx::query_scalar("SELECT display_name FROM org_reps WHERE tenant_id = $1 AND rep_id = $2")
-            .bind(&d.tenant_id)
-            .bind(&note.recipient)
-            .fetch_optional(&self.pool)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| note.recipient.clone());
+        let Some(smtp) = &self.smtp else {
+            return Outcome::Failed(0, "e-mail is not configured (SPM_SMTP_URL)".into());
+        };
+        let name: String = sqlx::query_scalar(
+            "SELECT display_name FROM org_reps WHERE tenant_id = $1 AND rep_id = $2",
+        )
+        .bind(&d.tenant_id)
+        .bind(&note.recipient)
+        .fetch_optional(&self.pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| note.recipient.clone());
         let (subject, text, html) = templates::email(title, body, &name);
         let to: Mailbox = match d.target.parse() {
             Ok(m) => m,

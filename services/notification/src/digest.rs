@@ -8,10 +8,19 @@ use crate::store;
 
 /// Sends the digests due now for every tenant (or, forced, for one tenant whatever the
 /// hour). Each recipient gets at most one digest per window (day or ISO week).
-pub async fn send_due(pool: &PgPool, only: Option<&str>, force: bool, email: bool) -> Result<u32, sqlx::Error> {
+pub async fn send_due(
+    pool: &PgPool,
+    only: Option<&str>,
+    force: bool,
+    email: bool,
+) -> Result<u32, sqlx::Error> {
     let tenants: Vec<String> = match only {
         Some(t) => vec![t.to_owned()],
-        None => sqlx::query_scalar("SELECT tenant_id FROM settings WHERE digest <> 'off'").fetch_all(pool).await?,
+        None => {
+            sqlx::query_scalar("SELECT tenant_id FROM settings WHERE digest <> 'off'")
+                .fetch_all(pool)
+                .await?
+        }
     };
     let now = Utc::now();
     let mut sent = 0;
@@ -22,7 +31,9 @@ pub async fn send_due(pool: &PgPool, only: Option<&str>, force: bool, email: boo
         let local = now.with_timezone(&tz);
         let weekly = settings.digest == "weekly";
         if !force {
-            if settings.digest == "off" || local.hour() < u32::try_from(settings.digest_hour).unwrap_or(18) {
+            if settings.digest == "off"
+                || local.hour() < u32::try_from(settings.digest_hour).unwrap_or(18)
+            {
                 continue;
             }
             if weekly && local.weekday() != Weekday::Mon {
@@ -31,7 +42,10 @@ pub async fn send_due(pool: &PgPool, only: Option<&str>, force: bool, email: boo
         }
         let (window, key) = if weekly {
             let w = local.iso_week();
-            (chrono::Duration::days(7), format!("{}-W{:02}", w.year(), w.week()))
+            (
+                chrono::Duration::days(7),
+                format!("{}-W{:02}", w.year(), w.week()),
+            )
         } else {
             (chrono::Duration::days(1), local.date_naive().to_string())
         };
@@ -53,13 +67,28 @@ pub async fn send_due(pool: &PgPool, only: Option<&str>, force: bool, email: boo
                 title: format!("Your {what} digest: {n} updates"),
                 body: format!(
                     "{}\nNext: open your statement and scorecard for the details.",
-                    titles.iter().map(|t| format!("- {t}")).collect::<Vec<_>>().join("\n")
+                    titles
+                        .iter()
+                        .map(|t| format!("- {t}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 ),
                 data: serde_json::json!({"window": key, "count": n}),
             };
-            if store::create(&mut tx, &tenant, &draft, "", &format!("digest:{key}:{recipient}"), &[], &settings, tz, &channels, now)
-                .await?
-                .is_some()
+            if store::create(
+                &mut tx,
+                &tenant,
+                &draft,
+                "",
+                &format!("digest:{key}:{recipient}"),
+                &[],
+                &settings,
+                tz,
+                &channels,
+                now,
+            )
+            .await?
+            .is_some()
             {
                 sent += 1;
             }

@@ -34,7 +34,12 @@ pub struct Config {
     pub smtp_url: Option<String>,
 
     /// Sender address of e-mails.
-    #[arg(long = "smtp-from", env = "SPM_SMTP_FROM", value_name = "SPM_SMTP_FROM", default_value = "SPM <spm@localhost>")]
+    #[arg(
+        long = "smtp-from",
+        env = "SPM_SMTP_FROM",
+        value_name = "SPM_SMTP_FROM",
+        default_value = "SPM <spm@localhost>"
+    )]
     pub smtp_from: String,
 
     /// Attempts per delivery before it is dead.
@@ -53,14 +58,23 @@ pub struct Config {
     pub timeout_ms: u64,
 
     /// How often digests are checked, seconds.
-    #[arg(long = "digest-interval-secs", env = "SPM_DIGEST_INTERVAL_SECS", value_name = "SPM_DIGEST_INTERVAL_SECS",
-          default_value_t = 60)]
+    #[arg(
+        long = "digest-interval-secs",
+        env = "SPM_DIGEST_INTERVAL_SECS",
+        value_name = "SPM_DIGEST_INTERVAL_SECS",
+        default_value_t = 60
+    )]
     pub digest_interval_secs: u64,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-pub const TOPICS: &[&str] = &[topics::TENANTS, topics::ORG, topics::SCORES, topics::EARNINGS];
+pub const TOPICS: &[&str] = &[
+    topics::TENANTS,
+    topics::ORG,
+    topics::SCORES,
+    topics::EARNINGS,
+];
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // One TLS crypto provider for webhooks and SMTP (ring: no cmake needed to build).
@@ -72,7 +86,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .with_context(|| "SPM_SMTP_URL is not a valid smtp:// or smtps:// URL")?
                 .timeout(Some(Duration::from_millis(config.timeout_ms)))
                 .build(),
-            from: config.smtp_from.parse().context("SPM_SMTP_FROM is not an e-mail address")?,
+            from: config
+                .smtp_from
+                .parse()
+                .context("SPM_SMTP_FROM is not an e-mail address")?,
         }),
     };
     let mut app = App::start("notification", config.service.clone(), &MIGRATOR).await?;
@@ -104,7 +121,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::spawn(worker.run(app.cancel.clone()));
     let (live, _) = broadcast::channel(4096);
-    tokio::spawn(spm_server::listen::forward(app.pool.clone(), consume::NOTIFY_CHANNEL, live.clone(), app.cancel.clone()));
+    tokio::spawn(spm_server::listen::forward(
+        app.pool.clone(),
+        consume::NOTIFY_CHANNEL,
+        live.clone(),
+        app.cancel.clone(),
+    ));
     {
         let pool = app.pool.clone();
         let cancel = app.cancel.clone();
@@ -135,7 +157,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let max = app.config.max_message_bytes();
     let mut grpc = GrpcServer::new(app.keys.clone());
-    grpc.add_service(NotificationServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
-        .add_service(NotificationAdminServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max));
+    grpc.add_service(
+        NotificationServiceServer::new(api.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        NotificationAdminServiceServer::new(api)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
     app.serve(grpc, axum::Router::new()).await
 }

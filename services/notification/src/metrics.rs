@@ -15,14 +15,23 @@ fn m() -> &'static M {
     static F: OnceLock<M> = OnceLock::new();
     F.get_or_init(|| {
         let deliveries = Family::default();
-        let latency = Family::new_with_constructor(spm_telemetry::metrics::latency_histogram as fn() -> Histogram);
-        spm_telemetry::metrics::register("webhook_deliveries", "Delivery attempts by channel and outcome", deliveries.clone());
+        let latency = Family::new_with_constructor(
+            spm_telemetry::metrics::latency_histogram as fn() -> Histogram,
+        );
+        spm_telemetry::metrics::register(
+            "webhook_deliveries",
+            "Delivery attempts by channel and outcome",
+            deliveries.clone(),
+        );
         spm_telemetry::metrics::register(
             "delivery_latency_seconds",
             "From notification to successful delivery, by channel",
             latency.clone(),
         );
-        M { deliveries, latency }
+        M {
+            deliveries,
+            latency,
+        }
     })
 }
 
@@ -34,7 +43,10 @@ pub fn init() {
 pub fn delivery(channel: &str, outcome: &str, latency_ms: i64) {
     let m = m();
     m.deliveries
-        .get_or_create(&vec![("channel", channel.to_owned()), ("outcome", outcome.to_owned())])
+        .get_or_create(&vec![
+            ("channel", channel.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ])
         .inc();
     if outcome == "delivered" {
         m.latency

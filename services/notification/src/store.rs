@@ -47,10 +47,11 @@ pub async fn settings(conn: &mut PgConnection, tenant: &str) -> Result<Settings,
 
 /// The tenant's time zone (from `spm.tenants.v1`).
 pub async fn time_zone(conn: &mut PgConnection, tenant: &str) -> Result<Tz, sqlx::Error> {
-    let tz: Option<String> = sqlx::query_scalar("SELECT time_zone FROM auth_tenants WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_optional(conn)
-        .await?;
+    let tz: Option<String> =
+        sqlx::query_scalar("SELECT time_zone FROM auth_tenants WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(conn)
+            .await?;
     Ok(tz.and_then(|t| t.parse().ok()).unwrap_or(Tz::UTC))
 }
 
@@ -63,7 +64,11 @@ pub struct Channels {
     pub email: bool,
 }
 
-pub async fn channels(conn: &mut PgConnection, tenant: &str, email: bool) -> Result<Channels, sqlx::Error> {
+pub async fn channels(
+    conn: &mut PgConnection,
+    tenant: &str,
+    email: bool,
+) -> Result<Channels, sqlx::Error> {
     let webhooks = sqlx::query_as("SELECT webhook_id, url, rules FROM webhooks WHERE tenant_id = $1 AND enabled ORDER BY created_at")
         .bind(tenant)
         .fetch_all(conn)
@@ -130,10 +135,25 @@ pub async fn create(
 
     let mut n = 0;
     if on("in_app") {
-        insert_delivery(conn, tenant, id, &draft.recipient, "in_app", &draft.recipient, None, "delivered", now, None, false).await?;
+        insert_delivery(
+            conn,
+            tenant,
+            id,
+            &draft.recipient,
+            "in_app",
+            &draft.recipient,
+            None,
+            "delivered",
+            now,
+            None,
+            false,
+        )
+        .await?;
         n += 1;
     }
-    let quiet = Quiet::parse(&settings.quiet_start, &settings.quiet_end).ok().flatten();
+    let quiet = Quiet::parse(&settings.quiet_start, &settings.quiet_end)
+        .ok()
+        .flatten();
     let due = quiet.map_or(now, |q| q.release(tz, now));
     let status = if due > now { "deferred" } else { "pending" };
     let mut external: Vec<(&str, String, Option<Uuid>)> = Vec::new();
@@ -145,11 +165,12 @@ pub async fn create(
         }
     }
     if channels.email && on("email") {
-        let email: Option<String> = sqlx::query_scalar("SELECT email FROM org_reps WHERE tenant_id = $1 AND rep_id = $2")
-            .bind(tenant)
-            .bind(&draft.recipient)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let email: Option<String> =
+            sqlx::query_scalar("SELECT email FROM org_reps WHERE tenant_id = $1 AND rep_id = $2")
+                .bind(tenant)
+                .bind(&draft.recipient)
+                .fetch_optional(&mut *conn)
+                .await?;
         if let Some(e) = email.filter(|e| e.contains('@')) {
             external.push(("email", e, None));
         }
@@ -176,10 +197,25 @@ pub async fn create(
             // the hour is over (or after quiet hours).
             let hour = now.format("%Y-%m-%dT%H").to_string();
             let key = format!("{channel}:{target}:{}:{hour}", draft.recipient);
-            let window_end = chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::hours(1)).unwrap_or(now)
-                + chrono::TimeDelta::hours(1);
+            let window_end =
+                chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::hours(1))
+                    .unwrap_or(now)
+                    + chrono::TimeDelta::hours(1);
             let release = quiet.map_or(window_end, |q| q.release(tz, window_end));
-            insert_delivery(conn, tenant, id, &draft.recipient, channel, &target, wid, "folded", release, Some(&key), false).await?;
+            insert_delivery(
+                conn,
+                tenant,
+                id,
+                &draft.recipient,
+                channel,
+                &target,
+                wid,
+                "folded",
+                release,
+                Some(&key),
+                false,
+            )
+            .await?;
             let summary_exists: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM deliveries WHERE tenant_id = $1 AND summary_key = $2 AND is_summary)",
             )
@@ -201,10 +237,36 @@ pub async fn create(
                 .bind(format!("summary:{key}"))
                 .execute(&mut *conn)
                 .await?;
-                insert_delivery(conn, tenant, sid, &draft.recipient, channel, &target, wid, "pending", release, Some(&key), true).await?;
+                insert_delivery(
+                    conn,
+                    tenant,
+                    sid,
+                    &draft.recipient,
+                    channel,
+                    &target,
+                    wid,
+                    "pending",
+                    release,
+                    Some(&key),
+                    true,
+                )
+                .await?;
             }
         } else {
-            insert_delivery(conn, tenant, id, &draft.recipient, channel, &target, wid, status, due, None, false).await?;
+            insert_delivery(
+                conn,
+                tenant,
+                id,
+                &draft.recipient,
+                channel,
+                &target,
+                wid,
+                status,
+                due,
+                None,
+                false,
+            )
+            .await?;
         }
         n += 1;
     }

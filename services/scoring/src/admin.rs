@@ -39,10 +39,17 @@ pub struct Admin {
 }
 
 pub fn goal_pb(g: &GoalVersion) -> pb::Goal {
-    let kind = g.period_kind.parse::<PeriodKind>().unwrap_or(PeriodKind::Month);
+    let kind = g
+        .period_kind
+        .parse::<PeriodKind>()
+        .unwrap_or(PeriodKind::Month);
     pb::Goal {
         goal_id: g.goal_id.to_string(),
-        subject_kind: if g.subject_kind == "rep" { pb::SubjectKind::Rep } else { pb::SubjectKind::Team } as i32,
+        subject_kind: if g.subject_kind == "rep" {
+            pb::SubjectKind::Rep
+        } else {
+            pb::SubjectKind::Team
+        } as i32,
         subject_id: g.subject_id.clone(),
         metric: g.metric.clone(),
         period: Some(spm_proto::common::v1::Period {
@@ -62,7 +69,10 @@ pub fn goal_pb(g: &GoalVersion) -> pb::Goal {
     }
 }
 
-async fn tenant_context(pool: &PgPool, tenant: &str) -> Result<spm_proto::common::v1::TenantContext, ApiError> {
+async fn tenant_context(
+    pool: &PgPool,
+    tenant: &str,
+) -> Result<spm_proto::common::v1::TenantContext, ApiError> {
     let row: Option<(String, i32, String)> = sqlx::query_as(
         "SELECT time_zone, fiscal_year_start_month, base_currency FROM auth_tenants WHERE tenant_id = $1",
     )
@@ -83,7 +93,11 @@ async fn tenant_context(pool: &PgPool, tenant: &str) -> Result<spm_proto::common
 }
 
 impl Admin {
-    async fn commit(&self, mut tx: sqlx::Transaction<'_, sqlx::Postgres>, job: &Job) -> Result<(), ApiError> {
+    async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        job: &Job,
+    ) -> Result<(), ApiError> {
         let mut out = Outbox::new(&self.kafka);
         engine::rescore(&mut tx, job, &mut out).await?;
         out.write(&mut tx).await?;
@@ -95,7 +109,10 @@ impl Admin {
 
 #[tonic::async_trait]
 impl ScoringAdminService for Admin {
-    async fn set_goal(&self, req: Request<pb::SetGoalRequest>) -> Result<Response<pb::SetGoalResponse>, Status> {
+    async fn set_goal(
+        &self,
+        req: Request<pb::SetGoalRequest>,
+    ) -> Result<Response<pb::SetGoalResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
         let r = req.into_inner();
@@ -113,7 +130,11 @@ impl ScoringAdminService for Admin {
         if !is_metric(&r.metric) {
             v.add("metric", format!("unknown metric {:?}", r.metric));
         }
-        let p = match period(&cal, r.period.as_ref(), &[PeriodKind::Month, PeriodKind::Quarter, PeriodKind::Year]) {
+        let p = match period(
+            &cal,
+            r.period.as_ref(),
+            &[PeriodKind::Month, PeriodKind::Quarter, PeriodKind::Year],
+        ) {
             Ok(p) if goal_period_kind_ok(p.kind) => Some(p),
             Ok(_) => None,
             Err(ApiError::InvalidArgument(mut vs)) => {
@@ -137,7 +158,10 @@ impl ScoringAdminService for Admin {
             (Some(ts), Some(p)) => match spm_proto::ext::datetime(ts) {
                 Some(t) if effective_ok(p, t) => Some(t),
                 _ => {
-                    v.add("effective_from", "must be a valid time before the end of the goal's period");
+                    v.add(
+                        "effective_from",
+                        "must be a valid time before the end of the goal's period",
+                    );
                     None
                 }
             },
@@ -168,7 +192,9 @@ impl ScoringAdminService for Admin {
         .await
         .map_err(ApiError::from)?;
         for (k, key) in others {
-            let Ok(kind) = k.parse::<PeriodKind>() else { continue };
+            let Ok(kind) = k.parse::<PeriodKind>() else {
+                continue;
+            };
             if let Ok(other) = cal.parse_key(kind, &key)
                 && overlaps(&p, &other)
             {
@@ -179,7 +205,15 @@ impl ScoringAdminService for Admin {
                 .into());
             }
         }
-        let goal_id = spm_core::derived_id(&[&c.tenant_id, "goal", subject_kind, &r.subject_id, &r.metric, p.kind.as_str(), &p.key]);
+        let goal_id = spm_core::derived_id(&[
+            &c.tenant_id,
+            "goal",
+            subject_kind,
+            &r.subject_id,
+            &r.metric,
+            p.kind.as_str(),
+            &p.key,
+        ]);
         let now = Utc::now();
         let version: i32 = sqlx::query_scalar(
             "SELECT COALESCE(max(version), 0) + 1 FROM goals WHERE tenant_id = $1 AND goal_id = $2",
@@ -223,39 +257,59 @@ impl ScoringAdminService for Admin {
         let reps = if subject_kind == "rep" {
             vec![r.subject_id.clone()]
         } else {
-            store::team_members(&mut tx, &c.tenant_id, &r.subject_id).await.map_err(ApiError::from)?
+            store::team_members(&mut tx, &c.tenant_id, &r.subject_id)
+                .await
+                .map_err(ApiError::from)?
         };
         for rep in reps {
             job.pairs.insert((rep, p.kind, p.key.clone()));
         }
         self.commit(tx, &job).await?;
-        Ok(Response::new(pb::SetGoalResponse { goal: Some(goal_pb(&g)) }))
+        Ok(Response::new(pb::SetGoalResponse {
+            goal: Some(goal_pb(&g)),
+        }))
     }
 
-    async fn list_goals(&self, req: Request<pb::ListGoalsRequest>) -> Result<Response<pb::ListGoalsResponse>, Status> {
+    async fn list_goals(
+        &self,
+        req: Request<pb::ListGoalsRequest>,
+    ) -> Result<Response<pb::ListGoalsResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let cal = calendar(&self.pool, &c.tenant_id).await?;
-        let p = period(&cal, r.period.as_ref(), &[PeriodKind::Month, PeriodKind::Quarter, PeriodKind::Year])?;
+        let p = period(
+            &cal,
+            r.period.as_ref(),
+            &[PeriodKind::Month, PeriodKind::Quarter, PeriodKind::Year],
+        )?;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
-        let versions = store::goal_versions(&mut conn, &c.tenant_id, &[format!("{}:{}", p.kind, p.key)])
-            .await
-            .map_err(ApiError::from)?;
+        let versions =
+            store::goal_versions(&mut conn, &c.tenant_id, &[format!("{}:{}", p.kind, p.key)])
+                .await
+                .map_err(ApiError::from)?;
         let goals = if r.history {
             versions
         } else {
-            versions.into_iter().filter(|g| g.superseded_at.is_none()).collect()
+            versions
+                .into_iter()
+                .filter(|g| g.superseded_at.is_none())
+                .collect()
         };
         Ok(Response::new(pb::ListGoalsResponse {
             goals: goals.iter().map(goal_pb).collect(),
         }))
     }
 
-    async fn put_scorecard(&self, req: Request<pb::PutScorecardRequest>) -> Result<Response<pb::PutScorecardResponse>, Status> {
+    async fn put_scorecard(
+        &self,
+        req: Request<pb::PutScorecardRequest>,
+    ) -> Result<Response<pb::PutScorecardResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
         let r = req.into_inner();
-        let proto = r.scorecard.ok_or_else(|| ApiError::invalid("scorecard", "is required"))?;
+        let proto = r
+            .scorecard
+            .ok_or_else(|| ApiError::invalid("scorecard", "is required"))?;
         let mut card = scorecard::from_proto(&proto).map_err(|v| {
             ApiError::InvalidArgument(v.into_iter().map(|f| f.under("scorecard")).collect())
         })?;
@@ -285,7 +339,10 @@ impl ScoringAdminService for Admin {
         // Scores of every rep and period follow the new definition.
         let ctx = tenant_context(&self.pool, &c.tenant_id).await?;
         let mut job = Job::new(&c.tenant_id, ctx, true);
-        for (rep, month) in engine::all_rep_months(&mut tx, &c.tenant_id, None).await.map_err(ApiError::from)? {
+        for (rep, month) in engine::all_rep_months(&mut tx, &c.tenant_id, None)
+            .await
+            .map_err(ApiError::from)?
+        {
             job.add_month(&rep, &month);
         }
         self.commit(tx, &job).await?;
@@ -294,7 +351,10 @@ impl ScoringAdminService for Admin {
         }))
     }
 
-    async fn list_scorecards(&self, req: Request<pb::ListScorecardsRequest>) -> Result<Response<pb::ListScorecardsResponse>, Status> {
+    async fn list_scorecards(
+        &self,
+        req: Request<pb::ListScorecardsRequest>,
+    ) -> Result<Response<pb::ListScorecardsResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let rows: Vec<(sqlx::types::Json<scorecard::Scorecard>, DateTime<Utc>)> = if r.history {
@@ -339,7 +399,10 @@ impl ScoringAdminService for Admin {
                 None
             }
         };
-        let (t, m) = (share(&r.threshold_share, "threshold_share"), share(&r.min_elapsed, "min_elapsed"));
+        let (t, m) = (
+            share(&r.threshold_share, "threshold_share"),
+            share(&r.min_elapsed, "min_elapsed"),
+        );
         let (Some(t), Some(m)) = (t, m) else {
             return Err(ApiError::InvalidArgument(v.0).into());
         };
@@ -373,7 +436,12 @@ impl ScoringAdminService for Admin {
 
 /// Raises process alerts of `tenant` at `now`: for each rep goal on an activity metric in
 /// the current month, compares this week's count with the pace the goal needs so far.
-pub async fn evaluate_alerts(pool: &PgPool, kafka: &KafkaConfig, tenant: &str, now: DateTime<Utc>) -> Result<u32, ApiError> {
+pub async fn evaluate_alerts(
+    pool: &PgPool,
+    kafka: &KafkaConfig,
+    tenant: &str,
+    now: DateTime<Utc>,
+) -> Result<u32, ApiError> {
     let cal: Calendar = calendar(pool, tenant).await?;
     let ctx = tenant_context(pool, tenant).await?;
     let settings: Settings = sqlx::query_as::<_, (Decimal, Decimal)>(
@@ -405,7 +473,12 @@ pub async fn evaluate_alerts(pool: &PgPool, kafka: &KafkaConfig, tenant: &str, n
     if goals.is_empty() {
         return Ok(0);
     }
-    let reps: Vec<String> = goals.iter().map(|g| g.subject_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let reps: Vec<String> = goals
+        .iter()
+        .map(|g| g.subject_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let actuals: std::collections::HashMap<(String, String), Decimal> = sqlx::query_as::<_, (String, String, Decimal)>(
         "SELECT rep_id, cell, sum FROM cells WHERE tenant_id = $1 AND period_kind = 'week' AND period_key = $2 AND rep_id = ANY($3)",
     )
@@ -421,7 +494,10 @@ pub async fn evaluate_alerts(pool: &PgPool, kafka: &KafkaConfig, tenant: &str, n
     let mut out = Outbox::new(kafka);
     let mut raised = 0;
     for g in goals {
-        let actual = actuals.get(&(g.subject_id.clone(), g.metric.clone())).copied().unwrap_or_default();
+        let actual = actuals
+            .get(&(g.subject_id.clone(), g.metric.clone()))
+            .copied()
+            .unwrap_or_default();
         let expected = alerts::expected(g.target, elapsed_secs, month_secs);
         if !alerts::lagging(actual, expected, share, settings) {
             continue;
@@ -430,7 +506,10 @@ pub async fn evaluate_alerts(pool: &PgPool, kafka: &KafkaConfig, tenant: &str, n
         let alert = ev::ProcessAlertRaised {
             alert_id: alert_id.to_string(),
             rep_id: g.subject_id.clone(),
-            manager_id: rep_rows.get(&g.subject_id).map(|r| r.manager_id.clone()).unwrap_or_default(),
+            manager_id: rep_rows
+                .get(&g.subject_id)
+                .map(|r| r.manager_id.clone())
+                .unwrap_or_default(),
             metric: g.metric.clone(),
             period: Some(period_pb(&month)),
             window: week.key.clone(),

@@ -14,8 +14,8 @@ use spm_proto::common::v1 as common;
 use spm_proto::events::v1 as ev;
 use spm_proto::scoring::v1 as pb;
 use spm_proto::scoring::v1::scoring_service_server::ScoringService;
-use spm_server::auth::caller;
 use spm_server::ApiError;
+use spm_server::auth::caller;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
@@ -34,7 +34,11 @@ pub struct Api {
 }
 
 /// Parses a requested period (empty key: the current one) in the tenant's calendar.
-pub fn period(cal: &Calendar, p: Option<&common::Period>, kinds: &[PeriodKind]) -> Result<Period, ApiError> {
+pub fn period(
+    cal: &Calendar,
+    p: Option<&common::Period>,
+    kinds: &[PeriodKind],
+) -> Result<Period, ApiError> {
     let p = p.cloned().unwrap_or_default();
     let kind = match common::PeriodKind::try_from(p.kind) {
         Ok(common::PeriodKind::Month) => PeriodKind::Month,
@@ -45,12 +49,16 @@ pub fn period(cal: &Calendar, p: Option<&common::Period>, kinds: &[PeriodKind]) 
     };
     if !kinds.contains(&kind) {
         let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-        return Err(ApiError::invalid("period.kind", format!("must be one of {}", names.join(", "))));
+        return Err(ApiError::invalid(
+            "period.kind",
+            format!("must be one of {}", names.join(", ")),
+        ));
     }
     if p.key.is_empty() {
         return Ok(cal.period(kind, Utc::now()));
     }
-    cal.parse_key(kind, &p.key).map_err(|e| ApiError::invalid("period.key", e.to_string()))
+    cal.parse_key(kind, &p.key)
+        .map_err(|e| ApiError::invalid("period.key", e.to_string()))
 }
 
 pub fn period_pb(p: &Period) -> common::Period {
@@ -91,7 +99,13 @@ const SCORED: &[PeriodKind] = &[PeriodKind::Month, PeriodKind::Quarter, PeriodKi
 
 impl Api {
     /// The stored snapshot, or one computed now for a rep without data in the period.
-    async fn snapshot(&self, tenant: &str, rep_id: &str, p: &Period, cal: &Calendar) -> Result<ev::ScoreChanged, ApiError> {
+    async fn snapshot(
+        &self,
+        tenant: &str,
+        rep_id: &str,
+        p: &Period,
+        cal: &Calendar,
+    ) -> Result<ev::ScoreChanged, ApiError> {
         let row: Option<(Vec<u8>,)> = sqlx::query_as(
             "SELECT snapshot FROM scores WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4",
         )
@@ -102,7 +116,8 @@ impl Api {
         .fetch_optional(&self.pool)
         .await?;
         if let Some((b,)) = row {
-            return ev::ScoreChanged::decode(b.as_slice()).map_err(|e| ApiError::Internal(e.to_string()));
+            return ev::ScoreChanged::decode(b.as_slice())
+                .map_err(|e| ApiError::Internal(e.to_string()));
         }
         let mut conn = self.pool.acquire().await?;
         let reps = store::reps(&mut conn, tenant, &[rep_id.to_owned()]).await?;
@@ -120,21 +135,42 @@ impl Api {
         let goals = store::in_force(&versions, |_| at);
         let totals = CellTotals::default();
         let goal = |m: &str| engine::target(&goals, rep_id, p.kind, &p.key, m, &months);
-        Ok(engine::snapshot(&rep, p.kind, &p.key, engine::resolve(&cards, &rep, &teams), &totals, &goal))
+        Ok(engine::snapshot(
+            &rep,
+            p.kind,
+            &p.key,
+            engine::resolve(&cards, &rep, &teams),
+            &totals,
+            &goal,
+        ))
     }
 
-    async fn goals_in_force(&self, conn: &mut sqlx::PgConnection, tenant: &str, p: &Period) -> Result<Vec<store::GoalVersion>, ApiError> {
-        let versions = store::goal_versions(conn, tenant, &[format!("{}:{}", p.kind, p.key)]).await?;
+    async fn goals_in_force(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant: &str,
+        p: &Period,
+    ) -> Result<Vec<store::GoalVersion>, ApiError> {
+        let versions =
+            store::goal_versions(conn, tenant, &[format!("{}:{}", p.kind, p.key)]).await?;
         let at = Utc::now().min(p.end);
         Ok(store::in_force(&versions, |_| at))
     }
 
-    async fn totals(&self, tenant: &str, subject: (pb::SubjectKind, &str), p: &Period, cal: &Calendar) -> Result<(CellTotals, Vec<String>), ApiError> {
+    async fn totals(
+        &self,
+        tenant: &str,
+        subject: (pb::SubjectKind, &str),
+        p: &Period,
+        cal: &Calendar,
+    ) -> Result<(CellTotals, Vec<String>), ApiError> {
         let mut conn = self.pool.acquire().await?;
         let reps = match subject.0 {
             pb::SubjectKind::Rep => vec![subject.1.to_owned()],
             pb::SubjectKind::Team => store::team_members(&mut conn, tenant, subject.1).await?,
-            pb::SubjectKind::Unspecified => return Err(ApiError::invalid("subject_kind", "must be REP or TEAM")),
+            pb::SubjectKind::Unspecified => {
+                return Err(ApiError::invalid("subject_kind", "must be REP or TEAM"));
+            }
         };
         if p.kind == PeriodKind::Week {
             let rows: Vec<(String, Decimal, i64)> = sqlx::query_as(
@@ -153,7 +189,10 @@ impl Api {
             return Ok((t, reps));
         }
         let months = months_of(cal, p);
-        Ok((store::totals_of(&mut conn, tenant, &reps, &months).await?, reps))
+        Ok((
+            store::totals_of(&mut conn, tenant, &reps, &months).await?,
+            reps,
+        ))
     }
 }
 
@@ -180,7 +219,13 @@ fn subject(kind: i32, id: &str) -> Result<(pb::SubjectKind, String), ApiError> {
 }
 
 /// The facts behind one KPI metric in a period (client event ids first).
-async fn contributions(pool: &PgPool, tenant: &str, rep: &str, metric: &str, months: &[String]) -> Result<Vec<pb::Contribution>, sqlx::Error> {
+async fn contributions(
+    pool: &PgPool,
+    tenant: &str,
+    rep: &str,
+    metric: &str,
+    months: &[String],
+) -> Result<Vec<pb::Contribution>, sqlx::Error> {
     // Deals closed (or due) in the period and what is linked to them, or the period's own
     // payments, surveys or activities.
     let (sql, kinds): (&str, Vec<&str>) = match metric {
@@ -216,7 +261,11 @@ async fn contributions(pool: &PgPool, tenant: &str, rep: &str, metric: &str, mon
         ),
     };
     let activity_kind = format!("activity:{metric}");
-    let kinds: Vec<&str> = if kinds.is_empty() { vec![activity_kind.as_str()] } else { kinds };
+    let kinds: Vec<&str> = if kinds.is_empty() {
+        vec![activity_kind.as_str()]
+    } else {
+        kinds
+    };
     let sql = format!("{sql} ORDER BY f.occurred_at, f.event_id LIMIT 1000");
     let rows: Vec<store::FactRow> = sqlx::query_as(&sql)
         .bind(tenant)
@@ -243,11 +292,15 @@ async fn contributions(pool: &PgPool, tenant: &str, rep: &str, metric: &str, mon
         .collect())
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchScoresResponse, Status>> + Send + 'static>>;
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchScoresResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl ScoringService for Api {
-    async fn get_score(&self, req: Request<pb::GetScoreRequest>) -> Result<Response<pb::GetScoreResponse>, Status> {
+    async fn get_score(
+        &self,
+        req: Request<pb::GetScoreRequest>,
+    ) -> Result<Response<pb::GetScoreResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         if r.rep_id.is_empty() {
@@ -261,7 +314,10 @@ impl ScoringService for Api {
         }))
     }
 
-    async fn explain_score(&self, req: Request<pb::ExplainScoreRequest>) -> Result<Response<pb::ExplainScoreResponse>, Status> {
+    async fn explain_score(
+        &self,
+        req: Request<pb::ExplainScoreRequest>,
+    ) -> Result<Response<pb::ExplainScoreResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         if r.rep_id.is_empty() {
@@ -272,7 +328,9 @@ impl ScoringService for Api {
         let snap = self.snapshot(&c.tenant_id, &r.rep_id, &p, &cal).await?;
         let months = months_of(&cal, &p);
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
-        let cards = store::scorecards(&mut conn, &c.tenant_id).await.map_err(ApiError::from)?;
+        let cards = store::scorecards(&mut conn, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         drop(conn);
         let card = cards.iter().find(|x| x.scorecard_id == snap.scorecard_id);
         let mut kpis = Vec::new();
@@ -283,17 +341,26 @@ impl ScoringService for Api {
                     format!(
                         "attainment = value {} / target {} = {}; points by {}; weighted {} x {}%",
                         if k.value.is_empty() { "n/a" } else { &k.value },
-                        if k.target.is_empty() { "n/a (no goal)" } else { &k.target },
-                        if k.attainment.is_empty() { "n/a" } else { &k.attainment },
+                        if k.target.is_empty() {
+                            "n/a (no goal)"
+                        } else {
+                            &k.target
+                        },
+                        if k.attainment.is_empty() {
+                            "n/a"
+                        } else {
+                            &k.attainment
+                        },
                         x.curve.describe(),
                         k.points,
                         k.weight
                     )
                 })
                 .unwrap_or_default();
-            let contributions = contributions(&self.pool, &c.tenant_id, &r.rep_id, &k.metric, &months)
-                .await
-                .map_err(ApiError::from)?;
+            let contributions =
+                contributions(&self.pool, &c.tenant_id, &r.rep_id, &k.metric, &months)
+                    .await
+                    .map_err(ApiError::from)?;
             kpis.push(pb::KpiExplanation {
                 kpi: Some(k.clone()),
                 rule,
@@ -306,12 +373,24 @@ impl ScoringService for Api {
         }))
     }
 
-    async fn get_metrics(&self, req: Request<pb::GetMetricsRequest>) -> Result<Response<pb::GetMetricsResponse>, Status> {
+    async fn get_metrics(
+        &self,
+        req: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let (kind, id) = subject(r.subject_kind, &r.subject_id)?;
         let cal = calendar(&self.pool, &c.tenant_id).await?;
-        let p = period(&cal, r.period.as_ref(), &[PeriodKind::Week, PeriodKind::Month, PeriodKind::Quarter, PeriodKind::Year])?;
+        let p = period(
+            &cal,
+            r.period.as_ref(),
+            &[
+                PeriodKind::Week,
+                PeriodKind::Month,
+                PeriodKind::Quarter,
+                PeriodKind::Year,
+            ],
+        )?;
         let (t, _) = self.totals(&c.tenant_id, (kind, &id), &p, &cal).await?;
         Ok(Response::new(pb::GetMetricsResponse {
             period: Some(period_pb(&p)),
@@ -319,7 +398,10 @@ impl ScoringService for Api {
         }))
     }
 
-    async fn get_goal_progress(&self, req: Request<pb::GetGoalProgressRequest>) -> Result<Response<pb::GetGoalProgressResponse>, Status> {
+    async fn get_goal_progress(
+        &self,
+        req: Request<pb::GetGoalProgressRequest>,
+    ) -> Result<Response<pb::GetGoalProgressResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let (kind, id) = subject(r.subject_kind, &r.subject_id)?;
@@ -327,7 +409,11 @@ impl ScoringService for Api {
         let p = period(&cal, r.period.as_ref(), SCORED)?;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
         let goals = self.goals_in_force(&mut conn, &c.tenant_id, &p).await?;
-        let kind_name = if kind == pb::SubjectKind::Rep { "rep" } else { "team" };
+        let kind_name = if kind == pb::SubjectKind::Rep {
+            "rep"
+        } else {
+            "team"
+        };
         let mine: Vec<store::GoalVersion> = goals
             .into_iter()
             .filter(|g| g.subject_kind == kind_name && g.subject_id == id)
@@ -351,10 +437,17 @@ impl ScoringService for Api {
                 let value = t.metric(&g.metric).0.unwrap_or_default();
                 pb::GoalProgress {
                     value: round(value, 4).to_string(),
-                    attainment: attainment(value, g.target).map(|a| a.to_string()).unwrap_or_default(),
+                    attainment: attainment(value, g.target)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
                     elapsed: elapsed.to_string(),
-                    projected_attainment: projected(value, g.target, elapsed).map(|a| a.to_string()).unwrap_or_default(),
-                    last_milestone_percent: u32::try_from(done.get(&g.goal_id).copied().unwrap_or(0)).unwrap_or(0),
+                    projected_attainment: projected(value, g.target, elapsed)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    last_milestone_percent: u32::try_from(
+                        done.get(&g.goal_id).copied().unwrap_or(0),
+                    )
+                    .unwrap_or(0),
                     goal: Some(crate::admin::goal_pb(&g)),
                 }
             })
@@ -362,22 +455,34 @@ impl ScoringService for Api {
         Ok(Response::new(pb::GetGoalProgressResponse { goals }))
     }
 
-    async fn get_leaderboard(&self, req: Request<pb::GetLeaderboardRequest>) -> Result<Response<pb::GetLeaderboardResponse>, Status> {
+    async fn get_leaderboard(
+        &self,
+        req: Request<pb::GetLeaderboardRequest>,
+    ) -> Result<Response<pb::GetLeaderboardResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        let by = if r.by.is_empty() { "score".to_owned() } else { r.by.clone() };
+        let by = if r.by.is_empty() {
+            "score".to_owned()
+        } else {
+            r.by.clone()
+        };
         if by != "score" && !is_metric(&by) {
-            return Err(ApiError::invalid("by", format!("must be \"score\" or a metric, got {by:?}")).into());
+            return Err(ApiError::invalid(
+                "by",
+                format!("must be \"score\" or a metric, got {by:?}"),
+            )
+            .into());
         }
         let top_n = if r.top_n == 0 { 10 } else { r.top_n.min(1000) } as usize;
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let p = period(&cal, r.period.as_ref(), SCORED)?;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
-        let mut members: BTreeSet<String> = store::team_members(&mut conn, &c.tenant_id, &r.team_id)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .collect();
+        let mut members: BTreeSet<String> =
+            store::team_members(&mut conn, &c.tenant_id, &r.team_id)
+                .await
+                .map_err(ApiError::from)?
+                .into_iter()
+                .collect();
         if r.team_id.is_empty() {
             let with_data: Vec<String> = sqlx::query_scalar(
                 "SELECT DISTINCT rep_id FROM scores WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3",
@@ -391,7 +496,9 @@ impl ScoringService for Api {
             members.extend(with_data);
         }
         let members: Vec<String> = members.into_iter().collect();
-        let reps: HashMap<String, Rep> = store::reps(&mut conn, &c.tenant_id, &members).await.map_err(ApiError::from)?;
+        let reps: HashMap<String, Rep> = store::reps(&mut conn, &c.tenant_id, &members)
+            .await
+            .map_err(ApiError::from)?;
         let mut rows: Vec<(String, Decimal, ())> = Vec::new();
         if by == "score" {
             let scored: HashMap<String, Option<Decimal>> = sqlx::query_as::<_, (String, Option<Decimal>)>(
@@ -415,7 +522,9 @@ impl ScoringService for Api {
             }
         } else {
             let months = months_of(&cal, &p);
-            let cells = store::month_cells(&mut conn, &c.tenant_id, &members, &months).await.map_err(ApiError::from)?;
+            let cells = store::month_cells(&mut conn, &c.tenant_id, &members, &months)
+                .await
+                .map_err(ApiError::from)?;
             for m in &members {
                 let mut t = CellTotals::default();
                 for mo in &months {
@@ -453,16 +562,30 @@ impl ScoringService for Api {
         }))
     }
 
-    async fn get_team_rollup(&self, req: Request<pb::GetTeamRollupRequest>) -> Result<Response<pb::GetTeamRollupResponse>, Status> {
+    async fn get_team_rollup(
+        &self,
+        req: Request<pb::GetTeamRollupRequest>,
+    ) -> Result<Response<pb::GetTeamRollupResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         if r.team_id.is_empty() {
             return Err(ApiError::invalid("team_id", "is required").into());
         }
         let cal = calendar(&self.pool, &c.tenant_id).await?;
-        let p = period(&cal, r.period.as_ref(), &[PeriodKind::Week, PeriodKind::Month, PeriodKind::Quarter, PeriodKind::Year])?;
+        let p = period(
+            &cal,
+            r.period.as_ref(),
+            &[
+                PeriodKind::Week,
+                PeriodKind::Month,
+                PeriodKind::Quarter,
+                PeriodKind::Year,
+            ],
+        )?;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
-        let teams = store::teams(&mut conn, &c.tenant_id).await.map_err(ApiError::from)?;
+        let teams = store::teams(&mut conn, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         drop(conn);
         let team = teams
             .get(&r.team_id)
@@ -472,7 +595,9 @@ impl ScoringService for Api {
             let p = p.clone();
             let tenant = c.tenant_id.clone();
             async move {
-                let (t, members) = api.totals(&tenant, (pb::SubjectKind::Team, &id), &p, &cal).await?;
+                let (t, members) = api
+                    .totals(&tenant, (pb::SubjectKind::Team, &id), &p, &cal)
+                    .await?;
                 Ok::<_, ApiError>(pb::TeamRollup {
                     team_id: id,
                     name,
@@ -482,7 +607,10 @@ impl ScoringService for Api {
             }
         };
         let top = rollup(team.team_id.clone(), team.name.clone()).await?;
-        let mut subs: Vec<&store::Team> = teams.values().filter(|t| t.parent_team_id == r.team_id).collect();
+        let mut subs: Vec<&store::Team> = teams
+            .values()
+            .filter(|t| t.parent_team_id == r.team_id)
+            .collect();
         subs.sort_by(|a, b| a.team_id.cmp(&b.team_id));
         let mut sub_teams = Vec::new();
         for s in subs {
@@ -496,7 +624,10 @@ impl ScoringService for Api {
 
     type WatchScoresStream = WatchStream;
 
-    async fn watch_scores(&self, req: Request<pb::WatchScoresRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch_scores(
+        &self,
+        req: Request<pb::WatchScoresRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let mut rx = self.scores.subscribe();
@@ -506,7 +637,13 @@ impl ScoringService for Api {
             None
         } else {
             let mut conn = pool.acquire().await.map_err(ApiError::from)?;
-            Some(store::team_members(&mut conn, &tenant, &r.team_id).await.map_err(ApiError::from)?.into_iter().collect())
+            Some(
+                store::team_members(&mut conn, &tenant, &r.team_id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .into_iter()
+                    .collect(),
+            )
         };
         let (tx, out) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
@@ -519,12 +656,16 @@ impl ScoringService for Api {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&msg) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&msg) else {
+                    continue;
+                };
                 if v["tenant"] != tenant.as_str() {
                     continue;
                 }
                 let rep = v["rep"].as_str().unwrap_or_default().to_owned();
-                if (!r.rep_id.is_empty() && rep != r.rep_id) || team_members.as_ref().is_some_and(|m| !m.contains(&rep)) {
+                if (!r.rep_id.is_empty() && rep != r.rep_id)
+                    || team_members.as_ref().is_some_and(|m| !m.contains(&rep))
+                {
                     continue;
                 }
                 let row: Option<(Vec<u8>,)> = sqlx::query_as(
@@ -538,7 +679,10 @@ impl ScoringService for Api {
                 .await
                 .ok()
                 .flatten();
-                let Some(snap) = row.and_then(|(b,)| ev::ScoreChanged::decode(b.as_slice()).ok()) else { continue };
+                let Some(snap) = row.and_then(|(b,)| ev::ScoreChanged::decode(b.as_slice()).ok())
+                else {
+                    continue;
+                };
                 let resp = pb::WatchScoresResponse {
                     score: Some(score_of(snap)),
                     previous_score: v["previous"].as_str().unwrap_or_default().to_owned(),
@@ -548,7 +692,9 @@ impl ScoringService for Api {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
     async fn get_goal_calibration(
@@ -558,7 +704,9 @@ impl ScoringService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         if !is_metric(&r.metric) {
-            return Err(ApiError::invalid("metric", format!("unknown metric {:?}", r.metric)).into());
+            return Err(
+                ApiError::invalid("metric", format!("unknown metric {:?}", r.metric)).into(),
+            );
         }
         let share = |s: &str, field: &str, default: Decimal| -> Result<Decimal, ApiError> {
             if s.is_empty() {
@@ -585,7 +733,9 @@ impl ScoringService for Api {
             .collect();
         let reps: Vec<String> = goals.iter().map(|g| g.subject_id.clone()).collect();
         let months = months_of(&cal, &p);
-        let cells = store::month_cells(&mut conn, &c.tenant_id, &reps, &months).await.map_err(ApiError::from)?;
+        let cells = store::month_cells(&mut conn, &c.tenant_id, &reps, &months)
+            .await
+            .map_err(ApiError::from)?;
         drop(conn);
         let input: Vec<(String, String, Decimal, Decimal)> = goals
             .iter()
@@ -598,7 +748,12 @@ impl ScoringService for Api {
                         }
                     }
                 }
-                (g.goal_id.to_string(), g.subject_id.clone(), t.metric(&r.metric).0.unwrap_or_default(), g.target)
+                (
+                    g.goal_id.to_string(),
+                    g.subject_id.clone(),
+                    t.metric(&r.metric).0.unwrap_or_default(),
+                    g.target,
+                )
             })
             .collect();
         let elapsed = round(p.elapsed_fraction(Utc::now()), 4);

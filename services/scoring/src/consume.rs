@@ -21,13 +21,21 @@ pub struct ScoringHandler {
 
 #[async_trait]
 impl Handler for ScoringHandler {
-    async fn apply(&self, conn: &mut PgConnection, batch: &[&Incoming], out: &mut Outbox) -> Result<(), HandlerError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[&Incoming],
+        out: &mut Outbox,
+    ) -> Result<(), HandlerError> {
         let mut by_tenant: BTreeMap<&str, Vec<&Incoming>> = BTreeMap::new();
         for inc in batch {
             if spm_server::auth::apply_tenant_event(conn, &inc.envelope).await? {
                 continue;
             }
-            by_tenant.entry(inc.envelope.tenant_id.as_str()).or_default().push(inc);
+            by_tenant
+                .entry(inc.envelope.tenant_id.as_str())
+                .or_default()
+                .push(inc);
         }
         for (tenant, events) in by_tenant {
             self.apply_tenant(conn, tenant, &events, out).await?;
@@ -37,7 +45,13 @@ impl Handler for ScoringHandler {
 }
 
 impl ScoringHandler {
-    async fn apply_tenant(&self, conn: &mut PgConnection, tenant: &str, events: &[&Incoming], out: &mut Outbox) -> Result<(), HandlerError> {
+    async fn apply_tenant(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &str,
+        events: &[&Incoming],
+        out: &mut Outbox,
+    ) -> Result<(), HandlerError> {
         let ctx = events
             .iter()
             .rev()

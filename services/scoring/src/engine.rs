@@ -45,7 +45,8 @@ pub struct Job {
 
 impl Job {
     pub fn new(tenant: &str, context: TenantContext, emit: bool) -> Self {
-        let calendar = Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
+        let calendar =
+            Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
         Self {
             tenant: tenant.to_owned(),
             context,
@@ -70,30 +71,48 @@ impl Job {
 
 /// The months (keys) a period covers.
 pub fn months_of(cal: &Calendar, p: &Period) -> Vec<String> {
-    cal.periods_between(PeriodKind::Month, p.start, p.end - chrono::Duration::seconds(1))
-        .into_iter()
-        .map(|m| m.key)
-        .collect()
+    cal.periods_between(
+        PeriodKind::Month,
+        p.start,
+        p.end - chrono::Duration::seconds(1),
+    )
+    .into_iter()
+    .map(|m| m.key)
+    .collect()
 }
 
 /// The scorecard that applies to `rep`: the nearest team up the hierarchy with one, else
 /// one for the rep's role, else the tenant default. Equal candidates: lowest id.
-pub fn resolve<'a>(cards: &'a [Scorecard], rep: &Rep, teams: &HashMap<String, Team>) -> Option<&'a Scorecard> {
+pub fn resolve<'a>(
+    cards: &'a [Scorecard],
+    rep: &Rep,
+    teams: &HashMap<String, Team>,
+) -> Option<&'a Scorecard> {
     let mut team = rep.team_id.clone();
     let mut hops = 0;
     while !team.is_empty() && hops < 64 {
-        if let Some(c) = cards.iter().find(|c| c.assignment == Assignment::Team(team.clone())) {
+        if let Some(c) = cards
+            .iter()
+            .find(|c| c.assignment == Assignment::Team(team.clone()))
+        {
             return Some(c);
         }
-        team = teams.get(&team).map(|t| t.parent_team_id.clone()).unwrap_or_default();
+        team = teams
+            .get(&team)
+            .map(|t| t.parent_team_id.clone())
+            .unwrap_or_default();
         hops += 1;
     }
     if !rep.role.is_empty()
-        && let Some(c) = cards.iter().find(|c| c.assignment == Assignment::Role(rep.role.clone()))
+        && let Some(c) = cards
+            .iter()
+            .find(|c| c.assignment == Assignment::Role(rep.role.clone()))
     {
         return Some(c);
     }
-    cards.iter().find(|c| c.assignment == Assignment::TenantDefault)
+    cards
+        .iter()
+        .find(|c| c.assignment == Assignment::TenantDefault)
 }
 
 pub use spm_server::org::chain;
@@ -144,7 +163,11 @@ pub fn snapshot(
         s.scorecard_version = card.version;
         s.score = scored.score.to_string();
         s.kpis = scored.kpis;
-        s.pillars = scored.pillars.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        s.pillars = scored
+            .pillars
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
         s.cap = card.cap.normalize().to_string();
     }
     s
@@ -167,11 +190,24 @@ fn envelope(job: &Job, causation: &str, payload: Payload) -> ev::EventEnvelope {
 /// A rep's target for a metric in a period: its goal for that period, or (quarters and
 /// years) the sum of its monthly goals within it. One goal cadence per subject and metric
 /// (SetGoal rejects overlapping kinds), so the two never double up.
-pub fn target(goals: &[GoalVersion], rep: &str, kind: PeriodKind, key: &str, metric: &str, months: &[String]) -> Option<Decimal> {
+pub fn target(
+    goals: &[GoalVersion],
+    rep: &str,
+    kind: PeriodKind,
+    key: &str,
+    metric: &str,
+    months: &[String],
+) -> Option<Decimal> {
     let mine = |k: &str, p: &str| {
         goals
             .iter()
-            .find(|g| g.subject_kind == "rep" && g.subject_id == rep && g.metric == metric && g.period_kind == k && g.period_key == p)
+            .find(|g| {
+                g.subject_kind == "rep"
+                    && g.subject_id == rep
+                    && g.metric == metric
+                    && g.period_kind == k
+                    && g.period_key == p
+            })
             .map(|g| g.target)
     };
     if let Some(t) = mine(kind.as_str(), key) {
@@ -194,12 +230,22 @@ struct Upsert {
 }
 
 /// Rescores the job's pairs. Returns the payloads to announce on [`NOTIFY_CHANNEL`].
-pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Result<Vec<String>, sqlx::Error> {
+pub async fn rescore(
+    conn: &mut PgConnection,
+    job: &Job,
+    out: &mut Outbox,
+) -> Result<Vec<String>, sqlx::Error> {
     if job.pairs.is_empty() {
         return Ok(Vec::new());
     }
     let now = Utc::now();
-    let rep_ids: Vec<String> = job.pairs.iter().map(|(r, ..)| r.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let rep_ids: Vec<String> = job
+        .pairs
+        .iter()
+        .map(|(r, ..)| r.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let reps = store::reps(conn, &job.tenant, &rep_ids).await?;
     let teams = store::teams(conn, &job.tenant).await?;
     let cards = store::scorecards(conn, &job.tenant).await?;
@@ -214,8 +260,16 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
             periods.insert((*kind, key.clone()), (p, months));
         }
     }
-    let all_months: Vec<String> = periods.values().flat_map(|(_, m)| m.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let period_names: Vec<String> = periods.keys().map(|(k, key)| format!("{k}:{key}")).collect();
+    let all_months: Vec<String> = periods
+        .values()
+        .flat_map(|(_, m)| m.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let period_names: Vec<String> = periods
+        .keys()
+        .map(|(k, key)| format!("{k}:{key}"))
+        .collect();
     // Goals of the periods themselves, and monthly goals that roll up into quarters/years.
     let mut goal_periods = period_names.clone();
     goal_periods.extend(all_months.iter().map(|m| format!("month:{m}")));
@@ -230,7 +284,10 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
         }
     }
     let goals = store::in_force(&versions, |g| {
-        let end = ends.get(&format!("{}:{}", g.period_kind, g.period_key)).copied().unwrap_or(now);
+        let end = ends
+            .get(&format!("{}:{}", g.period_kind, g.period_key))
+            .copied()
+            .unwrap_or(now);
         now.min(end)
     });
     let cells = store::month_cells(conn, &job.tenant, &rep_ids, &all_months).await?;
@@ -245,7 +302,9 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
         .bind(&period_names)
         .fetch_all(&mut *conn)
         .await?;
-        rows.into_iter().map(|(r, k, p, s)| ((r, k, p), s)).collect()
+        rows.into_iter()
+            .map(|(r, k, p, s)| ((r, k, p), s))
+            .collect()
     };
     let milestones_done: HashMap<Uuid, u32> = {
         let ids: Vec<Uuid> = goals.iter().map(|g| g.goal_id).collect();
@@ -256,7 +315,9 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
-        rows.into_iter().map(|(g, m)| (g, u32::try_from(m).unwrap_or(0))).collect()
+        rows.into_iter()
+            .map(|(g, m)| (g, u32::try_from(m).unwrap_or(0)))
+            .collect()
     };
 
     let mut notices = Vec::new();
@@ -265,7 +326,9 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
     let mut team_periods: BTreeSet<(String, PeriodKind, String)> = BTreeSet::new();
 
     for (rep_id, kind, key) in &job.pairs {
-        let Some((_, months)) = periods.get(&(*kind, key.clone())) else { continue };
+        let Some((_, months)) = periods.get(&(*kind, key.clone())) else {
+            continue;
+        };
         let rep = reps.get(rep_id).cloned().unwrap_or_else(|| Rep {
             rep_id: rep_id.clone(),
             active: true,
@@ -282,7 +345,10 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
         let rep_goals: Vec<&GoalVersion> = goals
             .iter()
             .filter(|g| {
-                g.subject_kind == "rep" && &g.subject_id == rep_id && g.period_kind == kind.as_str() && &g.period_key == key
+                g.subject_kind == "rep"
+                    && &g.subject_id == rep_id
+                    && g.period_kind == kind.as_str()
+                    && &g.period_key == key
             })
             .collect();
         let goal = |metric: &str| target(&goals, rep_id, *kind, key, metric, months);
@@ -299,7 +365,8 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
                 .and_then(|b| ev::ScoreChanged::decode(b.as_slice()).ok())
                 .map(|s| s.score)
                 .unwrap_or_default();
-            let score = (!snap.score.is_empty()).then(|| snap.score.parse::<Decimal>().unwrap_or_default());
+            let score =
+                (!snap.score.is_empty()).then(|| snap.score.parse::<Decimal>().unwrap_or_default());
             upserts.push(Upsert {
                 rep: k.0.clone(),
                 kind: k.1.clone(),
@@ -329,7 +396,9 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
         // Milestones of the rep's goals.
         for g in &rep_goals {
             let value = totals.metric(&g.metric).0.unwrap_or_default();
-            let Some(att) = attainment(value, g.target) else { continue };
+            let Some(att) = attainment(value, g.target) else {
+                continue;
+            };
             let done = milestones_done.get(&g.goal_id).copied().unwrap_or(0);
             for m in crossed(done, att) {
                 reached.push((g.goal_id, i32::try_from(m).unwrap_or(0)));
@@ -366,17 +435,27 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
     for (team, kind, key) in team_periods {
         let team_goals: Vec<&GoalVersion> = goals
             .iter()
-            .filter(|g| g.subject_kind == "team" && g.subject_id == team && g.period_kind == kind.as_str() && g.period_key == key)
+            .filter(|g| {
+                g.subject_kind == "team"
+                    && g.subject_id == team
+                    && g.period_kind == kind.as_str()
+                    && g.period_key == key
+            })
             .collect();
         if team_goals.is_empty() {
             continue;
         }
-        let months = periods.get(&(kind, key.clone())).map(|(_, m)| m.clone()).unwrap_or_default();
+        let months = periods
+            .get(&(kind, key.clone()))
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
         let members = store::team_members(conn, &job.tenant, &team).await?;
         let totals = store::totals_of(conn, &job.tenant, &members, &months).await?;
         for g in team_goals {
             let value = totals.metric(&g.metric).0.unwrap_or_default();
-            let Some(att) = attainment(value, g.target) else { continue };
+            let Some(att) = attainment(value, g.target) else {
+                continue;
+            };
             let done = milestones_done.get(&g.goal_id).copied().unwrap_or(0);
             for m in crossed(done, att) {
                 reached.push((g.goal_id, i32::try_from(m).unwrap_or(0)));
@@ -461,7 +540,11 @@ pub async fn rescore(conn: &mut PgConnection, job: &Job, out: &mut Outbox) -> Re
 
 /// Every (rep, month) a tenant (or one rep) has cells for, for rescoring after a scorecard
 /// or org change.
-pub async fn all_rep_months(conn: &mut PgConnection, tenant: &str, rep: Option<&str>) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn all_rep_months(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rep: Option<&str>,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT DISTINCT rep_id, period_key FROM cells
           WHERE tenant_id = $1 AND period_kind = 'month' AND ($2::text IS NULL OR rep_id = $2)

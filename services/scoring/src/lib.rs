@@ -26,8 +26,12 @@ pub struct Config {
     pub service: ServiceConfig,
 
     /// How often process alerts are evaluated, seconds (0: only on request).
-    #[arg(long = "alert-interval-secs", env = "SPM_ALERT_INTERVAL_SECS", value_name = "SPM_ALERT_INTERVAL_SECS",
-          default_value_t = 300)]
+    #[arg(
+        long = "alert-interval-secs",
+        env = "SPM_ALERT_INTERVAL_SECS",
+        value_name = "SPM_ALERT_INTERVAL_SECS",
+        default_value_t = 300
+    )]
     pub alert_interval_secs: u64,
 
     #[command(subcommand)]
@@ -46,7 +50,12 @@ pub enum Command {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The topics scoring consumes.
-pub const TOPICS: &[&str] = &[topics::TENANTS, topics::ORG, topics::ACTIVITIES, topics::DEALS];
+pub const TOPICS: &[&str] = &[
+    topics::TENANTS,
+    topics::ORG,
+    topics::ACTIVITIES,
+    topics::DEALS,
+];
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     match config.command {
@@ -57,14 +66,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut app = App::start("scoring", config.service.clone(), &MIGRATOR).await?;
-    app.consume("scoring", TOPICS, Arc::new(consume::ScoringHandler { emit: true }));
+    app.consume(
+        "scoring",
+        TOPICS,
+        Arc::new(consume::ScoringHandler { emit: true }),
+    );
 
     let (scores_tx, _) = broadcast::channel(4096);
     {
         let pool = app.pool.clone();
         let tx = scores_tx.clone();
         let cancel = app.cancel.clone();
-        tokio::spawn(spm_server::listen::forward(pool, engine::NOTIFY_CHANNEL, tx, cancel));
+        tokio::spawn(spm_server::listen::forward(
+            pool,
+            engine::NOTIFY_CHANNEL,
+            tx,
+            cancel,
+        ));
     }
     let admin = admin::Admin {
         pool: app.pool.clone(),
@@ -83,27 +101,40 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let max = app.config.max_message_bytes();
     let mut grpc = GrpcServer::new(app.keys.clone());
-    grpc.add_service(ScoringServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max))
-        .add_service(ScoringAdminServiceServer::new(admin).max_decoding_message_size(max).max_encoding_message_size(max));
+    grpc.add_service(
+        ScoringServiceServer::new(api)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        ScoringAdminServiceServer::new(admin)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
     app.serve(grpc, axum::Router::new()).await
 }
 
-async fn alert_ticker(admin: admin::Admin, every: Duration, cancel: tokio_util::sync::CancellationToken) {
+async fn alert_ticker(
+    admin: admin::Admin,
+    every: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let tenants: Vec<String> = match sqlx::query_scalar("SELECT tenant_id FROM auth_tenants WHERE active")
-            .fetch_all(&admin.pool)
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "alert ticker: cannot list tenants");
-                continue;
-            }
-        };
+        let tenants: Vec<String> =
+            match sqlx::query_scalar("SELECT tenant_id FROM auth_tenants WHERE active")
+                .fetch_all(&admin.pool)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert ticker: cannot list tenants");
+                    continue;
+                }
+            };
         for t in tenants {
             match admin::evaluate_alerts(&admin.pool, &admin.kafka, &t, chrono::Utc::now()).await {
                 Ok(n) if n > 0 => tracing::info!(tenant = %t, raised = n, "process alerts raised"),
@@ -117,14 +148,30 @@ async fn alert_ticker(admin: admin::Admin, every: Duration, cancel: tokio_util::
 
 /// Tables rebuilt from the topics. Goals, scorecards, alert settings, milestones and
 /// process alerts are admin data or history and stay.
-pub const PROJECTIONS: &[&str] = &["facts", "cells", "scores", "org_reps", "org_teams", "auth_tenants", "auth_keys", "inbox"];
+pub const PROJECTIONS: &[&str] = &[
+    "facts",
+    "cells",
+    "scores",
+    "org_reps",
+    "org_teams",
+    "auth_tenants",
+    "auth_keys",
+    "inbox",
+];
 
 async fn rebuild(config: Config) -> anyhow::Result<()> {
     let telemetry = spm_telemetry::init("spm-scoring-rebuild", config.service.log_format)?;
-    let pool = spm_server::db::connect(&config.service.database_url, "scoring", config.service.db_max_connections).await?;
+    let pool = spm_server::db::connect(
+        &config.service.database_url,
+        "scoring",
+        config.service.db_max_connections,
+    )
+    .await?;
     spm_server::db::migrate(&pool, &MIGRATOR).await?;
     let started = std::time::Instant::now();
-    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", "))).execute(&pool).await?;
+    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", ")))
+        .execute(&pool)
+        .await?;
     let producer = spm_bus::Producer::new(&config.service.kafka)?;
     let l = spm_bus::consumer::ConsumerLoop::new(
         &config.service.kafka,
@@ -135,9 +182,14 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
         Arc::new(consume::ScoringHandler { emit: false }),
     );
     let read = l.replay(spm_server::shutdown::on_signal()).await?;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM facts").fetch_one(&pool).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM facts")
+        .fetch_one(&pool)
+        .await?;
     tracing::info!(records = read, facts = rows, elapsed = ?started.elapsed(), "rebuild done");
-    println!("rebuilt scoring from {read} records ({rows} facts) in {:.2?}", started.elapsed());
+    println!(
+        "rebuilt scoring from {read} records ({rows} facts) in {:.2?}",
+        started.elapsed()
+    );
     telemetry.shutdown().await;
     Ok(())
 }

@@ -30,7 +30,10 @@ pub struct GoalVersion {
 }
 
 /// The latest version of every scorecard of a tenant, ordered by id.
-pub async fn scorecards(conn: &mut PgConnection, tenant: &str) -> Result<Vec<Scorecard>, sqlx::Error> {
+pub async fn scorecards(
+    conn: &mut PgConnection,
+    tenant: &str,
+) -> Result<Vec<Scorecard>, sqlx::Error> {
     let rows: Vec<(sqlx::types::Json<Scorecard>,)> = sqlx::query_as(
         "SELECT DISTINCT ON (scorecard_id) definition FROM scorecards WHERE tenant_id = $1
           ORDER BY scorecard_id, version DESC",
@@ -42,7 +45,11 @@ pub async fn scorecards(conn: &mut PgConnection, tenant: &str) -> Result<Vec<Sco
 }
 
 /// Every version of the goals of the given periods (`kind:key`).
-pub async fn goal_versions(conn: &mut PgConnection, tenant: &str, periods: &[String]) -> Result<Vec<GoalVersion>, sqlx::Error> {
+pub async fn goal_versions(
+    conn: &mut PgConnection,
+    tenant: &str,
+    periods: &[String],
+) -> Result<Vec<GoalVersion>, sqlx::Error> {
     sqlx::query_as(
         "SELECT goal_id, version, subject_kind, subject_id, metric, period_kind, period_key, target, effective_from,
                 created_at, superseded_at
@@ -57,7 +64,10 @@ pub async fn goal_versions(conn: &mut PgConnection, tenant: &str, periods: &[Str
 
 /// The versions in force at `at` (or at the period end if earlier): per goal, the latest
 /// version whose effective_from is not after that instant.
-pub fn in_force(versions: &[GoalVersion], at: impl Fn(&GoalVersion) -> DateTime<Utc>) -> Vec<GoalVersion> {
+pub fn in_force(
+    versions: &[GoalVersion],
+    at: impl Fn(&GoalVersion) -> DateTime<Utc>,
+) -> Vec<GoalVersion> {
     let mut best: HashMap<Uuid, &GoalVersion> = HashMap::new();
     for v in versions {
         if v.effective_from > at(v) {
@@ -99,7 +109,12 @@ pub async fn month_cells(
 }
 
 /// Totals of a set of reps over months.
-pub async fn totals_of(conn: &mut PgConnection, tenant: &str, reps: &[String], months: &[String]) -> Result<CellTotals, sqlx::Error> {
+pub async fn totals_of(
+    conn: &mut PgConnection,
+    tenant: &str,
+    reps: &[String],
+    months: &[String],
+) -> Result<CellTotals, sqlx::Error> {
     let rows: Vec<(String, Decimal, i64)> = sqlx::query_as(
         "SELECT cell, sum(sum), sum(n)::bigint FROM cells
           WHERE tenant_id = $1 AND period_kind = 'month' AND rep_id = ANY($2) AND period_key = ANY($3)
@@ -118,7 +133,11 @@ pub async fn totals_of(conn: &mut PgConnection, tenant: &str, reps: &[String], m
 }
 
 /// Facts of (rep, deal) pairs already stored, for linking payments/reversals and deals.
-pub async fn linked_facts(conn: &mut PgConnection, tenant: &str, pairs: &BTreeSet<(String, String)>) -> Result<Vec<Fact>, sqlx::Error> {
+pub async fn linked_facts(
+    conn: &mut PgConnection,
+    tenant: &str,
+    pairs: &BTreeSet<(String, String)>,
+) -> Result<Vec<Fact>, sqlx::Error> {
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
@@ -173,7 +192,11 @@ impl FactRow {
     }
 }
 
-pub async fn insert_facts(conn: &mut PgConnection, tenant: &str, facts: &[Fact]) -> Result<(), sqlx::Error> {
+pub async fn insert_facts(
+    conn: &mut PgConnection,
+    tenant: &str,
+    facts: &[Fact],
+) -> Result<(), sqlx::Error> {
     if facts.is_empty() {
         return Ok(());
     }
@@ -209,9 +232,15 @@ pub async fn insert_facts(conn: &mut PgConnection, tenant: &str, facts: &[Fact])
 }
 
 /// Adds deltas to cells (summed per cell first: one row per cell per batch).
-pub async fn add_cells(conn: &mut PgConnection, tenant: &str, deltas: Vec<Delta>) -> Result<(), sqlx::Error> {
-    let mut merged: std::collections::BTreeMap<(String, &'static str, String, &'static str), (Decimal, i64)> =
-        std::collections::BTreeMap::new();
+pub async fn add_cells(
+    conn: &mut PgConnection,
+    tenant: &str,
+    deltas: Vec<Delta>,
+) -> Result<(), sqlx::Error> {
+    let mut merged: std::collections::BTreeMap<
+        (String, &'static str, String, &'static str),
+        (Decimal, i64),
+    > = std::collections::BTreeMap::new();
     for d in deltas {
         let e = merged
             .entry((d.rep_id, d.period_kind.as_str(), d.period_key, d.cell))

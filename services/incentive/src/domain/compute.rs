@@ -25,7 +25,9 @@ use super::plan::{Basis, GateAction, Mode, Plan, Reward};
 use super::ratio;
 
 /// Ledger line kinds (as in `spm.events.v1.EarningKind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Kind {
     Commission,
     Bonus,
@@ -35,7 +37,9 @@ pub enum Kind {
 }
 
 /// Ledger statuses (as in `spm.events.v1.EarningStatus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Status {
     Earned,
     Payable,
@@ -56,9 +60,15 @@ impl Kind {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Commission, Self::Bonus, Self::Spiff, Self::Clawback, Self::Adjustment]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Commission,
+            Self::Bonus,
+            Self::Spiff,
+            Self::Clawback,
+            Self::Adjustment,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
     /// The kind a line key denotes.
@@ -96,9 +106,15 @@ impl Status {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Earned, Self::Payable, Self::Held, Self::Paid, Self::Reversed]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Earned,
+            Self::Payable,
+            Self::Held,
+            Self::Paid,
+            Self::Reversed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
     pub fn to_proto(self) -> i32 {
@@ -213,7 +229,14 @@ fn pct(d: Decimal) -> String {
 /// Splits `amount` into statuses: held, or payable at close + payable on collection
 /// (in proportion to `collected`), the rest earned; payable becomes paid once the period
 /// is paid. `amount` is already rounded; the parts sum to it exactly.
-fn split(amount: Decimal, at_close_pct: Decimal, collected: Decimal, cur: Currency, held: bool, paid: bool) -> Vec<(Status, Decimal)> {
+fn split(
+    amount: Decimal,
+    at_close_pct: Decimal,
+    collected: Decimal,
+    cur: Currency,
+    held: bool,
+    paid: bool,
+) -> Vec<(Status, Decimal)> {
     if amount.is_zero() {
         return Vec::new();
     }
@@ -240,7 +263,11 @@ fn split(amount: Decimal, at_close_pct: Decimal, collected: Decimal, cur: Curren
 #[allow(clippy::too_many_lines)]
 pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
     let mut deals: Vec<&DealIn> = rp.deals.iter().collect();
-    deals.sort_by(|a, b| a.closed_at.cmp(&b.closed_at).then_with(|| a.event_id.cmp(&b.event_id)));
+    deals.sort_by(|a, b| {
+        a.closed_at
+            .cmp(&b.closed_at)
+            .then_with(|| a.event_id.cmp(&b.event_id))
+    });
     let window = i64::from(plan.clawback_window_days);
     let clawed_of = |d: &DealIn| -> Decimal {
         if window == 0 {
@@ -254,7 +281,10 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
             .sum();
         c.min(d.credited).max(Decimal::ZERO)
     };
-    let nets: Vec<(Decimal, Decimal)> = deals.iter().map(|d| (clawed_of(d), d.credited - clawed_of(d))).collect();
+    let nets: Vec<(Decimal, Decimal)> = deals
+        .iter()
+        .map(|d| (clawed_of(d), d.credited - clawed_of(d)))
+        .collect();
     let revenue: Decimal = nets.iter().map(|(_, n)| *n).sum();
     let quota = plan.quota_for(&rp.rep_id);
     let basis = plan.commission.as_ref().map(|c| c.basis);
@@ -294,12 +324,26 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
         let reversed: Decimal = d.reversals.iter().map(|r| r.amount).sum();
         let due = d.credited - reversed;
         let paid: Decimal = d.payments.iter().map(|p| p.amount).sum();
-        if due <= Decimal::ZERO { Decimal::ONE } else { paid / due }
+        if due <= Decimal::ZERO {
+            Decimal::ONE
+        } else {
+            paid / due
+        }
     };
 
     if let Some(c) = &plan.commission {
-        let pos = |amount: Decimal| if c.basis == Basis::Attainment { amount / quota } else { amount };
-        let unit = if c.basis == Basis::Attainment { quota } else { Decimal::ONE };
+        let pos = |amount: Decimal| {
+            if c.basis == Basis::Attainment {
+                amount / quota
+            } else {
+                amount
+            }
+        };
+        let unit = if c.basis == Basis::Attainment {
+            quota
+        } else {
+            Decimal::ONE
+        };
         let total_pos = pos(revenue);
         let below = total_pos < c.threshold;
         let (reached_tier, retro_rate) = rate_at(&c.tiers, total_pos);
@@ -328,7 +372,11 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                                 slices.push(json!({"tier": i + 1, "from": money(*from), "to": to.map(money), "rate": money(*rate), "base": money(cur.round(base))}));
                             }
                         }
-                        let eff = if net.is_zero() { rate_at(&c.tiers, start).1 } else { total / net };
+                        let eff = if net.is_zero() {
+                            rate_at(&c.tiers, start).1
+                        } else {
+                            total / net
+                        };
                         (total, eff)
                     }
                     Mode::Retroactive => {
@@ -354,7 +402,11 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                 }
             }
             period_paid += comm_net;
-            let scale = if uncapped > Decimal::ZERO { comm_net / uncapped } else { Decimal::ONE };
+            let scale = if uncapped > Decimal::ZERO {
+                comm_net / uncapped
+            } else {
+                Decimal::ONE
+            };
             let mut eff = eff_rate * scale * factor;
             if net.is_zero()
                 && let Some(cap) = c.per_deal_cap
@@ -365,16 +417,30 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
             }
             cum += net;
             let gross = cur.round(d.credited * eff);
-            let claw = if clawed.is_zero() { Decimal::ZERO } else { cur.round(*clawed * eff) };
+            let claw = if clawed.is_zero() {
+                Decimal::ZERO
+            } else {
+                cur.round(*clawed * eff)
+            };
             let collected = collected_of(d);
             let summary = {
                 let mut s = if slices.len() > 1 {
-                    format!("{} of {} {} across {} tiers", pct(ratio(eff)), money(d.credited), cur, slices.len())
+                    format!(
+                        "{} of {} {} across {} tiers",
+                        pct(ratio(eff)),
+                        money(d.credited),
+                        cur,
+                        slices.len()
+                    )
                 } else {
                     format!("{} of {} {}", pct(ratio(eff)), money(d.credited), cur)
                 };
                 if below {
-                    s = format!("nothing: period attainment {} is below the {} threshold", money(ratio(total_pos)), money(c.threshold));
+                    s = format!(
+                        "nothing: period attainment {} is below the {} threshold",
+                        money(ratio(total_pos)),
+                        money(c.threshold)
+                    );
                 }
                 if factor != Decimal::ONE {
                     s.push_str(&format!(", x{} by gate", money(factor)));
@@ -437,7 +503,11 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
             let matching: Decimal = if s.products.is_empty() && d.lines.is_empty() {
                 d.credited
             } else {
-                d.lines.iter().filter(|(p, _)| s.products.is_empty() || s.products.contains(p)).map(|(_, a)| *a).sum()
+                d.lines
+                    .iter()
+                    .filter(|(p, _)| s.products.is_empty() || s.products.contains(p))
+                    .map(|(_, a)| *a)
+                    .sum()
             };
             if matching.is_zero() {
                 continue;
@@ -464,8 +534,20 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                 "rounding": format!("half-even to {} {} per line", cur.unit(), cur),
             });
             let summary = match s.reward {
-                Reward::Fixed(a) => format!("SPIFF {}: {} {} for deal {}", s.spiff_id, money(a), cur, d.deal_id),
-                Reward::Rate(r) => format!("SPIFF {}: {} of {} {}", s.spiff_id, pct(r), money(matching), cur),
+                Reward::Fixed(a) => format!(
+                    "SPIFF {}: {} {} for deal {}",
+                    s.spiff_id,
+                    money(a),
+                    cur,
+                    d.deal_id
+                ),
+                Reward::Rate(r) => format!(
+                    "SPIFF {}: {} of {} {}",
+                    s.spiff_id,
+                    pct(r),
+                    money(matching),
+                    cur
+                ),
             };
             lines.push(Line {
                 key: format!("spiff:{}:{}", s.spiff_id, d.deal_id),
@@ -484,7 +566,12 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                         kind: Kind::Clawback,
                         deal_id: d.deal_id.clone(),
                         amounts: vec![(Status::Reversed, -claw)],
-                        summary: format!("SPIFF {} clawback: {} of {} reversed", s.spiff_id, money(*clawed), money(d.credited)),
+                        summary: format!(
+                            "SPIFF {} clawback: {} of {} reversed",
+                            s.spiff_id,
+                            money(*clawed),
+                            money(d.credited)
+                        ),
                         explanation,
                         inputs: inputs_of(d),
                     });
@@ -518,7 +605,8 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
             }
         }
         if let Some(score) = rp.score
-            && let Some((min, amount)) = plan.score_bonus.iter().rev().find(|(min, _)| score >= *min)
+            && let Some((min, amount)) =
+                plan.score_bonus.iter().rev().find(|(min, _)| score >= *min)
             && !amount.is_zero()
         {
             lines.push(Line {
@@ -587,7 +675,10 @@ pub(crate) mod tests {
     }
 
     fn line<'a>(o: &'a Outcome, key: &str) -> &'a Line {
-        o.lines.iter().find(|l| l.key == key).unwrap_or_else(|| panic!("no line {key}: {:?}", o.lines))
+        o.lines
+            .iter()
+            .find(|l| l.key == key)
+            .unwrap_or_else(|| panic!("no line {key}: {:?}", o.lines))
     }
 
     #[test]
@@ -598,7 +689,11 @@ pub(crate) mod tests {
         let plan = plan_with(|_| {});
         let o = compute(
             &plan,
-            &period(vec![deal("d1", "2026-11-02", dec!(8000)), deal("d2", "2026-11-05", dec!(4000)), deal("d3", "2026-11-09", dec!(5000))]),
+            &period(vec![
+                deal("d1", "2026-11-02", dec!(8000)),
+                deal("d2", "2026-11-05", dec!(4000)),
+                deal("d3", "2026-11-09", dec!(5000)),
+            ]),
             eur(),
         );
         assert_eq!(line(&o, "commission:d1").total(), dec!(400.00));
@@ -610,11 +705,23 @@ pub(crate) mod tests {
 
     #[test]
     fn retroactive_pays_everything_at_the_reached_tier() {
-        let plan = plan_with(|p| p.commission.as_mut().unwrap().mode = pb::TierMode::Retroactive as i32);
-        let below = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(9000))]), eur());
+        let plan =
+            plan_with(|p| p.commission.as_mut().unwrap().mode = pb::TierMode::Retroactive as i32);
+        let below = compute(
+            &plan,
+            &period(vec![deal("d1", "2026-11-02", dec!(9000))]),
+            eur(),
+        );
         assert_eq!(below.total(), dec!(450.00));
         // Crossing 100% lifts the earlier deal to 8% too.
-        let above = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(9000)), deal("d2", "2026-11-05", dec!(2000))]), eur());
+        let above = compute(
+            &plan,
+            &period(vec![
+                deal("d1", "2026-11-02", dec!(9000)),
+                deal("d2", "2026-11-05", dec!(2000)),
+            ]),
+            eur(),
+        );
         assert_eq!(line(&above, "commission:d1").total(), dec!(720.00));
         assert_eq!(line(&above, "commission:d2").total(), dec!(160.00));
     }
@@ -622,17 +729,42 @@ pub(crate) mod tests {
     #[test]
     fn business_order_not_arrival_order_decides_slices() {
         let plan = plan_with(|_| {});
-        let a = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(8000)), deal("d2", "2026-11-05", dec!(4000))]), eur());
-        let b = compute(&plan, &period(vec![deal("d2", "2026-11-05", dec!(4000)), deal("d1", "2026-11-02", dec!(8000))]), eur());
+        let a = compute(
+            &plan,
+            &period(vec![
+                deal("d1", "2026-11-02", dec!(8000)),
+                deal("d2", "2026-11-05", dec!(4000)),
+            ]),
+            eur(),
+        );
+        let b = compute(
+            &plan,
+            &period(vec![
+                deal("d2", "2026-11-05", dec!(4000)),
+                deal("d1", "2026-11-02", dec!(8000)),
+            ]),
+            eur(),
+        );
         assert_eq!(a, b);
     }
 
     #[test]
     fn threshold_pays_nothing_below() {
         let plan = plan_with(|p| p.commission.as_mut().unwrap().threshold = "0.5".into());
-        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(4000))]), eur());
+        let o = compute(
+            &plan,
+            &period(vec![deal("d1", "2026-11-02", dec!(4000))]),
+            eur(),
+        );
         assert_eq!(o.total(), dec!(0));
-        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(4000)), deal("d2", "2026-11-03", dec!(1000))]), eur());
+        let o = compute(
+            &plan,
+            &period(vec![
+                deal("d1", "2026-11-02", dec!(4000)),
+                deal("d2", "2026-11-03", dec!(1000)),
+            ]),
+            eur(),
+        );
         assert_eq!(o.total(), dec!(250.00));
     }
 
@@ -644,7 +776,14 @@ pub(crate) mod tests {
             c.period_cap = "500".into();
         });
         // d1 8,000 -> 400 capped at 300; d2 4,000 -> 260 but only 200 left in the period.
-        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(8000)), deal("d2", "2026-11-05", dec!(4000))]), eur());
+        let o = compute(
+            &plan,
+            &period(vec![
+                deal("d1", "2026-11-02", dec!(8000)),
+                deal("d2", "2026-11-05", dec!(4000)),
+            ]),
+            eur(),
+        );
         assert_eq!(line(&o, "commission:d1").total(), dec!(300.00));
         assert_eq!(line(&o, "commission:d2").total(), dec!(200.00));
         assert!(line(&o, "commission:d1").summary.contains("capped"));
@@ -664,10 +803,16 @@ pub(crate) mod tests {
         let mut rp = period(vec![deal("d1", "2026-11-02", dec!(8000))]);
         rp.metrics.insert("collection_rate".into(), dec!(0.65));
         let o = compute(&plan, &rp, eur());
-        assert_eq!(line(&o, "commission:d1").amounts, vec![(Status::Payable, dec!(200.00))]);
+        assert_eq!(
+            line(&o, "commission:d1").amounts,
+            vec![(Status::Payable, dec!(200.00))]
+        );
         rp.metrics.insert("csat_avg".into(), dec!(3.8));
         let o = compute(&plan, &rp, eur());
-        assert_eq!(line(&o, "commission:d1").amounts, vec![(Status::Held, dec!(200.00))]);
+        assert_eq!(
+            line(&o, "commission:d1").amounts,
+            vec![(Status::Held, dec!(200.00))]
+        );
         assert!(o.held);
         // A metric not reported does not trigger.
         rp.metrics.clear();
@@ -691,7 +836,13 @@ pub(crate) mod tests {
         });
         // 400: 200 at close + 200 x 2000/8000 = 50 on collection -> 250 payable, 150 earned.
         let o = compute(&plan, &period(vec![d]), eur());
-        assert_eq!(line(&o, "commission:d1").amounts, vec![(Status::Payable, dec!(250.00)), (Status::Earned, dec!(150.00))]);
+        assert_eq!(
+            line(&o, "commission:d1").amounts,
+            vec![
+                (Status::Payable, dec!(250.00)),
+                (Status::Earned, dec!(150.00))
+            ]
+        );
     }
 
     #[test]
@@ -706,7 +857,10 @@ pub(crate) mod tests {
         });
         let o = compute(&plan, &period(vec![d.clone()]), eur());
         assert_eq!(line(&o, "commission:d1").total(), dec!(400.00));
-        assert_eq!(line(&o, "clawback:d1").amounts, vec![(Status::Reversed, dec!(-100.00))]);
+        assert_eq!(
+            line(&o, "clawback:d1").amounts,
+            vec![(Status::Reversed, dec!(-100.00))]
+        );
         assert_eq!(o.revenue, dec!(6000));
         // Outside the 90-day window: no clawback, revenue stays.
         d.reversals[0].at = at("2027-03-01");
@@ -729,10 +883,21 @@ pub(crate) mod tests {
         });
         let mk = |id: &str, day: &str| {
             let mut d = deal(id, day, dec!(5000));
-            d.lines = vec![("analytics".into(), dec!(3000)), ("support".into(), dec!(2000))];
+            d.lines = vec![
+                ("analytics".into(), dec!(3000)),
+                ("support".into(), dec!(2000)),
+            ];
             d
         };
-        let o = compute(&plan, &period(vec![mk("first-day", "2026-11-01"), mk("last-day", "2026-11-15"), mk("after", "2026-11-16")]), eur());
+        let o = compute(
+            &plan,
+            &period(vec![
+                mk("first-day", "2026-11-01"),
+                mk("last-day", "2026-11-15"),
+                mk("after", "2026-11-16"),
+            ]),
+            eur(),
+        );
         assert_eq!(line(&o, "spiff:q4:first-day").total(), dec!(60.00));
         assert_eq!(line(&o, "spiff:q4:last-day").total(), dec!(60.00));
         assert!(o.lines.iter().all(|l| l.key != "spiff:q4:after"));
@@ -741,15 +906,29 @@ pub(crate) mod tests {
     #[test]
     fn bonuses_only_at_close() {
         let plan = plan_with(|p| {
-            p.attainment_bonuses.push(pb::AttainmentBonus { at: "1".into(), amount: "1000".into() });
+            p.attainment_bonuses.push(pb::AttainmentBonus {
+                at: "1".into(),
+                amount: "1000".into(),
+            });
             p.score_bonus = vec![
-                pb::ScoreBand { min_score: "80".into(), amount: "300".into() },
-                pb::ScoreBand { min_score: "100".into(), amount: "600".into() },
+                pb::ScoreBand {
+                    min_score: "80".into(),
+                    amount: "300".into(),
+                },
+                pb::ScoreBand {
+                    min_score: "100".into(),
+                    amount: "600".into(),
+                },
             ];
         });
         let mut rp = period(vec![deal("d1", "2026-11-02", dec!(12000))]);
         rp.score = Some(dec!(95));
-        assert!(compute(&plan, &rp, eur()).lines.iter().all(|l| l.kind != Kind::Bonus));
+        assert!(
+            compute(&plan, &rp, eur())
+                .lines
+                .iter()
+                .all(|l| l.kind != Kind::Bonus)
+        );
         rp.closed = true;
         let o = compute(&plan, &rp, eur());
         assert_eq!(line(&o, "bonus:attainment:1").total(), dec!(1000.00));
@@ -760,7 +939,11 @@ pub(crate) mod tests {
     fn split_credit_is_paid_on_the_rep_share_only() {
         // Ingest credits 60% of a 10,000 deal: 6,000 to this rep.
         let plan = plan_with(|_| {});
-        let o = compute(&plan, &period(vec![deal("d1", "2026-11-02", dec!(6000))]), eur());
+        let o = compute(
+            &plan,
+            &period(vec![deal("d1", "2026-11-02", dec!(6000))]),
+            eur(),
+        );
         assert_eq!(o.total(), dec!(300.00));
     }
 }

@@ -86,7 +86,10 @@ pub fn hold(held: &mut Holdings, postings: &[Posting]) {
 /// (up to what is still payable for the line); only the rest of the payable amount is new.
 pub fn keep_paid(target: &mut Outcome, held: &Holdings) {
     for l in &mut target.lines {
-        let paid = held.get(&(l.key.clone(), Status::Paid)).copied().unwrap_or_default();
+        let paid = held
+            .get(&(l.key.clone(), Status::Paid))
+            .copied()
+            .unwrap_or_default();
         if paid <= Decimal::ZERO {
             continue;
         }
@@ -133,7 +136,11 @@ mod tests {
         let mut rp = period(vec![]);
         for (_, e) in evs {
             if let Ev::Deal(i, day, cents) = e {
-                let mut d = deal(&format!("d{i}"), &format!("2026-11-{:02}", day), Decimal::new(*cents, 2));
+                let mut d = deal(
+                    &format!("d{i}"),
+                    &format!("2026-11-{:02}", day),
+                    Decimal::new(*cents, 2),
+                );
                 d.event_id = format!("ev-d{i}");
                 rp.deals.push(d);
             }
@@ -166,7 +173,8 @@ mod tests {
             }
         }
         if let Some((_, _, v)) = metric {
-            rp.metrics.insert("collection_rate".into(), Decimal::new(v, 2));
+            rp.metrics
+                .insert("collection_rate".into(), Decimal::new(v, 2));
         }
         for d in &mut rp.deals {
             d.payments.sort_by(|a, b| a.event_id.cmp(&b.event_id));

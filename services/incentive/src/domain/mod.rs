@@ -11,5 +11,6 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 /// Rounds a ratio for display (4 decimals, half-even).
 pub fn ratio(d: Decimal) -> Decimal {
-    d.round_dp_with_strategy(4, RoundingStrategy::MidpointNearestEven).normalize()
+    d.round_dp_with_strategy(4, RoundingStrategy::MidpointNearestEven)
+        .normalize()
 }

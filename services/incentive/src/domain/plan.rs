@@ -135,7 +135,9 @@ impl Plan {
     /// The rep's quota (attainment basis) or 1 (amount basis: positions are amounts).
     pub fn quota_for(&self, rep: &str) -> Decimal {
         match &self.commission {
-            Some(c) if c.basis == Basis::Attainment => c.rep_quotas.get(rep).copied().unwrap_or(c.quota),
+            Some(c) if c.basis == Basis::Attainment => {
+                c.rep_quotas.get(rep).copied().unwrap_or(c.quota)
+            }
             _ => Decimal::ONE,
         }
     }
@@ -152,7 +154,11 @@ fn dec(v: &mut Violations, field: &str, s: &str) -> Option<Decimal> {
 }
 
 fn opt_dec(v: &mut Violations, field: &str, s: &str) -> Option<Option<Decimal>> {
-    if s.is_empty() { Some(None) } else { dec(v, field, s).map(Some) }
+    if s.is_empty() {
+        Some(None)
+    } else {
+        dec(v, field, s).map(Some)
+    }
 }
 
 fn non_negative(v: &mut Violations, field: &str, s: &str) -> Option<Decimal> {
@@ -236,7 +242,10 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
                 Some(q) if q > Decimal::ZERO => {
                     rep_quotas.insert(rep.clone(), q);
                 }
-                Some(_) => v.add(format!("{f}.rep_quotas[{rep}]"), "must be greater than zero"),
+                Some(_) => v.add(
+                    format!("{f}.rep_quotas[{rep}]"),
+                    "must be greater than zero",
+                ),
                 None => {}
             }
         }
@@ -255,10 +264,16 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
                 if let Some((prev, _)) = tiers.last()
                     && from <= *prev
                 {
-                    v.add(format!("{tf}.from"), format!("tiers overlap: {from} is not above the previous tier's {prev}"));
+                    v.add(
+                        format!("{tf}.from"),
+                        format!("tiers overlap: {from} is not above the previous tier's {prev}"),
+                    );
                 }
                 if rate > Decimal::ONE {
-                    v.add(format!("{tf}.rate"), "is a fraction (0.05 = 5%); above 1 pays more than the revenue");
+                    v.add(
+                        format!("{tf}.rate"),
+                        "is a fraction (0.05 = 5%); above 1 pays more than the revenue",
+                    );
                 }
                 tiers.push((from, rate));
             }
@@ -291,7 +306,10 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
     for (i, g) in p.gates.iter().enumerate() {
         let gf = format!("gates[{i}]");
         if !is_metric(&g.metric) {
-            v.add(format!("{gf}.metric"), format!("unknown KPI {:?}", g.metric));
+            v.add(
+                format!("{gf}.metric"),
+                format!("unknown KPI {:?}", g.metric),
+            );
         }
         let op = match pb::GateOp::try_from(g.op) {
             Ok(pb::GateOp::Below) => Some(GateOp::Below),
@@ -304,7 +322,9 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
         let value = dec(&mut v, &format!("{gf}.value"), &g.value);
         let action = match pb::GateAction::try_from(g.action) {
             Ok(pb::GateAction::Hold) => Some(GateAction::Hold),
-            Ok(pb::GateAction::Multiply) => non_negative(&mut v, &format!("{gf}.factor"), &g.factor).map(GateAction::Multiply),
+            Ok(pb::GateAction::Multiply) => {
+                non_negative(&mut v, &format!("{gf}.factor"), &g.factor).map(GateAction::Multiply)
+            }
             _ => {
                 v.add(format!("{gf}.action"), "must be MULTIPLY or HOLD");
                 None
@@ -321,30 +341,47 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
     }
 
     let payout = p.payout.clone().unwrap_or_default();
-    let at_close_percent = if payout.at_close_percent.is_empty() && payout.on_collection_percent.is_empty() {
-        Decimal::ONE_HUNDRED
-    } else {
-        let a = non_negative(&mut v, "payout.at_close_percent", if payout.at_close_percent.is_empty() { "0" } else { &payout.at_close_percent });
-        let b = non_negative(
-            &mut v,
-            "payout.on_collection_percent",
-            if payout.on_collection_percent.is_empty() { "0" } else { &payout.on_collection_percent },
-        );
-        match (a, b) {
-            (Some(a), Some(b)) if a + b == Decimal::ONE_HUNDRED => a,
-            (Some(a), Some(b)) => {
-                v.add("payout", format!("splits must sum to 100%, got {}", a + b));
-                Decimal::ONE_HUNDRED
+    let at_close_percent =
+        if payout.at_close_percent.is_empty() && payout.on_collection_percent.is_empty() {
+            Decimal::ONE_HUNDRED
+        } else {
+            let a = non_negative(
+                &mut v,
+                "payout.at_close_percent",
+                if payout.at_close_percent.is_empty() {
+                    "0"
+                } else {
+                    &payout.at_close_percent
+                },
+            );
+            let b = non_negative(
+                &mut v,
+                "payout.on_collection_percent",
+                if payout.on_collection_percent.is_empty() {
+                    "0"
+                } else {
+                    &payout.on_collection_percent
+                },
+            );
+            match (a, b) {
+                (Some(a), Some(b)) if a + b == Decimal::ONE_HUNDRED => a,
+                (Some(a), Some(b)) => {
+                    v.add("payout", format!("splits must sum to 100%, got {}", a + b));
+                    Decimal::ONE_HUNDRED
+                }
+                _ => Decimal::ONE_HUNDRED,
             }
-            _ => Decimal::ONE_HUNDRED,
-        }
-    };
+        };
 
     let mut attainment_bonuses = Vec::new();
     for (i, b) in p.attainment_bonuses.iter().enumerate() {
         if let (Some(at), Some(amount)) = (
             non_negative(&mut v, &format!("attainment_bonuses[{i}].at"), &b.at),
-            non_negative(&mut v, &format!("attainment_bonuses[{i}].amount"), &b.amount),
+            non_negative(
+                &mut v,
+                &format!("attainment_bonuses[{i}].amount"),
+                &b.amount,
+            ),
         ) {
             attainment_bonuses.push((at, amount));
         }
@@ -356,7 +393,10 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
             non_negative(&mut v, &format!("score_bonus[{i}].amount"), &b.amount),
         ) {
             if score_bonus.last().is_some_and(|(prev, _)| min <= *prev) {
-                v.add(format!("score_bonus[{i}].min_score"), "bands must be ascending");
+                v.add(
+                    format!("score_bonus[{i}].min_score"),
+                    "bands must be ascending",
+                );
             }
             score_bonus.push((min, amount));
         }
@@ -366,7 +406,8 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
     let mut spiff_ids = HashSet::new();
     for (i, s) in p.spiffs.iter().enumerate() {
         let sf = format!("spiffs[{i}]");
-        if v.id(&format!("{sf}.spiff_id"), &s.spiff_id, 64) && !spiff_ids.insert(s.spiff_id.clone()) {
+        if v.id(&format!("{sf}.spiff_id"), &s.spiff_id, 64) && !spiff_ids.insert(s.spiff_id.clone())
+        {
             v.add(format!("{sf}.spiff_id"), "is used twice");
         }
         let from = date(&mut v, &format!("{sf}.from_date"), &s.from_date);
@@ -377,8 +418,12 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
             v.add(format!("{sf}.to_date"), "is before from_date");
         }
         let reward = match &s.reward {
-            Some(pb::spiff::Reward::FixedAmount(a)) => non_negative(&mut v, &format!("{sf}.fixed_amount"), a).map(Reward::Fixed),
-            Some(pb::spiff::Reward::Rate(r)) => non_negative(&mut v, &format!("{sf}.rate"), r).map(Reward::Rate),
+            Some(pb::spiff::Reward::FixedAmount(a)) => {
+                non_negative(&mut v, &format!("{sf}.fixed_amount"), a).map(Reward::Fixed)
+            }
+            Some(pb::spiff::Reward::Rate(r)) => {
+                non_negative(&mut v, &format!("{sf}.rate"), r).map(Reward::Rate)
+            }
             None => {
                 v.add(format!("{sf}.reward"), "fixed_amount or rate is required");
                 None
@@ -405,11 +450,18 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
             Ok(pb::BadgeKind::AttainmentClub) => Some(BadgeKind::AttainmentClub),
             Ok(pb::BadgeKind::Streak) => Some(BadgeKind::Streak),
             _ => {
-                v.add(format!("{bf}.kind"), "must be FIRST_DEAL, ATTAINMENT_CLUB or STREAK");
+                v.add(
+                    format!("{bf}.kind"),
+                    "must be FIRST_DEAL, ATTAINMENT_CLUB or STREAK",
+                );
                 None
             }
         };
-        let threshold = if b.threshold.is_empty() { Some(Decimal::ZERO) } else { non_negative(&mut v, &format!("{bf}.threshold"), &b.threshold) };
+        let threshold = if b.threshold.is_empty() {
+            Some(Decimal::ZERO)
+        } else {
+            non_negative(&mut v, &format!("{bf}.threshold"), &b.threshold)
+        };
         if kind == Some(BadgeKind::Streak) && b.periods < 2 {
             v.add(format!("{bf}.periods"), "a streak needs at least 2 periods");
         }
@@ -439,8 +491,16 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
         }
         None => None,
     };
-    if commission.is_none() && spiffs.is_empty() && attainment_bonuses.is_empty() && score_bonus.is_empty() && badges.is_empty() {
-        v.add("commission", "a plan needs at least one of commission, spiffs, bonuses or badges");
+    if commission.is_none()
+        && spiffs.is_empty()
+        && attainment_bonuses.is_empty()
+        && score_bonus.is_empty()
+        && badges.is_empty()
+    {
+        v.add(
+            "commission",
+            "a plan needs at least one of commission, spiffs, bonuses or badges",
+        );
     }
     let Some(effective_from) = effective_from else {
         return Err(v.0);
@@ -498,8 +558,19 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
                 Mode::Retroactive => pb::TierMode::Retroactive,
             } as i32,
             quota: s(c.quota),
-            rep_quotas: c.rep_quotas.iter().map(|(k, q)| (k.clone(), s(*q))).collect(),
-            tiers: c.tiers.iter().map(|(f, r)| pb::Tier { from: s(*f), rate: s(*r) }).collect(),
+            rep_quotas: c
+                .rep_quotas
+                .iter()
+                .map(|(k, q)| (k.clone(), s(*q)))
+                .collect(),
+            tiers: c
+                .tiers
+                .iter()
+                .map(|(f, r)| pb::Tier {
+                    from: s(*f),
+                    rate: s(*r),
+                })
+                .collect(),
             threshold: s(c.threshold),
             per_deal_cap: c.per_deal_cap.map(s).unwrap_or_default(),
             period_cap: c.period_cap.map(s).unwrap_or_default(),
@@ -531,12 +602,18 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
         attainment_bonuses: p
             .attainment_bonuses
             .iter()
-            .map(|(at, a)| pb::AttainmentBonus { at: s(*at), amount: s(*a) })
+            .map(|(at, a)| pb::AttainmentBonus {
+                at: s(*at),
+                amount: s(*a),
+            })
             .collect(),
         score_bonus: p
             .score_bonus
             .iter()
-            .map(|(m, a)| pb::ScoreBand { min_score: s(*m), amount: s(*a) })
+            .map(|(m, a)| pb::ScoreBand {
+                min_score: s(*m),
+                amount: s(*a),
+            })
             .collect(),
         spiffs: p
             .spiffs
@@ -581,7 +658,12 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
 /// The plan governing a rep for a period ending on `last_day`: of every plan, the latest
 /// version effective by then; a plan naming the rep beats one for a team (nearest team in
 /// `team_chain` first), which beats the tenant default; ties go to the lowest plan id.
-pub fn select<'a>(plans: &'a [Plan], rep: &str, team_chain: &[String], last_day: NaiveDate) -> Option<&'a Plan> {
+pub fn select<'a>(
+    plans: &'a [Plan],
+    rep: &str,
+    team_chain: &[String],
+    last_day: NaiveDate,
+) -> Option<&'a Plan> {
     let mut latest: BTreeMap<&str, &Plan> = BTreeMap::new();
     for p in plans.iter().filter(|p| p.effective_from <= last_day) {
         match latest.get(p.plan_id.as_str()) {
@@ -595,7 +677,10 @@ pub fn select<'a>(plans: &'a [Plan], rep: &str, team_chain: &[String], last_day:
         if p.assignment.reps.iter().any(|r| r == rep) {
             return Some(0);
         }
-        if let Some(i) = team_chain.iter().position(|t| p.assignment.teams.contains(t)) {
+        if let Some(i) = team_chain
+            .iter()
+            .position(|t| p.assignment.teams.contains(t))
+        {
             return Some(1 + i);
         }
         p.assignment.tenant_default.then_some(usize::MAX)
@@ -627,9 +712,18 @@ pub(crate) mod tests {
                 mode: pb::TierMode::Marginal as i32,
                 quota: "10000".into(),
                 tiers: vec![
-                    pb::Tier { from: "0".into(), rate: "0.05".into() },
-                    pb::Tier { from: "1".into(), rate: "0.08".into() },
-                    pb::Tier { from: "1.5".into(), rate: "0.1".into() },
+                    pb::Tier {
+                        from: "0".into(),
+                        rate: "0.05".into(),
+                    },
+                    pb::Tier {
+                        from: "1".into(),
+                        rate: "0.08".into(),
+                    },
+                    pb::Tier {
+                        from: "1.5".into(),
+                        rate: "0.1".into(),
+                    },
                 ],
                 ..Default::default()
             }),
@@ -646,7 +740,11 @@ pub(crate) mod tests {
     }
 
     fn fields(p: &pb::Plan) -> Vec<String> {
-        from_proto(p).unwrap_err().into_iter().map(|v| v.field).collect()
+        from_proto(p)
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
     }
 
     #[test]
@@ -703,9 +801,18 @@ mod select_tests {
 
     #[test]
     fn precedence_and_effective_dates() {
-        let default = Assignment { tenant_default: true, ..Default::default() };
-        let team = Assignment { teams: vec!["emea".into()], ..Default::default() };
-        let rep = Assignment { reps: vec!["r1".into()], ..Default::default() };
+        let default = Assignment {
+            tenant_default: true,
+            ..Default::default()
+        };
+        let team = Assignment {
+            teams: vec!["emea".into()],
+            ..Default::default()
+        };
+        let rep = Assignment {
+            reps: vec!["r1".into()],
+            ..Default::default()
+        };
         let plans = vec![
             plan("base", 1, "2026-01-01", default.clone()),
             plan("base", 2, "2026-12-01", default),
@@ -714,10 +821,19 @@ mod select_tests {
         ];
         let chain = vec!["emea-north".to_owned(), "emea".to_owned()];
         let d = |s: &str| s.parse::<NaiveDate>().unwrap();
-        assert_eq!(select(&plans, "r1", &chain, d("2026-11-30")).map(|p| p.plan_id.as_str()), Some("vip"));
-        assert_eq!(select(&plans, "r1", &chain, d("2026-10-31")).map(|p| p.plan_id.as_str()), Some("emea"));
+        assert_eq!(
+            select(&plans, "r1", &chain, d("2026-11-30")).map(|p| p.plan_id.as_str()),
+            Some("vip")
+        );
+        assert_eq!(
+            select(&plans, "r1", &chain, d("2026-10-31")).map(|p| p.plan_id.as_str()),
+            Some("emea")
+        );
         let other = select(&plans, "r2", &[], d("2026-12-31")).unwrap();
         assert_eq!((other.plan_id.as_str(), other.version), ("base", 2));
-        assert_eq!(select(&plans, "r2", &[], d("2026-11-30")).unwrap().version, 1);
+        assert_eq!(
+            select(&plans, "r2", &[], d("2026-11-30")).unwrap().version,
+            1
+        );
     }
 }

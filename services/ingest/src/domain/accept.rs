@@ -93,7 +93,12 @@ pub struct IngestState {
 impl IngestState {
     /// Accepts `e`: returns the records to publish and updates the state, or returns the
     /// violations and leaves the state untouched.
-    pub fn accept(&mut self, t: &Tenant, e: &ValidEvent, recorded_at: DateTime<Utc>) -> Result<Vec<Outgoing>, Vec<FieldViolation>> {
+    pub fn accept(
+        &mut self,
+        t: &Tenant,
+        e: &ValidEvent,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Vec<Outgoing>, Vec<FieldViolation>> {
         let mk = |parts: &[&str], payload: Out| envelope(t, e, parts, recorded_at, payload);
         match &e.payload {
             ValidPayload::Activity(a) => {
@@ -112,26 +117,37 @@ impl IngestState {
                     envelope: mk(&[], Out::SatisfactionRecorded(s.clone())),
                 }])
             }
-            ValidPayload::Deal { msg, amount, shares, payment_due_at } => {
+            ValidPayload::Deal {
+                msg,
+                amount,
+                shares,
+                payment_due_at,
+            } => {
                 let mut errs = Vec::new();
                 for (i, (rep, _)) in shares.iter().enumerate() {
-                    if let Err(mut v) = self.known_rep(rep, &format!("deal_closed.credits[{i}].rep_id")) {
+                    if let Err(mut v) =
+                        self.known_rep(rep, &format!("deal_closed.credits[{i}].rep_id"))
+                    {
                         errs.append(&mut v);
                     }
                 }
                 if let Some(d) = self.deals.get(&msg.deal_id) {
                     errs.push(FieldViolation::new(
                         "deal_closed.deal_id",
-                        format!("deal {} was already closed by event {}", msg.deal_id, d.closed_by),
+                        format!(
+                            "deal {} was already closed by event {}",
+                            msg.deal_id, d.closed_by
+                        ),
                     ));
                 }
-                let (base_total, rate) = match self.to_base(t, amount, e.occurred_at, "deal_closed.amount") {
-                    Ok(x) => x,
-                    Err(v) => {
-                        errs.push(v);
-                        (Decimal::ZERO, Decimal::ONE)
-                    }
-                };
+                let (base_total, rate) =
+                    match self.to_base(t, amount, e.occurred_at, "deal_closed.amount") {
+                        Ok(x) => x,
+                        Err(v) => {
+                            errs.push(v);
+                            (Decimal::ZERO, Decimal::ONE)
+                        }
+                    };
                 if !errs.is_empty() {
                     return Err(errs);
                 }
@@ -142,7 +158,10 @@ impl IngestState {
                     .lines
                     .iter()
                     .map(|l| {
-                        let la = l.amount.as_ref().map_or(Decimal::ZERO, |m| m.amount.parse().unwrap_or_default());
+                        let la = l
+                            .amount
+                            .as_ref()
+                            .map_or(Decimal::ZERO, |m| m.amount.parse().unwrap_or_default());
                         allocate(la, &weights, amount.currency.unit())
                     })
                     .collect();
@@ -211,7 +230,10 @@ impl IngestState {
                 if amount.amount > outstanding {
                     return Err(vec![FieldViolation::new(
                         "payment_received.amount.amount",
-                        format!("exceeds what is outstanding on deal {} ({outstanding} {})", msg.deal_id, deal.currency),
+                        format!(
+                            "exceeds what is outstanding on deal {} ({outstanding} {})",
+                            msg.deal_id, deal.currency
+                        ),
                     )]);
                 }
                 let (base_total, rate) = self
@@ -249,7 +271,8 @@ impl IngestState {
             }
             ValidPayload::Reversal { msg, amount } => {
                 let deal = self.deal(&msg.deal_id, "deal_reversed.deal_id")?.clone();
-                let currency = Currency::new(&deal.currency).expect("stored deals have valid currencies");
+                let currency =
+                    Currency::new(&deal.currency).expect("stored deals have valid currencies");
                 let remaining = deal.amount - deal.reversed;
                 if remaining <= Decimal::ZERO {
                     return Err(vec![FieldViolation::new(
@@ -268,7 +291,10 @@ impl IngestState {
                     Some(a) if a.amount > remaining => {
                         return Err(vec![FieldViolation::new(
                             "deal_reversed.amount.amount",
-                            format!("exceeds what is left of deal {} to reverse ({remaining} {})", msg.deal_id, deal.currency),
+                            format!(
+                                "exceeds what is left of deal {} to reverse ({remaining} {})",
+                                msg.deal_id, deal.currency
+                            ),
                         )]);
                     }
                     Some(a) => *a,
@@ -280,7 +306,8 @@ impl IngestState {
                 let weights: Vec<Decimal> = deal.shares.iter().map(|(_, s)| *s).collect();
                 let credited = allocate(amount.amount, &weights, currency.unit());
                 let credited_base = allocate(base_total, &weights, t.base.unit());
-                let kind = ev::ReversalKind::try_from(msg.kind).unwrap_or(ev::ReversalKind::Cancellation);
+                let kind =
+                    ev::ReversalKind::try_from(msg.kind).unwrap_or(ev::ReversalKind::Cancellation);
                 let out = deal
                     .shares
                     .iter()
@@ -311,7 +338,8 @@ impl IngestState {
                 Ok(out)
             }
             ValidPayload::Rep(r) => {
-                self.reps.insert(r.rep_id.clone(), RepState { active: r.active });
+                self.reps
+                    .insert(r.rep_id.clone(), RepState { active: r.active });
                 self.dirty_reps.insert(r.rep_id.clone());
                 Ok(vec![Outgoing {
                     topic: topics::ORG,
@@ -348,7 +376,13 @@ impl IngestState {
     }
 
     /// The base-currency amount of `m` at the rate in force on the event's local date.
-    fn to_base(&self, t: &Tenant, m: &Money, at: DateTime<Utc>, field: &str) -> Result<(Decimal, Decimal), FieldViolation> {
+    fn to_base(
+        &self,
+        t: &Tenant,
+        m: &Money,
+        at: DateTime<Utc>,
+        field: &str,
+    ) -> Result<(Decimal, Decimal), FieldViolation> {
         if m.currency == t.base {
             return Ok((m.amount, Decimal::ONE));
         }
@@ -376,7 +410,13 @@ fn money(amount: Decimal, currency: Currency) -> common::Money {
 /// The envelope of a record derived from client event `e`. Its id is derived from the
 /// tenant, the client's id and `parts` (the credited rep), so a retry or replay publishes
 /// the same ids and consumers deduplicate them; a tenant can never collide with another.
-fn envelope(t: &Tenant, e: &ValidEvent, parts: &[&str], recorded_at: DateTime<Utc>, payload: Out) -> ev::EventEnvelope {
+fn envelope(
+    t: &Tenant,
+    e: &ValidEvent,
+    parts: &[&str],
+    recorded_at: DateTime<Utc>,
+    payload: Out,
+) -> ev::EventEnvelope {
     let client = e.client_id.to_string();
     let mut id_parts = vec![t.tenant_id.as_str(), client.as_str()];
     id_parts.extend_from_slice(parts);

@@ -94,8 +94,12 @@ impl ValidPayload {
     /// Currencies whose FX rates this event needs.
     pub fn currency(&self) -> Option<&str> {
         match self {
-            Self::Deal { amount, .. } | Self::Payment { amount, .. } => Some(amount.currency.code()),
-            Self::Reversal { amount: Some(a), .. } => Some(a.currency.code()),
+            Self::Deal { amount, .. } | Self::Payment { amount, .. } => {
+                Some(amount.currency.code())
+            }
+            Self::Reversal {
+                amount: Some(a), ..
+            } => Some(a.currency.code()),
             _ => None,
         }
     }
@@ -103,7 +107,11 @@ impl ValidPayload {
 
 /// Checks everything that can be checked without state. Field paths are relative to the
 /// event ("deal_closed.amount.currency").
-pub fn validate_event(e: &CrmEvent, now: DateTime<Utc>, limits: &Limits) -> Result<ValidEvent, Vec<FieldViolation>> {
+pub fn validate_event(
+    e: &CrmEvent,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<ValidEvent, Vec<FieldViolation>> {
     let mut v = Violations::new();
     let client_id = if e.event_id.is_empty() {
         v.add("event_id", "is required");
@@ -112,7 +120,10 @@ pub fn validate_event(e: &CrmEvent, now: DateTime<Utc>, limits: &Limits) -> Resu
         match Uuid::try_parse(&e.event_id) {
             Ok(id) if !id.is_nil() => Some(id),
             _ => {
-                v.add("event_id", "must be a UUID (e.g. 0b8f9c3e-6f1a-4c2b-9d7e-2a4b5c6d7e8f)");
+                v.add(
+                    "event_id",
+                    "must be a UUID (e.g. 0b8f9c3e-6f1a-4c2b-9d7e-2a4b5c6d7e8f)",
+                );
                 None
             }
         }
@@ -127,17 +138,25 @@ pub fn validate_event(e: &CrmEvent, now: DateTime<Utc>, limits: &Limits) -> Resu
                 v.add("occurred_at", "is not a valid timestamp");
                 None
             }
-            Some(t) if t > now + chrono::Duration::from_std(limits.max_future).unwrap_or_default() => {
+            Some(t)
+                if t > now + chrono::Duration::from_std(limits.max_future).unwrap_or_default() =>
+            {
                 v.add(
                     "occurred_at",
-                    format!("is more than {} s in the future", limits.max_future.as_secs()),
+                    format!(
+                        "is more than {} s in the future",
+                        limits.max_future.as_secs()
+                    ),
                 );
                 None
             }
             Some(t) if t < now - chrono::Duration::from_std(limits.max_age).unwrap_or_default() => {
                 v.add(
                     "occurred_at",
-                    format!("is older than the {}-day horizon", limits.max_age.as_secs() / 86_400),
+                    format!(
+                        "is older than the {}-day horizon",
+                        limits.max_age.as_secs() / 86_400
+                    ),
                 );
                 None
             }
@@ -173,7 +192,8 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
             let f = "activity_logged";
             v.id(&format!("{f}.rep_id"), &a.rep_id, MAX_ID);
             v.id(&format!("{f}.activity_id"), &a.activity_id, MAX_ID);
-            if !matches!(ev::ActivityKind::try_from(a.kind), Ok(k) if k != ev::ActivityKind::Unspecified) {
+            if !matches!(ev::ActivityKind::try_from(a.kind), Ok(k) if k != ev::ActivityKind::Unspecified)
+            {
                 v.add(
                     format!("{f}.kind"),
                     "must be one of VISIT, CALL, MEETING, EMAIL, DEMO, CONTRACT_SIGNED, AFTER_SALES_RESOLVED, TRAINING_COMPLETED",
@@ -206,22 +226,39 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
             let f = "payment_received";
             v.id(&format!("{f}.payment_id"), &pm.payment_id, MAX_ID);
             v.id(&format!("{f}.deal_id"), &pm.deal_id, MAX_ID);
-            let amount = money_field(v, &format!("{f}.amount"), pm.amount.as_ref(), Sign::Positive)?;
-            Some(ValidPayload::Payment { msg: pm.clone(), amount })
+            let amount = money_field(
+                v,
+                &format!("{f}.amount"),
+                pm.amount.as_ref(),
+                Sign::Positive,
+            )?;
+            Some(ValidPayload::Payment {
+                msg: pm.clone(),
+                amount,
+            })
         }
         Payload::DealReversed(r) => {
             let f = "deal_reversed";
             v.id(&format!("{f}.reversal_id"), &r.reversal_id, MAX_ID);
             v.id(&format!("{f}.deal_id"), &r.deal_id, MAX_ID);
-            if !matches!(ev::ReversalKind::try_from(r.kind), Ok(k) if k != ev::ReversalKind::Unspecified) {
+            if !matches!(ev::ReversalKind::try_from(r.kind), Ok(k) if k != ev::ReversalKind::Unspecified)
+            {
                 v.add(format!("{f}.kind"), "must be CANCELLATION or REFUND");
             }
             v.text(&format!("{f}.reason"), &r.reason, MAX_SUBJECT);
             let amount = match r.amount.as_ref() {
                 None => None,
-                Some(m) => Some(money_field(v, &format!("{f}.amount"), Some(m), Sign::Positive)?),
+                Some(m) => Some(money_field(
+                    v,
+                    &format!("{f}.amount"),
+                    Some(m),
+                    Sign::Positive,
+                )?),
             };
-            Some(ValidPayload::Reversal { msg: r.clone(), amount })
+            Some(ValidPayload::Reversal {
+                msg: r.clone(),
+                amount,
+            })
         }
         Payload::RepUpserted(r) => {
             let f = "rep_upserted";
@@ -248,7 +285,10 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
             v.text(&format!("{f}.name"), &t.name, MAX_NAME);
             v.optional_id(&format!("{f}.parent_team_id"), &t.parent_team_id, MAX_ID);
             if !t.parent_team_id.is_empty() && t.parent_team_id == t.team_id {
-                v.add(format!("{f}.parent_team_id"), "a team cannot be its own parent");
+                v.add(
+                    format!("{f}.parent_team_id"),
+                    "a team cannot be its own parent",
+                );
             }
             v.optional_id(&format!("{f}.manager_id"), &t.manager_id, MAX_ID);
             Some(ValidPayload::Team(t.clone()))
@@ -265,9 +305,15 @@ fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
 
     let mut shares = Vec::new();
     if d.credits.is_empty() {
-        v.add(format!("{f}.credits"), "at least one credited rep is required");
+        v.add(
+            format!("{f}.credits"),
+            "at least one credited rep is required",
+        );
     } else if d.credits.len() > MAX_CREDITS {
-        v.add(format!("{f}.credits"), format!("at most {MAX_CREDITS} credited reps"));
+        v.add(
+            format!("{f}.credits"),
+            format!("at most {MAX_CREDITS} credited reps"),
+        );
     } else {
         let mut seen = HashSet::new();
         let mut total = Decimal::ZERO;
@@ -284,7 +330,10 @@ fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
                     shares.push((c.rep_id.clone(), s));
                 }
                 Ok(_) => {
-                    v.add(format!("{cf}.share_percent"), "must be in (0, 100] with at most 4 decimals");
+                    v.add(
+                        format!("{cf}.share_percent"),
+                        "must be in (0, 100] with at most 4 decimals",
+                    );
                     all_ok = false;
                 }
                 Err(e) => {
@@ -294,12 +343,18 @@ fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
             }
         }
         if all_ok && total != Decimal::ONE_HUNDRED {
-            v.add(format!("{f}.credits"), format!("shares must sum to 100, got {total}"));
+            v.add(
+                format!("{f}.credits"),
+                format!("shares must sum to 100, got {total}"),
+            );
         }
     }
 
     if d.lines.len() > MAX_LINES {
-        v.add(format!("{f}.lines"), format!("at most {MAX_LINES} product lines"));
+        v.add(
+            format!("{f}.lines"),
+            format!("at most {MAX_LINES} product lines"),
+        );
     } else if let Some(amount) = amount.as_ref() {
         let mut sum = Decimal::ZERO;
         let mut all_ok = true;
@@ -309,10 +364,18 @@ fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
             if l.quantity == 0 {
                 v.add(format!("{lf}.quantity"), "must be at least 1");
             }
-            match money_field(v, &format!("{lf}.amount"), l.amount.as_ref(), Sign::NonNegative) {
+            match money_field(
+                v,
+                &format!("{lf}.amount"),
+                l.amount.as_ref(),
+                Sign::NonNegative,
+            ) {
                 Some(m) if m.currency == amount.currency => sum += m.amount,
                 Some(_) => {
-                    v.add(format!("{lf}.amount.currency"), format!("must be the deal currency {}", amount.currency));
+                    v.add(
+                        format!("{lf}.amount.currency"),
+                        format!("must be the deal currency {}", amount.currency),
+                    );
                     all_ok = false;
                 }
                 None => all_ok = false,
@@ -321,7 +384,10 @@ fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
         if all_ok && !d.lines.is_empty() && sum != amount.amount {
             v.add(
                 format!("{f}.lines"),
-                format!("line amounts sum to {sum}, the deal amount is {}", amount.amount),
+                format!(
+                    "line amounts sum to {sum}, the deal amount is {}",
+                    amount.amount
+                ),
             );
         }
     }
@@ -350,7 +416,12 @@ enum Sign {
     NonNegative,
 }
 
-fn money_field(v: &mut Violations, field: &str, m: Option<&spm_proto::common::v1::Money>, sign: Sign) -> Option<Money> {
+fn money_field(
+    v: &mut Violations,
+    field: &str,
+    m: Option<&spm_proto::common::v1::Money>,
+    sign: Sign,
+) -> Option<Money> {
     let Some(m) = m else {
         v.add(field, "is required");
         return None;
@@ -390,7 +461,10 @@ fn money_field(v: &mut Violations, field: &str, m: Option<&spm_proto::common::v1
 fn plausible_email(s: &str) -> bool {
     s.len() <= 254
         && s.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
         })
         && !s.chars().any(char::is_whitespace)
 }

@@ -18,13 +18,19 @@ impl Quiet {
         if start.is_empty() && end.is_empty() {
             return Ok(None);
         }
-        let t = |s: &str| NaiveTime::parse_from_str(s, "%H:%M").map_err(|_| format!("{s:?} is not HH:MM"));
+        let t = |s: &str| {
+            NaiveTime::parse_from_str(s, "%H:%M").map_err(|_| format!("{s:?} is not HH:MM"))
+        };
         let (start, end) = (t(start)?, t(end)?);
         Ok((start != end).then_some(Self { start, end }))
     }
 
     pub fn contains(&self, t: NaiveTime) -> bool {
-        if self.start < self.end { self.start <= t && t < self.end } else { t >= self.start || t < self.end }
+        if self.start < self.end {
+            self.start <= t && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
     }
 
     /// When a delivery due at `at` may go out: `at`, or the end of the quiet window.
@@ -70,11 +76,20 @@ mod tests {
         let q = Quiet::parse("22:00", "07:00").unwrap().unwrap();
         let sh: Tz = "Asia/Shanghai".parse().unwrap();
         // 15:00 UTC is 23:00 in Shanghai: wait until 07:00 local = 23:00 UTC.
-        assert_eq!(q.release(sh, utc("2026-11-27T15:00:00Z")), utc("2026-11-27T23:00:00Z"));
+        assert_eq!(
+            q.release(sh, utc("2026-11-27T15:00:00Z")),
+            utc("2026-11-27T23:00:00Z")
+        );
         // 02:00 local (18:00 UTC the day before): same morning.
-        assert_eq!(q.release(sh, utc("2026-11-26T18:00:00Z")), utc("2026-11-26T23:00:00Z"));
+        assert_eq!(
+            q.release(sh, utc("2026-11-26T18:00:00Z")),
+            utc("2026-11-26T23:00:00Z")
+        );
         // 12:00 local: now.
-        assert_eq!(q.release(sh, utc("2026-11-27T04:00:00Z")), utc("2026-11-27T04:00:00Z"));
+        assert_eq!(
+            q.release(sh, utc("2026-11-27T04:00:00Z")),
+            utc("2026-11-27T04:00:00Z")
+        );
         let day = Quiet::parse("12:00", "13:00").unwrap().unwrap();
         assert!(day.contains(NaiveTime::from_hms_opt(12, 30, 0).unwrap()));
         assert!(!day.contains(NaiveTime::from_hms_opt(13, 0, 0).unwrap()));

@@ -43,7 +43,8 @@ pub struct Org {
 }
 
 fn money(m: Option<&spm_proto::common::v1::Money>) -> String {
-    m.map(|m| format!("{} {}", m.amount, m.currency)).unwrap_or_default()
+    m.map(|m| format!("{} {}", m.amount, m.currency))
+        .unwrap_or_default()
 }
 
 fn pct(s: &str) -> String {
@@ -57,7 +58,11 @@ fn period(p: Option<&spm_proto::common::v1::Period>) -> String {
 }
 
 fn name<'a>(org: &'a Org, rep: &'a str) -> &'a str {
-    if org.rep_name.is_empty() { rep } else { &org.rep_name }
+    if org.rep_name.is_empty() {
+        rep
+    } else {
+        &org.rep_name
+    }
 }
 
 /// The notifications an event gives rise to (leaderboard changes are derived elsewhere,
@@ -255,7 +260,10 @@ pub fn standings(before: &[String], after: &[String], n: usize, period: &str) ->
                 recipient: rep.clone(),
                 rule: "leaderboard_entered",
                 title: format!("You are in the top {n} for {period}"),
-                body: format!("You rank #{} on the {period} leaderboard. Next: keep the pace to stay there.", i + 1),
+                body: format!(
+                    "You rank #{} on the {period} leaderboard. Next: keep the pace to stay there.",
+                    i + 1
+                ),
                 data: json!({"rank": i + 1, "top_n": n, "period": period}),
             });
         }
@@ -304,7 +312,12 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].title, "You earned 260.00 EUR (Commission)");
         assert!(d[0].body.contains("660.00 EUR"), "{}", d[0].body);
-        assert!(d[0].body.contains("3000.00 more revenue reaches the 10% tier"), "{}", d[0].body);
+        assert!(
+            d[0].body
+                .contains("3000.00 more revenue reaches the 10% tier"),
+            "{}",
+            d[0].body
+        );
         assert_eq!(d[1].rule, "tier_reached");
         assert!(d[1].title.contains("8%"), "{}", d[1].title);
     }
@@ -319,12 +332,24 @@ mod tests {
             threshold_share: "0.7".into(),
             ..Default::default()
         };
-        let org = Org { rep_name: "Ana".into(), rep_manager: "m1".into(), team_manager: String::new() };
+        let org = Org {
+            rep_name: "Ana".into(),
+            rep_manager: "m1".into(),
+            team_manager: String::new(),
+        };
         let d = drafts(&env(Payload::ProcessAlertRaised(a)), &org);
         assert_eq!(d[0].recipient, "m1");
         assert!(d[0].title.starts_with("Ana is behind on visits"));
         // No manager known: nobody to tell.
-        assert!(drafts(&env(Payload::ProcessAlertRaised(ev::ProcessAlertRaised::default())), &Org::default()).is_empty());
+        assert!(
+            drafts(
+                &env(Payload::ProcessAlertRaised(
+                    ev::ProcessAlertRaised::default()
+                )),
+                &Org::default()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -333,6 +358,9 @@ mod tests {
         let after = vec!["a".to_owned(), "c".to_owned()];
         let d = standings(&before, &after, 2, "2026-11");
         let got: Vec<(&str, &str)> = d.iter().map(|x| (x.recipient.as_str(), x.rule)).collect();
-        assert_eq!(got, [("c", "leaderboard_entered"), ("b", "leaderboard_left")]);
+        assert_eq!(
+            got,
+            [("c", "leaderboard_entered"), ("b", "leaderboard_left")]
+        );
     }
 }

@@ -2,12 +2,16 @@
 
 /// HTML-escapes text.
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// (subject, text body, html body) of a notification e-mail.
 pub fn email(title: &str, body: &str, recipient_name: &str) -> (String, String, String) {
-    let text = format!("Hello {recipient_name},\n\n{body}\n\n-- SPM, sales performance management\n");
+    let text =
+        format!("Hello {recipient_name},\n\n{body}\n\n-- SPM, sales performance management\n");
     let html = format!(
         "<!doctype html><html><body style=\"font-family:sans-serif\"><p>Hello {},</p><h2>{}</h2><p>{}</p>\
          <p style=\"color:#888\">SPM, sales performance management</p></body></html>",

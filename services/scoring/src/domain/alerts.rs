@@ -30,12 +30,22 @@ pub fn expected(target: Decimal, window_elapsed_secs: i64, period_secs: i64) -> 
     if period_secs <= 0 {
         return Decimal::ZERO;
     }
-    round(target * Decimal::from(window_elapsed_secs.max(0)) / Decimal::from(period_secs), 4)
+    round(
+        target * Decimal::from(window_elapsed_secs.max(0)) / Decimal::from(period_secs),
+        4,
+    )
 }
 
 /// Whether to alert.
-pub fn lagging(actual: Decimal, expected: Decimal, window_elapsed_share: Decimal, s: Settings) -> bool {
-    window_elapsed_share >= s.min_elapsed && expected > Decimal::ZERO && actual < s.threshold_share * expected
+pub fn lagging(
+    actual: Decimal,
+    expected: Decimal,
+    window_elapsed_share: Decimal,
+    s: Settings,
+) -> bool {
+    window_elapsed_share >= s.min_elapsed
+        && expected > Decimal::ZERO
+        && actual < s.threshold_share * expected
 }
 
 #[cfg(test)]

@@ -45,7 +45,12 @@ pub const BUCKETS: [u32; 7] = [0, 50, 75, 100, 125, 150, 200];
 pub const MIN_ELAPSED: Decimal = Decimal::from_parts(1, 0, 0, false, 1); // 0.1
 
 /// Calibrates goals `(goal_id, subject, value, target)` at `elapsed` of the period.
-pub fn calibrate(goals: &[(String, String, Decimal, Decimal)], elapsed: Decimal, low: Decimal, high: Decimal) -> Calibration {
+pub fn calibrate(
+    goals: &[(String, String, Decimal, Decimal)],
+    elapsed: Decimal,
+    low: Decimal,
+    high: Decimal,
+) -> Calibration {
     let mut out = Calibration {
         verdict: Verdict::NoGoals,
         on_track: 0,
@@ -61,7 +66,10 @@ pub fn calibrate(goals: &[(String, String, Decimal, Decimal)], elapsed: Decimal,
     }
     if elapsed < MIN_ELAPSED {
         out.verdict = Verdict::TooEarly;
-        out.explanation = format!("only {}% of the period has elapsed; projections need 10%", round(elapsed * Decimal::ONE_HUNDRED, 1));
+        out.explanation = format!(
+            "only {}% of the period has elapsed; projections need 10%",
+            round(elapsed * Decimal::ONE_HUNDRED, 1)
+        );
         return out;
     }
     let mut projections: Vec<Projection> = goals
@@ -78,7 +86,11 @@ pub fn calibrate(goals: &[(String, String, Decimal, Decimal)], elapsed: Decimal,
             })
         })
         .collect();
-    projections.sort_by(|a, b| a.projected.cmp(&b.projected).then_with(|| a.subject_id.cmp(&b.subject_id)));
+    projections.sort_by(|a, b| {
+        a.projected
+            .cmp(&b.projected)
+            .then_with(|| a.subject_id.cmp(&b.subject_id))
+    });
     let n = projections.len();
     if n == 0 {
         out.explanation = "every goal has a zero target".into();
@@ -89,7 +101,10 @@ pub fn calibrate(goals: &[(String, String, Decimal, Decimal)], elapsed: Decimal,
     out.median = Some(if n % 2 == 1 {
         projections[n / 2].projected
     } else {
-        round((projections[n / 2 - 1].projected + projections[n / 2].projected) / Decimal::TWO, 4)
+        round(
+            (projections[n / 2 - 1].projected + projections[n / 2].projected) / Decimal::TWO,
+            4,
+        )
     });
     for (i, from) in BUCKETS.iter().enumerate() {
         let to = BUCKETS.get(i + 1).copied().unwrap_or(0);
@@ -100,7 +115,8 @@ pub fn calibrate(goals: &[(String, String, Decimal, Decimal)], elapsed: Decimal,
                 pct >= Decimal::from(*from) && (to == 0 || pct < Decimal::from(to))
             })
             .count();
-        out.distribution.push((*from, to, u32::try_from(count).unwrap_or(u32::MAX)));
+        out.distribution
+            .push((*from, to, u32::try_from(count).unwrap_or(u32::MAX)));
     }
     let pct = |d: Decimal| round(d * Decimal::ONE_HUNDRED, 1);
     out.verdict = if out.on_track_share < low {
@@ -132,14 +148,26 @@ mod tests {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| (format!("g{i}"), format!("rep-{i}"), Decimal::from(*v), dec!(100)))
+            .map(|(i, v)| {
+                (
+                    format!("g{i}"),
+                    format!("rep-{i}"),
+                    Decimal::from(*v),
+                    dec!(100),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn too_high_when_nobody_is_on_track() {
         // Half the period gone; everyone at 20..40% of target: projections 40..80%.
-        let c = calibrate(&goals(&[20, 25, 30, 35, 40]), dec!(0.5), dec!(0.2), dec!(0.8));
+        let c = calibrate(
+            &goals(&[20, 25, 30, 35, 40]),
+            dec!(0.5),
+            dec!(0.2),
+            dec!(0.8),
+        );
         assert_eq!(c.verdict, Verdict::TooHigh);
         assert_eq!(c.on_track, 0);
         assert_eq!(c.median, Some(dec!(0.6)));
@@ -160,11 +188,22 @@ mod tests {
     #[test]
     fn plausible_mix_and_edge_cases() {
         // Projections 0.6, 0.9, 1.0, 1.2, 0.4: two of five on track.
-        let c = calibrate(&goals(&[30, 45, 50, 60, 20]), dec!(0.5), dec!(0.2), dec!(0.8));
+        let c = calibrate(
+            &goals(&[30, 45, 50, 60, 20]),
+            dec!(0.5),
+            dec!(0.2),
+            dec!(0.8),
+        );
         assert_eq!(c.verdict, Verdict::Plausible);
         assert_eq!(c.on_track, 2);
         assert_eq!(c.on_track_share, dec!(0.4));
-        assert_eq!(calibrate(&goals(&[50]), dec!(0.05), dec!(0.2), dec!(0.8)).verdict, Verdict::TooEarly);
-        assert_eq!(calibrate(&[], dec!(0.5), dec!(0.2), dec!(0.8)).verdict, Verdict::NoGoals);
+        assert_eq!(
+            calibrate(&goals(&[50]), dec!(0.05), dec!(0.2), dec!(0.8)).verdict,
+            Verdict::TooEarly
+        );
+        assert_eq!(
+            calibrate(&[], dec!(0.5), dec!(0.2), dec!(0.8)).verdict,
+            Verdict::NoGoals
+        );
     }
 }

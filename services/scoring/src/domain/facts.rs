@@ -341,7 +341,14 @@ pub(crate) mod tests {
 
     use super::*;
 
-    pub fn fact(kind: FactKind, n: u128, deal: &str, amount: Decimal, month: &str, due: &str) -> Fact {
+    pub fn fact(
+        kind: FactKind,
+        n: u128,
+        deal: &str,
+        amount: Decimal,
+        month: &str,
+        due: &str,
+    ) -> Fact {
         Fact {
             event_id: Uuid::from_u128(n),
             source_event_id: format!("src-{n}"),
@@ -360,7 +367,12 @@ pub(crate) mod tests {
 
     fn cell(cells: &Cells, month: &str, name: &'static str) -> (Decimal, i64) {
         cells
-            .get(&("rep-1".to_owned(), PeriodKind::Month, month.to_owned(), name))
+            .get(&(
+                "rep-1".to_owned(),
+                PeriodKind::Month,
+                month.to_owned(),
+                name,
+            ))
             .copied()
             .unwrap_or_default()
     }
@@ -403,20 +415,36 @@ pub(crate) mod tests {
             Just(FactKind::Activity(ActivityCell::Visits)),
             Just(FactKind::Csat),
         ];
-        prop::collection::vec((kinds, 0..3usize, 1i64..100_000, 0..3usize, 0..3usize, any::<bool>()), 1..25).prop_map(
-            |v| {
-                let months = ["2026-10", "2026-11", "2026-12"];
-                v.into_iter()
-                    .enumerate()
-                    .map(|(i, (k, deal, cents, m, due, full))| {
-                        let mut f = fact(k, i as u128 + 1, &format!("d{deal}"), Decimal::new(cents, 2), months[m], months[due]);
-                        f.full = full && k == FactKind::Reversal;
-                        f.score = 4;
-                        f
-                    })
-                    .collect()
-            },
+        prop::collection::vec(
+            (
+                kinds,
+                0..3usize,
+                1i64..100_000,
+                0..3usize,
+                0..3usize,
+                any::<bool>(),
+            ),
+            1..25,
         )
+        .prop_map(|v| {
+            let months = ["2026-10", "2026-11", "2026-12"];
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (k, deal, cents, m, due, full))| {
+                    let mut f = fact(
+                        k,
+                        i as u128 + 1,
+                        &format!("d{deal}"),
+                        Decimal::new(cents, 2),
+                        months[m],
+                        months[due],
+                    );
+                    f.full = full && k == FactKind::Reversal;
+                    f.score = 4;
+                    f
+                })
+                .collect()
+        })
     }
 
     proptest! {

@@ -34,7 +34,10 @@ pub fn projected(value: Decimal, target: Decimal, elapsed: Decimal) -> Option<De
 
 /// Goal periods are months, quarters or years.
 pub fn goal_period_kind_ok(kind: PeriodKind) -> bool {
-    matches!(kind, PeriodKind::Month | PeriodKind::Quarter | PeriodKind::Year)
+    matches!(
+        kind,
+        PeriodKind::Month | PeriodKind::Quarter | PeriodKind::Year
+    )
 }
 
 /// Two goal periods of different kinds for the same subject and metric overlap when their
@@ -71,7 +74,10 @@ mod tests {
         assert_eq!(attainment(dec!(7500), dec!(10000)), Some(dec!(0.75)));
         assert_eq!(attainment(dec!(1), dec!(0)), None);
         // Half the period gone, 40% of target: on pace for 80%.
-        assert_eq!(projected(dec!(4000), dec!(10000), dec!(0.5)), Some(dec!(0.8)));
+        assert_eq!(
+            projected(dec!(4000), dec!(10000), dec!(0.5)),
+            Some(dec!(0.8))
+        );
         assert_eq!(projected(dec!(4000), dec!(10000), dec!(0)), None);
     }
 

@@ -58,7 +58,11 @@ impl CellTotals {
             }
             "collection_rate" => {
                 let (col, due, cnt) = ratio("collected", "amount_due");
-                let v = if due > Decimal::ZERO { col / due } else { Decimal::ONE };
+                let v = if due > Decimal::ZERO {
+                    col / due
+                } else {
+                    Decimal::ONE
+                };
                 (Some(v), cnt)
             }
             "csat_avg" => {
@@ -67,7 +71,10 @@ impl CellTotals {
             }
             "nps" => {
                 let (sum, c) = self.get("nps");
-                ((c > 0).then(|| sum * Decimal::ONE_HUNDRED / Decimal::from(c)), n(c))
+                (
+                    (c > 0).then(|| sum * Decimal::ONE_HUNDRED / Decimal::from(c)),
+                    n(c),
+                )
             }
             other => {
                 let (sum, c) = self.get(other);

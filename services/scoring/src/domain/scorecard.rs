@@ -29,8 +29,13 @@ pub enum Target {
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Curve {
-    LinearCapped { cap: Decimal },
-    Threshold { min: Decimal, cap: Decimal },
+    LinearCapped {
+        cap: Decimal,
+    },
+    Threshold {
+        min: Decimal,
+        cap: Decimal,
+    },
     /// (from attainment, points), ascending.
     Bands(Vec<(Decimal, Decimal)>),
 }
@@ -39,7 +44,9 @@ impl Curve {
     /// Points (0..) for `attainment`.
     pub fn points(&self, attainment: Decimal) -> Decimal {
         match self {
-            Self::LinearCapped { cap } => attainment.min(*cap).max(Decimal::ZERO) * Decimal::ONE_HUNDRED,
+            Self::LinearCapped { cap } => {
+                attainment.min(*cap).max(Decimal::ZERO) * Decimal::ONE_HUNDRED
+            }
             Self::Threshold { min, cap } => {
                 if attainment < *min {
                     Decimal::ZERO
@@ -58,7 +65,9 @@ impl Curve {
     /// How the curve reads, for explanations.
     pub fn describe(&self) -> String {
         match self {
-            Self::LinearCapped { cap } => format!("linear, capped at {cap}: min(attainment, {cap}) x 100"),
+            Self::LinearCapped { cap } => {
+                format!("linear, capped at {cap}: min(attainment, {cap}) x 100")
+            }
             Self::Threshold { min, cap } => {
                 format!("threshold {min}: 0 below, else min(attainment, {cap}) x 100")
             }
@@ -113,15 +122,23 @@ pub fn from_proto(c: &pb::Scorecard) -> Result<Scorecard, Vec<FieldViolation>> {
     let id_ok = v.id("scorecard_id", &c.scorecard_id, 64);
     v.text("name", &c.name, 200);
     let assignment = match c.assignment.as_ref().and_then(|a| a.kind.as_ref()) {
-        Some(pb::scorecard_assignment::Kind::TeamId(t)) if !t.is_empty() => Assignment::Team(t.clone()),
-        Some(pb::scorecard_assignment::Kind::Role(r)) if !r.is_empty() => Assignment::Role(r.clone()),
+        Some(pb::scorecard_assignment::Kind::TeamId(t)) if !t.is_empty() => {
+            Assignment::Team(t.clone())
+        }
+        Some(pb::scorecard_assignment::Kind::Role(r)) if !r.is_empty() => {
+            Assignment::Role(r.clone())
+        }
         Some(pb::scorecard_assignment::Kind::TenantDefault(true)) => Assignment::TenantDefault,
         _ => {
-            v.add("assignment", "one of team_id, role or tenant_default=true is required");
+            v.add(
+                "assignment",
+                "one of team_id, role or tenant_default=true is required",
+            );
             Assignment::TenantDefault
         }
     };
-    let cap = dec(&mut v, "cap", &c.cap, Some(Decimal::ONE_HUNDRED)).unwrap_or(Decimal::ONE_HUNDRED);
+    let cap =
+        dec(&mut v, "cap", &c.cap, Some(Decimal::ONE_HUNDRED)).unwrap_or(Decimal::ONE_HUNDRED);
     if cap <= Decimal::ZERO {
         v.add("cap", "must be greater than zero");
     }
@@ -138,7 +155,10 @@ pub fn from_proto(c: &pb::Scorecard) -> Result<Scorecard, Vec<FieldViolation>> {
             v.add(format!("{f}.kpi_id"), "is used twice");
         }
         if !is_metric(&k.metric) {
-            v.add(format!("{f}.metric"), format!("unknown metric {:?}", k.metric));
+            v.add(
+                format!("{f}.metric"),
+                format!("unknown metric {:?}", k.metric),
+            );
         }
         let weight = dec(&mut v, &format!("{f}.weight"), &k.weight, None);
         match weight {
@@ -151,16 +171,21 @@ pub fn from_proto(c: &pb::Scorecard) -> Result<Scorecard, Vec<FieldViolation>> {
         }
         let target = match k.target.as_ref().and_then(|t| t.kind.as_ref()) {
             Some(pb::kpi_target::Kind::Goal(true)) => Some(Target::Goal),
-            Some(pb::kpi_target::Kind::Fixed(s)) => match dec(&mut v, &format!("{f}.target.fixed"), s, None) {
-                Some(d) if d > Decimal::ZERO => Some(Target::Fixed(d)),
-                Some(_) => {
-                    v.add(format!("{f}.target.fixed"), "must be greater than zero");
-                    None
+            Some(pb::kpi_target::Kind::Fixed(s)) => {
+                match dec(&mut v, &format!("{f}.target.fixed"), s, None) {
+                    Some(d) if d > Decimal::ZERO => Some(Target::Fixed(d)),
+                    Some(_) => {
+                        v.add(format!("{f}.target.fixed"), "must be greater than zero");
+                        None
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
             _ => {
-                v.add(format!("{f}.target"), "goal=true or a fixed target is required");
+                v.add(
+                    format!("{f}.target"),
+                    "goal=true or a fixed target is required",
+                );
                 None
             }
         };
@@ -168,7 +193,10 @@ pub fn from_proto(c: &pb::Scorecard) -> Result<Scorecard, Vec<FieldViolation>> {
         let pillar = match Pillar::try_from(k.pillar) {
             Ok(p) if p != Pillar::Unspecified => p as i32,
             _ => {
-                v.add(format!("{f}.pillar"), "must be RESULTS, BEHAVIOUR or CAPABILITY");
+                v.add(
+                    format!("{f}.pillar"),
+                    "must be RESULTS, BEHAVIOUR or CAPABILITY",
+                );
                 0
             }
         };
@@ -201,9 +229,17 @@ fn curve(v: &mut Violations, f: &str, c: Option<&pb::Curve>) -> Option<Curve> {
     match c.and_then(|c| c.kind.as_ref()) {
         None => Some(Curve::LinearCapped { cap: Decimal::ONE }),
         Some(pb::curve::Kind::LinearCapped(l)) => {
-            let cap = dec(v, &format!("{f}.linear_capped.cap"), &l.cap, Some(Decimal::ONE))?;
+            let cap = dec(
+                v,
+                &format!("{f}.linear_capped.cap"),
+                &l.cap,
+                Some(Decimal::ONE),
+            )?;
             if cap <= Decimal::ZERO {
-                v.add(format!("{f}.linear_capped.cap"), "must be greater than zero");
+                v.add(
+                    format!("{f}.linear_capped.cap"),
+                    "must be greater than zero",
+                );
                 return None;
             }
             Some(Curve::LinearCapped { cap })
@@ -212,7 +248,10 @@ fn curve(v: &mut Violations, f: &str, c: Option<&pb::Curve>) -> Option<Curve> {
             let min = dec(v, &format!("{f}.threshold.min"), &t.min, None)?;
             let cap = dec(v, &format!("{f}.threshold.cap"), &t.cap, Some(Decimal::ONE))?;
             if min < Decimal::ZERO || cap < min || cap <= Decimal::ZERO {
-                v.add(format!("{f}.threshold"), "needs 0 <= min <= cap and cap > 0");
+                v.add(
+                    format!("{f}.threshold"),
+                    "needs 0 <= min <= cap and cap > 0",
+                );
                 return None;
             }
             Some(Curve::Threshold { min, cap })
@@ -227,11 +266,20 @@ fn curve(v: &mut Violations, f: &str, c: Option<&pb::Curve>) -> Option<Curve> {
                 let from = dec(v, &format!("{f}.bands[{i}].from"), &band.from, None)?;
                 let points = dec(v, &format!("{f}.bands[{i}].points"), &band.points, None)?;
                 if points < Decimal::ZERO || from < Decimal::ZERO {
-                    v.add(format!("{f}.bands[{i}]"), "from and points must not be negative");
+                    v.add(
+                        format!("{f}.bands[{i}]"),
+                        "from and points must not be negative",
+                    );
                     return None;
                 }
-                if out.last().is_some_and(|(prev, _): &(Decimal, Decimal)| from <= *prev) {
-                    v.add(format!("{f}.bands[{i}].from"), "bands must be in ascending order of `from`");
+                if out
+                    .last()
+                    .is_some_and(|(prev, _): &(Decimal, Decimal)| from <= *prev)
+                {
+                    v.add(
+                        format!("{f}.bands[{i}].from"),
+                        "bands must be in ascending order of `from`",
+                    );
                     return None;
                 }
                 out.push((from, points));
@@ -270,13 +318,17 @@ pub fn to_proto(c: &Scorecard) -> pb::Scorecard {
                 }),
                 curve: Some(pb::Curve {
                     kind: Some(match &k.curve {
-                        Curve::LinearCapped { cap } => pb::curve::Kind::LinearCapped(pb::LinearCapped {
-                            cap: cap.normalize().to_string(),
-                        }),
-                        Curve::Threshold { min, cap } => pb::curve::Kind::Threshold(pb::Threshold {
-                            min: min.normalize().to_string(),
-                            cap: cap.normalize().to_string(),
-                        }),
+                        Curve::LinearCapped { cap } => {
+                            pb::curve::Kind::LinearCapped(pb::LinearCapped {
+                                cap: cap.normalize().to_string(),
+                            })
+                        }
+                        Curve::Threshold { min, cap } => {
+                            pb::curve::Kind::Threshold(pb::Threshold {
+                                min: min.normalize().to_string(),
+                                cap: cap.normalize().to_string(),
+                            })
+                        }
                         Curve::Bands(b) => pb::curve::Kind::Bands(pb::Bands {
                             bands: b
                                 .iter()
@@ -305,7 +357,11 @@ pub struct Scored {
 }
 
 /// Scores `totals` against `card`; `goal` gives the subject's goal target for a metric.
-pub fn score(card: &Scorecard, totals: &CellTotals, goal: &dyn Fn(&str) -> Option<Decimal>) -> Scored {
+pub fn score(
+    card: &Scorecard,
+    totals: &CellTotals,
+    goal: &dyn Fn(&str) -> Option<Decimal>,
+) -> Scored {
     let mut total = Decimal::ZERO;
     let mut pillars = BTreeMap::new();
     let mut kpis = Vec::with_capacity(card.kpis.len());
@@ -323,12 +379,16 @@ pub fn score(card: &Scorecard, totals: &CellTotals, goal: &dyn Fn(&str) -> Optio
         let weighted = points * k.weight / Decimal::ONE_HUNDRED;
         total += weighted;
         let pillar_name = Pillar::try_from(k.pillar).map_or("unspecified", |p| p.as_str_name());
-        *pillars.entry(pillar_name.to_owned()).or_insert(Decimal::ZERO) += weighted;
+        *pillars
+            .entry(pillar_name.to_owned())
+            .or_insert(Decimal::ZERO) += weighted;
         kpis.push(KpiScore {
             kpi_id: k.kpi_id.clone(),
             metric: k.metric.clone(),
             value: value.map(|v| round(v, 4).to_string()).unwrap_or_default(),
-            target: target.map(|t| t.normalize().to_string()).unwrap_or_default(),
+            target: target
+                .map(|t| t.normalize().to_string())
+                .unwrap_or_default(),
             attainment: attainment.map(|a| a.to_string()).unwrap_or_default(),
             points: points.to_string(),
             weight: k.weight.normalize().to_string(),
@@ -354,11 +414,18 @@ mod tests {
         let lin = Curve::LinearCapped { cap: dec!(1.2) };
         assert_eq!(lin.points(dec!(0.85)), dec!(85));
         assert_eq!(lin.points(dec!(1.5)), dec!(120));
-        let th = Curve::Threshold { min: dec!(0.8), cap: dec!(1) };
+        let th = Curve::Threshold {
+            min: dec!(0.8),
+            cap: dec!(1),
+        };
         assert_eq!(th.points(dec!(0.79)), dec!(0));
         assert_eq!(th.points(dec!(0.8)), dec!(80));
         assert_eq!(th.points(dec!(1.3)), dec!(100));
-        let bands = Curve::Bands(vec![(dec!(0), dec!(0)), (dec!(0.5), dec!(40)), (dec!(1), dec!(100))]);
+        let bands = Curve::Bands(vec![
+            (dec!(0), dec!(0)),
+            (dec!(0.5), dec!(40)),
+            (dec!(1), dec!(100)),
+        ]);
         assert_eq!(bands.points(dec!(0.49)), dec!(0));
         assert_eq!(bands.points(dec!(0.5)), dec!(40));
         assert_eq!(bands.points(dec!(0.99)), dec!(40));
@@ -386,7 +453,10 @@ mod tests {
                     metric: "collection_rate".into(),
                     weight: dec!(20),
                     target: Target::Fixed(dec!(0.9)),
-                    curve: Curve::Threshold { min: dec!(0.7), cap: dec!(1) },
+                    curve: Curve::Threshold {
+                        min: dec!(0.7),
+                        cap: dec!(1),
+                    },
                     pillar: Pillar::Results as i32,
                 },
                 Kpi {
@@ -462,17 +532,30 @@ mod tests {
     #[test]
     fn bad_definitions_are_rejected_with_field_errors() {
         let fields = |c: &pb::Scorecard| -> Vec<String> {
-            from_proto(c).unwrap_err().into_iter().map(|v| v.field).collect()
+            from_proto(c)
+                .unwrap_err()
+                .into_iter()
+                .map(|v| v.field)
+                .collect()
         };
         assert_eq!(fields(&proto_card(&["60", "30"], "revenue")), ["kpis"]);
         assert_eq!(fields(&proto_card(&["100"], "vibes")), ["kpis[0].metric"]);
-        assert_eq!(fields(&proto_card(&["-5", "105"], "revenue")), ["kpis[0].weight", "kpis[1].weight"]);
+        assert_eq!(
+            fields(&proto_card(&["-5", "105"], "revenue")),
+            ["kpis[0].weight", "kpis[1].weight"]
+        );
         let mut c = proto_card(&["100"], "revenue");
         c.kpis[0].curve = Some(pb::Curve {
             kind: Some(pb::curve::Kind::Bands(pb::Bands {
                 bands: vec![
-                    pb::Band { from: "1".into(), points: "100".into() },
-                    pb::Band { from: "0.5".into(), points: "50".into() },
+                    pb::Band {
+                        from: "1".into(),
+                        points: "100".into(),
+                    },
+                    pb::Band {
+                        from: "0.5".into(),
+                        points: "50".into(),
+                    },
                 ],
             })),
         });
