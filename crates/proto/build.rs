@@ -28,6 +28,9 @@ fn main() {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::Codec")
+        // Ordered maps: the same message always encodes to the same bytes (replays are
+        // byte-identical).
+        .btree_map(".")
         .compile_fds(fds)
         .unwrap_or_else(|e| panic!("codegen: {e}"));
 }

@@ -3,4 +3,5 @@
 //! its own database and topic prefix.
 
 mod ingest;
+mod scoring;
 mod spine;

@@ -428,7 +428,11 @@ impl ScoringAdminService for Admin {
     ) -> Result<Response<pb::EvaluateProcessAlertsResponse>, Status> {
         let c = caller(&req)?;
         c.require_admin()?;
-        let raised = evaluate_alerts(&self.pool, &self.kafka, &c.tenant_id, Utc::now()).await?;
+        let at = match req.into_inner().at {
+            None => Utc::now(),
+            Some(ts) => spm_proto::ext::datetime(&ts).ok_or_else(|| ApiError::invalid("at", "is not a valid timestamp"))?,
+        };
+        let raised = evaluate_alerts(&self.pool, &self.kafka, &c.tenant_id, at).await?;
         self.relay.notify_one();
         Ok(Response::new(pb::EvaluateProcessAlertsResponse { raised }))
     }
