@@ -28,22 +28,46 @@ fn plan() -> pb::Plan {
         name: "AE".into(),
         effective_from: "2020-01-01".into(),
         period_kind: common::PeriodKind::Month as i32,
-        assignment: Some(pb::PlanAssignment { tenant_default: true, ..Default::default() }),
+        assignment: Some(pb::PlanAssignment {
+            tenant_default: true,
+            ..Default::default()
+        }),
         commission: Some(pb::Commission {
             basis: pb::TierBasis::Attainment as i32,
             mode: pb::TierMode::Marginal as i32,
             quota: "10000".into(),
             tiers: vec![
-                pb::Tier { from: "0".into(), rate: "0.05".into() },
-                pb::Tier { from: "1".into(), rate: "0.08".into() },
-                pb::Tier { from: "1.5".into(), rate: "0.1".into() },
+                pb::Tier {
+                    from: "0".into(),
+                    rate: "0.05".into(),
+                },
+                pb::Tier {
+                    from: "1".into(),
+                    rate: "0.08".into(),
+                },
+                pb::Tier {
+                    from: "1.5".into(),
+                    rate: "0.1".into(),
+                },
             ],
             ..Default::default()
         }),
-        payout: Some(pb::PayoutSplit { at_close_percent: "50".into(), on_collection_percent: "50".into() }),
-        attainment_bonuses: vec![pb::AttainmentBonus { at: "1".into(), amount: "1000".into() }],
+        payout: Some(pb::PayoutSplit {
+            at_close_percent: "50".into(),
+            on_collection_percent: "50".into(),
+        }),
+        attainment_bonuses: vec![pb::AttainmentBonus {
+            at: "1".into(),
+            amount: "1000".into(),
+        }],
         clawback_window_days: 90,
-        badges: vec![pb::BadgeRule { code: "first".into(), title: "First deal".into(), kind: pb::BadgeKind::FirstDeal as i32, threshold: String::new(), periods: 0 }],
+        badges: vec![pb::BadgeRule {
+            code: "first".into(),
+            title: "First deal".into(),
+            kind: pb::BadgeKind::FirstDeal as i32,
+            threshold: String::new(),
+            periods: 0,
+        }],
         ..Default::default()
     }
 }
@@ -59,24 +83,60 @@ async fn world(name: &str, with_scoring: bool) -> (World, Option<Service>) {
     let env = TestEnv::new(name).await;
     let ingest = env.start("ingest").await;
     let incentive = env.start("incentive").await;
-    let scoring = if with_scoring { Some(env.start("scoring").await) } else { None };
+    let scoring = if with_scoring {
+        Some(env.start("scoring").await)
+    } else {
+        None
+    };
     let t = create_tenant(&env, &ingest, "acme").await;
     wait_key_known(&ingest, &t.admin_key).await;
     wait_key_known(&incentive, &t.admin_key).await;
-    (World { env, ingest, incentive, key: t.admin_key }, scoring)
+    (
+        World {
+            env,
+            ingest,
+            incentive,
+            key: t.admin_key,
+        },
+        scoring,
+    )
 }
 
-async fn statement(inc: &Inc, key: &str, rep: &str, period: Option<common::Period>) -> pb::Statement {
+async fn statement(
+    inc: &Inc,
+    key: &str,
+    rep: &str,
+    period: Option<common::Period>,
+) -> pb::Statement {
     let mut inc = inc.clone();
-    inc.get_statement(authed(pb::GetStatementRequest { rep_id: rep.into(), period }, key)).await.expect("statement").into_inner().statement.unwrap()
+    inc.get_statement(authed(
+        pb::GetStatementRequest {
+            rep_id: rep.into(),
+            period,
+        },
+        key,
+    ))
+    .await
+    .expect("statement")
+    .into_inner()
+    .statement
+    .unwrap()
 }
 
 fn line<'a>(s: &'a pb::Statement, key: &str) -> &'a pb::StatementLine {
-    s.lines.iter().find(|l| l.key == key).unwrap_or_else(|| panic!("no line {key} in {:?}", s.lines.iter().map(|l| &l.key).collect::<Vec<_>>()))
+    s.lines.iter().find(|l| l.key == key).unwrap_or_else(|| {
+        panic!(
+            "no line {key} in {:?}",
+            s.lines.iter().map(|l| &l.key).collect::<Vec<_>>()
+        )
+    })
 }
 
 fn statuses(l: &pb::StatementLine) -> Vec<(i32, String)> {
-    l.by_status.iter().map(|s| (s.status, s.amount.clone())).collect()
+    l.by_status
+        .iter()
+        .map(|s| (s.status, s.amount.clone()))
+        .collect()
 }
 
 const PAYABLE: i32 = ev::EarningStatus::Payable as i32;
@@ -86,21 +146,35 @@ const EARNED: i32 = ev::EarningStatus::Earned as i32;
 async fn statement_lines_explain_themselves_and_follow_collection() {
     let (w, _) = world("incentive-statement", false).await;
     let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key)).await.expect("plan");
+    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
+        .await
+        .expect("plan");
     let d1 = deal("d1", "8000.00", &[("r1", "100")]);
     let d2 = deal("d2", "4000.00", &[("r1", "100")]);
-    submit(&w.ingest, &w.key, vec![rep("r1", "", ""), d1.clone(), d2.clone()]).await;
+    submit(
+        &w.ingest,
+        &w.key,
+        vec![rep("r1", "", ""), d1.clone(), d2.clone()],
+    )
+    .await;
     let inc = IncentiveServiceClient::new(w.incentive.channel().await);
     // Marginal: d1 8000 x 5% = 400; d2 2000 x 5% + 2000 x 8% = 260. Half payable at close.
-    let s = eventually(Duration::from_secs(30), "both deals on the statement", || {
-        let (inc, key) = (inc.clone(), w.key.clone());
-        async move {
-            let s = statement(&inc, &key, "r1", None).await;
-            (s.lines.len() == 2 && s.total == "660.00").then_some(s)
-        }
-    })
+    let s = eventually(
+        Duration::from_secs(30),
+        "both deals on the statement",
+        || {
+            let (inc, key) = (inc.clone(), w.key.clone());
+            async move {
+                let s = statement(&inc, &key, "r1", None).await;
+                (s.lines.len() == 2 && s.total == "660.00").then_some(s)
+            }
+        },
+    )
     .await;
-    assert_eq!(statuses(line(&s, "commission:d1")), [(EARNED, "200.00".into()), (PAYABLE, "200.00".into())]);
+    assert_eq!(
+        statuses(line(&s, "commission:d1")),
+        [(EARNED, "200.00".into()), (PAYABLE, "200.00".into())]
+    );
     assert_eq!(line(&s, "commission:d2").amount, "260.00");
     assert_eq!(s.attainment, "1.2");
     assert_eq!((s.plan_id.as_str(), s.plan_version), ("ae", 1));
@@ -112,53 +186,150 @@ async fn statement_lines_explain_themselves_and_follow_collection() {
         let (inc, key) = (inc.clone(), w.key.clone());
         async move {
             let s = statement(&inc, &key, "r1", None).await;
-            (statuses(line(&s, "commission:d1")) == [(EARNED, "100.00".to_owned()), (PAYABLE, "300.00".to_owned())]).then_some(s)
+            (statuses(line(&s, "commission:d1"))
+                == [
+                    (EARNED, "100.00".to_owned()),
+                    (PAYABLE, "300.00".to_owned()),
+                ])
+            .then_some(s)
         }
     })
     .await;
-    let total: rust_decimal::Decimal = s.lines.iter().map(|l| l.amount.parse::<rust_decimal::Decimal>().unwrap()).sum();
+    let total: rust_decimal::Decimal = s
+        .lines
+        .iter()
+        .map(|l| l.amount.parse::<rust_decimal::Decimal>().unwrap())
+        .sum();
     assert_eq!(total.to_string(), s.total, "lines sum to the total exactly");
 
     // Explain: every posting, the inputs, the plan, the tiers.
     let mut inc2 = inc.clone();
-    let ex = inc2.explain_line(authed(pb::ExplainLineRequest { line_id: line(&s, "commission:d2").line_id.clone() }, &w.key)).await.unwrap().into_inner();
+    let ex = inc2
+        .explain_line(authed(
+            pb::ExplainLineRequest {
+                line_id: line(&s, "commission:d2").line_id.clone(),
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let e: Value = serde_json::from_str(&ex.line.unwrap().explanation_json).unwrap();
     assert_eq!(e["plan"]["id"], "ae");
     assert_eq!(e["inputs"][0], d2.event_id.as_str());
     assert_eq!(e["slices"].as_array().unwrap().len(), 2, "{e}");
     assert_eq!(e["slices"][1]["rate"], "0.08");
-    let ex1 = inc2.explain_line(authed(pb::ExplainLineRequest { line_id: line(&s, "commission:d1").line_id.clone() }, &w.key)).await.unwrap().into_inner();
-    assert!(ex1.postings.len() >= 3, "original posting and the status move: {:?}", ex1.postings);
-    assert!(ex1.postings.iter().any(|x| x.caused_by.contains(&p1_id(&p))), "a posting names the payment as its cause");
-
-    // Awards: the first deal.
-    let awards = inc2.list_awards(authed(pb::ListAwardsRequest { rep_id: "r1".into() }, &w.key)).await.unwrap().into_inner().awards;
-    assert_eq!(awards.iter().map(|a| a.code.as_str()).collect::<Vec<_>>(), ["first"]);
-
-    // What-if: 3000 more at 8% (position 1.2 -> 1.5).
-    let wi = inc2
-        .what_if(authed(pb::WhatIfRequest { rep_id: "r1".into(), amount: Some(money("3000.00", "EUR")), lines: vec![], close_at: None }, &w.key))
+    let ex1 = inc2
+        .explain_line(authed(
+            pb::ExplainLineRequest {
+                line_id: line(&s, "commission:d1").line_id.clone(),
+            },
+            &w.key,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((wi.delta.as_str(), wi.attainment_after.as_str()), ("240.00", "1.5"));
-    let bad = inc2.what_if(authed(pb::WhatIfRequest { rep_id: "r1".into(), amount: Some(money("1", "USD")), lines: vec![], close_at: None }, &w.key)).await.unwrap_err();
+    assert!(
+        ex1.postings.len() >= 3,
+        "original posting and the status move: {:?}",
+        ex1.postings
+    );
+    assert!(
+        ex1.postings
+            .iter()
+            .any(|x| x.caused_by.contains(&p1_id(&p))),
+        "a posting names the payment as its cause"
+    );
+
+    // Awards: the first deal.
+    let awards = inc2
+        .list_awards(authed(
+            pb::ListAwardsRequest {
+                rep_id: "r1".into(),
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .awards;
+    assert_eq!(
+        awards.iter().map(|a| a.code.as_str()).collect::<Vec<_>>(),
+        ["first"]
+    );
+
+    // What-if: 3000 more at 8% (position 1.2 -> 1.5).
+    let wi = inc2
+        .what_if(authed(
+            pb::WhatIfRequest {
+                rep_id: "r1".into(),
+                amount: Some(money("3000.00", "EUR")),
+                lines: vec![],
+                close_at: None,
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (wi.delta.as_str(), wi.attainment_after.as_str()),
+        ("240.00", "1.5")
+    );
+    let bad = inc2
+        .what_if(authed(
+            pb::WhatIfRequest {
+                rep_id: "r1".into(),
+                amount: Some(money("1", "USD")),
+                lines: vec![],
+                close_at: None,
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
     // Plan simulation: doubled rates cost twice as much.
     let mut draft = plan();
     for t in &mut draft.commission.as_mut().unwrap().tiers {
-        t.rate = (t.rate.parse::<rust_decimal::Decimal>().unwrap() * rust_decimal::Decimal::TWO).to_string();
+        t.rate = (t.rate.parse::<rust_decimal::Decimal>().unwrap() * rust_decimal::Decimal::TWO)
+            .to_string();
     }
-    let sim = inc2.simulate_plan(authed(pb::SimulatePlanRequest { draft: Some(draft), period: None }, &w.key)).await.unwrap().into_inner();
-    assert_eq!((sim.current_total.as_str(), sim.draft_total.as_str(), sim.difference.as_str()), ("660.00", "1320.00", "660.00"));
+    let sim = inc2
+        .simulate_plan(authed(
+            pb::SimulatePlanRequest {
+                draft: Some(draft),
+                period: None,
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            sim.current_total.as_str(),
+            sim.draft_total.as_str(),
+            sim.difference.as_str()
+        ),
+        ("660.00", "1320.00", "660.00")
+    );
     assert_eq!(sim.deals, 2);
 
     // The ledger refuses to be rewritten.
     let pool = w.env.pool("incentive").await;
-    let err = sqlx::query("UPDATE ledger SET amount = 0").execute(&pool).await.unwrap_err();
+    let err = sqlx::query("UPDATE ledger SET amount = 0")
+        .execute(&pool)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    assert!(sqlx::query("DELETE FROM ledger").execute(&pool).await.is_err());
+    assert!(
+        sqlx::query("DELETE FROM ledger")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
 }
 
 fn p1_id(p: &spm_proto::ingest::v1::CrmEvent) -> String {
@@ -171,29 +342,78 @@ async fn bad_plans_are_rejected_field_by_field() {
     let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
     let fields = |s: tonic::Status| -> Vec<String> {
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        s.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect()
+        s.get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
     };
     let mut overlapping = plan();
     overlapping.commission.as_mut().unwrap().tiers[2].from = "1".into();
-    let e = adm.put_plan(authed(pb::PutPlanRequest { plan: Some(overlapping) }, &w.key)).await.unwrap_err();
+    let e = adm
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(overlapping),
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(fields(e), ["plan.commission.tiers[2].from"]);
     let mut negative = plan();
     negative.commission.as_mut().unwrap().tiers[0].rate = "-0.05".into();
-    let e = adm.put_plan(authed(pb::PutPlanRequest { plan: Some(negative) }, &w.key)).await.unwrap_err();
+    let e = adm
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(negative),
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(fields(e), ["plan.commission.tiers[0].rate"]);
     let mut splits = plan();
-    splits.payout = Some(pb::PayoutSplit { at_close_percent: "70".into(), on_collection_percent: "20".into() });
-    let e = adm.put_plan(authed(pb::PutPlanRequest { plan: Some(splits) }, &w.key)).await.unwrap_err();
+    splits.payout = Some(pb::PayoutSplit {
+        at_close_percent: "70".into(),
+        on_collection_percent: "20".into(),
+    });
+    let e = adm
+        .put_plan(authed(pb::PutPlanRequest { plan: Some(splits) }, &w.key))
+        .await
+        .unwrap_err();
     assert_eq!(fields(e), ["plan.payout"]);
     let mut kpi = plan();
-    kpi.gates = vec![pb::Gate { metric: "mood".into(), op: pb::GateOp::Below as i32, value: "1".into(), action: pb::GateAction::Hold as i32, factor: String::new() }];
-    let e = adm.put_plan(authed(pb::PutPlanRequest { plan: Some(kpi) }, &w.key)).await.unwrap_err();
+    kpi.gates = vec![pb::Gate {
+        metric: "mood".into(),
+        op: pb::GateOp::Below as i32,
+        value: "1".into(),
+        action: pb::GateAction::Hold as i32,
+        factor: String::new(),
+    }];
+    let e = adm
+        .put_plan(authed(pb::PutPlanRequest { plan: Some(kpi) }, &w.key))
+        .await
+        .unwrap_err();
     assert_eq!(fields(e), ["plan.gates[0].metric"]);
     // Versions.
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key)).await.unwrap();
-    let v2 = adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key)).await.unwrap().into_inner().plan.unwrap();
+    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
+        .await
+        .unwrap();
+    let v2 = adm
+        .put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
+        .await
+        .unwrap()
+        .into_inner()
+        .plan
+        .unwrap();
     assert_eq!(v2.version, 2);
-    let hist = adm.list_plans(authed(pb::ListPlansRequest { history: true }, &w.key)).await.unwrap().into_inner().plans;
+    let hist = adm
+        .list_plans(authed(pb::ListPlansRequest { history: true }, &w.key))
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
     assert_eq!(hist.len(), 2);
 }
 
@@ -203,7 +423,9 @@ async fn closed_periods_stay_closed_late_deals_become_adjustments() {
     let b = create_tenant(&w.env, &w.ingest, "beta").await;
     wait_key_known(&w.incentive, &b.admin_key).await;
     let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key)).await.unwrap();
+    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
+        .await
+        .unwrap();
     let cal = Calendar::default();
     let this = cal.period(PeriodKind::Month, Utc::now());
     let last = cal.period(PeriodKind::Month, this.start - Days::seconds(1));
@@ -212,22 +434,47 @@ async fn closed_periods_stay_closed_late_deals_become_adjustments() {
         d.occurred_at = Some(spm_proto::ext::timestamp(last.start + Days::days(day)));
         d
     };
-    submit(&w.ingest, &w.key, vec![rep("r1", "", ""), in_last("old-1", "11000.00", 5)]).await;
+    submit(
+        &w.ingest,
+        &w.key,
+        vec![rep("r1", "", ""), in_last("old-1", "11000.00", 5)],
+    )
+    .await;
     let inc = IncentiveServiceClient::new(w.incentive.channel().await);
-    let lastp = common::Period { kind: common::PeriodKind::Month as i32, key: last.key.clone() };
+    let lastp = common::Period {
+        kind: common::PeriodKind::Month as i32,
+        key: last.key.clone(),
+    };
     eventually(Duration::from_secs(30), "last month's deal", || {
         let (inc, key, p) = (inc.clone(), w.key.clone(), lastp.clone());
         async move { (statement(&inc, &key, "r1", Some(p)).await.lines.len() == 1).then_some(()) }
     })
     .await;
-    let closed = adm.close_period(authed(pb::ClosePeriodRequest { period: Some(lastp.clone()) }, &w.key)).await.unwrap().into_inner();
+    let closed = adm
+        .close_period(authed(
+            pb::ClosePeriodRequest {
+                period: Some(lastp.clone()),
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(closed.reps, 1);
     let at_close = statement(&inc, &w.key, "r1", Some(lastp.clone())).await;
     assert!(at_close.closed);
     // 10000 x 5% + 1000 x 8% = 580, and the 100% bonus of 1000 at close.
     assert_eq!(line(&at_close, "bonus:attainment:1").amount, "1000.00");
     assert_eq!(at_close.total, "1580.00");
-    let again = adm.close_period(authed(pb::ClosePeriodRequest { period: Some(lastp.clone()) }, &w.key)).await.unwrap_err();
+    let again = adm
+        .close_period(authed(
+            pb::ClosePeriodRequest {
+                period: Some(lastp.clone()),
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
 
     // A late deal of the closed month: posted as an adjustment in the open month.
@@ -242,7 +489,14 @@ async fn closed_periods_stay_closed_late_deals_become_adjustments() {
     })
     .await;
     let adj = line(&now_s, &format!("adjust:{}:commission:late", last.key));
-    assert_eq!((adj.kind, adj.amount.as_str(), adj.source_period.as_str()), (ev::EarningKind::Adjustment as i32, "80.00", last.key.as_str()));
+    assert_eq!(
+        (adj.kind, adj.amount.as_str(), adj.source_period.as_str()),
+        (
+            ev::EarningKind::Adjustment as i32,
+            "80.00",
+            last.key.as_str()
+        )
+    );
     let still = statement(&inc, &w.key, "r1", Some(lastp.clone())).await;
     assert_eq!(still.total, "1580.00", "the closed month is not rewritten");
     eventually(Duration::from_secs(30), "EarningAdjusted for the closed month on the topic", || {
@@ -258,16 +512,43 @@ async fn closed_periods_stay_closed_late_deals_become_adjustments() {
     .await;
 
     // Paying the closed month moves its payable earnings to paid.
-    let paid = adm.mark_period_paid(authed(pb::MarkPeriodPaidRequest { period: Some(lastp.clone()) }, &w.key)).await.unwrap().into_inner();
+    let paid = adm
+        .mark_period_paid(authed(
+            pb::MarkPeriodPaidRequest {
+                period: Some(lastp.clone()),
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(paid.reps, 1);
     let s = statement(&inc, &w.key, "r1", Some(lastp.clone())).await;
-    assert!(s.paid && s.totals_by_status.iter().any(|t| t.status == ev::EarningStatus::Paid as i32));
+    assert!(
+        s.paid
+            && s.totals_by_status
+                .iter()
+                .any(|t| t.status == ev::EarningStatus::Paid as i32)
+    );
 
     // Another tenant sees none of it.
     let mut inc_b = inc.clone();
-    let e = inc_b.explain_line(authed(pb::ExplainLineRequest { line_id: adj.line_id.clone() }, &b.admin_key)).await.unwrap_err();
+    let e = inc_b
+        .explain_line(authed(
+            pb::ExplainLineRequest {
+                line_id: adj.line_id.clone(),
+            },
+            &b.admin_key,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    assert!(statement(&inc, &b.admin_key, "r1", Some(lastp)).await.lines.is_empty());
+    assert!(
+        statement(&inc, &b.admin_key, "r1", Some(lastp))
+            .await
+            .lines
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,9 +557,26 @@ async fn disputes_gates_from_scoring_and_rebuild() {
     let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
     let mut p = plan();
     p.payout = None;
-    p.gates = vec![pb::Gate { metric: "collection_rate".into(), op: pb::GateOp::Below as i32, value: "0.7".into(), action: pb::GateAction::Multiply as i32, factor: "0.5".into() }];
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(p) }, &w.key)).await.unwrap();
-    submit(&w.ingest, &w.key, vec![rep("r1", "", "m1"), rep("m1", "", ""), deal("d1", "10000.00", &[("r1", "100")])]).await;
+    p.gates = vec![pb::Gate {
+        metric: "collection_rate".into(),
+        op: pb::GateOp::Below as i32,
+        value: "0.7".into(),
+        action: pb::GateAction::Multiply as i32,
+        factor: "0.5".into(),
+    }];
+    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(p) }, &w.key))
+        .await
+        .unwrap();
+    submit(
+        &w.ingest,
+        &w.key,
+        vec![
+            rep("r1", "", "m1"),
+            rep("m1", "", ""),
+            deal("d1", "10000.00", &[("r1", "100")]),
+        ],
+    )
+    .await;
     let inc = IncentiveServiceClient::new(w.incentive.channel().await);
     // Nothing collected yet: collection rate 0 < 0.7 halves the commission (500 -> 250).
     eventually(Duration::from_secs(30), "the gate applied", || {
@@ -287,13 +585,17 @@ async fn disputes_gates_from_scoring_and_rebuild() {
     })
     .await;
     submit(&w.ingest, &w.key, vec![payment("p1", "d1", "10000.00")]).await;
-    let s = eventually(Duration::from_secs(30), "the gate lifted by collection", || {
-        let (inc, key) = (inc.clone(), w.key.clone());
-        async move {
-            let s = statement(&inc, &key, "r1", None).await;
-            (s.total == "500.00").then_some(s)
-        }
-    })
+    let s = eventually(
+        Duration::from_secs(30),
+        "the gate lifted by collection",
+        || {
+            let (inc, key) = (inc.clone(), w.key.clone());
+            async move {
+                let s = statement(&inc, &key, "r1", None).await;
+                (s.total == "500.00").then_some(s)
+            }
+        },
+    )
     .await;
     let l = line(&s, "commission:d1").clone();
     assert!(l.postings >= 2, "posted, then adjusted");
@@ -301,44 +603,90 @@ async fn disputes_gates_from_scoring_and_rebuild() {
     // A dispute on the line, accepted with an adjustment.
     let mut inc2 = inc.clone();
     let d = inc2
-        .open_dispute(authed(pb::OpenDisputeRequest { line_id: l.line_id.clone(), reason: "the deal was 10,500".into(), opened_by: "r1".into() }, &w.key))
+        .open_dispute(authed(
+            pb::OpenDisputeRequest {
+                line_id: l.line_id.clone(),
+                reason: "the deal was 10,500".into(),
+                opened_by: "r1".into(),
+            },
+            &w.key,
+        ))
         .await
         .unwrap()
         .into_inner()
         .dispute
         .unwrap();
     let bad = adm
-        .resolve_dispute(authed(pb::ResolveDisputeRequest { dispute_id: d.dispute_id.clone(), outcome: ev::DisputeOutcome::Accepted as i32, adjustment: "25.001".into(), note: String::new(), resolved_by: "m1".into() }, &w.key))
+        .resolve_dispute(authed(
+            pb::ResolveDisputeRequest {
+                dispute_id: d.dispute_id.clone(),
+                outcome: ev::DisputeOutcome::Accepted as i32,
+                adjustment: "25.001".into(),
+                note: String::new(),
+                resolved_by: "m1".into(),
+            },
+            &w.key,
+        ))
         .await
         .unwrap_err();
-    assert_eq!(bad.get_details_bad_request().unwrap().field_violations[0].field, "adjustment");
-    adm.resolve_dispute(authed(pb::ResolveDisputeRequest { dispute_id: d.dispute_id.clone(), outcome: ev::DisputeOutcome::Accepted as i32, adjustment: "25.00".into(), note: "agreed".into(), resolved_by: "m1".into() }, &w.key))
-        .await
-        .unwrap();
+    assert_eq!(
+        bad.get_details_bad_request().unwrap().field_violations[0].field,
+        "adjustment"
+    );
+    adm.resolve_dispute(authed(
+        pb::ResolveDisputeRequest {
+            dispute_id: d.dispute_id.clone(),
+            outcome: ev::DisputeOutcome::Accepted as i32,
+            adjustment: "25.00".into(),
+            note: "agreed".into(),
+            resolved_by: "m1".into(),
+        },
+        &w.key,
+    ))
+    .await
+    .unwrap();
     let s = statement(&inc, &w.key, "r1", None).await;
-    assert_eq!(line(&s, &format!("dispute:{}", d.dispute_id)).amount, "25.00");
+    assert_eq!(
+        line(&s, &format!("dispute:{}", d.dispute_id)).amount,
+        "25.00"
+    );
     assert_eq!(s.total, "525.00");
     let again = adm
-        .resolve_dispute(authed(pb::ResolveDisputeRequest { dispute_id: d.dispute_id.clone(), outcome: ev::DisputeOutcome::Rejected as i32, resolved_by: "m1".into(), ..Default::default() }, &w.key))
+        .resolve_dispute(authed(
+            pb::ResolveDisputeRequest {
+                dispute_id: d.dispute_id.clone(),
+                outcome: ev::DisputeOutcome::Rejected as i32,
+                resolved_by: "m1".into(),
+                ..Default::default()
+            },
+            &w.key,
+        ))
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
-    eventually(Duration::from_secs(30), "both dispute events on the topic", || {
-        let env = &w.env;
-        async move {
-            let kinds: Vec<&str> = read_topic(env, topics::EARNINGS)
-                .into_iter()
-                .filter_map(|r| r.envelope.map(|e| e.event_type()))
-                .filter(|t| t.starts_with("Dispute"))
-                .collect();
-            (kinds == ["DisputeOpened", "DisputeResolved"]).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both dispute events on the topic",
+        || {
+            let env = &w.env;
+            async move {
+                let kinds: Vec<&str> = read_topic(env, topics::EARNINGS)
+                    .into_iter()
+                    .filter_map(|r| r.envelope.map(|e| e.event_type()))
+                    .filter(|t| t.starts_with("Dispute"))
+                    .collect();
+                (kinds == ["DisputeOpened", "DisputeResolved"]).then_some(())
+            }
+        },
+    )
     .await;
 
     // Rebuild: inputs reloaded from the topics, nothing to correct in the ledger.
     let pool = w.env.pool("incentive").await;
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&pool).await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     w.incentive.terminate(Duration::from_secs(20)).await;
     let out = tokio::process::Command::new(spm_testkit::process::binary("spm-incentive"))
         .arg("rebuild")
@@ -350,9 +698,20 @@ async fn disputes_gates_from_scoring_and_rebuild() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("needed 0 corrective postings"), "{}", String::from_utf8_lossy(&out.stdout));
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&pool).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("needed 0 corrective postings"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(before, after);
     w.incentive.restart().await;
     assert_eq!(statement(&inc, &w.key, "r1", None).await.total, "525.00");

@@ -4,5 +4,6 @@
 
 mod incentive;
 mod ingest;
+mod notification;
 mod scoring;
 mod spine;

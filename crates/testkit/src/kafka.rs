@@ -146,3 +146,14 @@ pub async fn publish_raw(
     .await
     .expect("publish");
 }
+
+/// Publishes an envelope the way SPM does (key, headers) to base topic `topic`.
+pub async fn publish_envelope(env: &TestEnv, topic: &str, key: &str, e: &EventEnvelope) {
+    let k = env.kafka();
+    let rec = spm_bus::envelope_record(k.topic(topic), key.to_owned(), e, &tracing::Span::none());
+    spm_bus::Producer::new(&k)
+        .expect("producer")
+        .send(&rec)
+        .await
+        .expect("publish");
+}

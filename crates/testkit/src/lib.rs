@@ -6,6 +6,8 @@ pub mod demo;
 pub mod events;
 pub mod kafka;
 pub mod process;
+pub mod smtp;
+pub mod webhook;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -430,7 +430,8 @@ impl ScoringAdminService for Admin {
         c.require_admin()?;
         let at = match req.into_inner().at {
             None => Utc::now(),
-            Some(ts) => spm_proto::ext::datetime(&ts).ok_or_else(|| ApiError::invalid("at", "is not a valid timestamp"))?,
+            Some(ts) => spm_proto::ext::datetime(&ts)
+                .ok_or_else(|| ApiError::invalid("at", "is not a valid timestamp"))?,
         };
         let raised = evaluate_alerts(&self.pool, &self.kafka, &c.tenant_id, at).await?;
         self.relay.notify_one();
