@@ -769,26 +769,11 @@ impl IncentiveAdminService for Api {
         .map_err(ApiError::from)?;
         let mut out = Outbox::new(&self.kafka);
         for key in keys {
-            for rep in store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key)
-                .await
-                .map_err(ApiError::from)?
-            {
-                let at = engine::RepKey {
-                    rep: &rep,
-                    kind: p.period_kind,
-                    key: &key,
-                };
-                engine::recompute(
-                    &mut tx,
-                    &ctx,
-                    at,
-                    &engine::Cause::default(),
-                    Mode::Normal,
-                    &mut out,
-                )
+            let reps = store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key).await.map_err(ApiError::from)?;
+            let pairs: Vec<(String, PeriodKind, String)> = reps.into_iter().map(|r| (r, p.period_kind, key.clone())).collect();
+            engine::recompute_many(&mut tx, &ctx, &pairs, &std::collections::HashMap::new(), Mode::Normal, &mut out)
                 .await
                 .map_err(ApiError::from)?;
-            }
         }
         self.commit(tx, out).await?;
         let mut resp = plan::to_proto(&p);

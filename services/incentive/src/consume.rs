@@ -229,22 +229,8 @@ impl IncentiveHandler {
                 }
             }
         }
-        for (rep, kind, key) in pairs {
-            let cause = causes.get(&rep).cloned().unwrap_or_default();
-            engine::recompute(
-                conn,
-                &ctx,
-                engine::RepKey {
-                    rep: &rep,
-                    kind,
-                    key: &key,
-                },
-                &cause,
-                Mode::Normal,
-                out,
-            )
-            .await?;
-        }
+        let pairs: Vec<(String, PeriodKind, String)> = pairs.into_iter().collect();
+        engine::recompute_many(conn, &ctx, &pairs, &causes, Mode::Normal, out).await?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! the ledger (in the period, or as adjustments in the next open period when it is
 //! closed), record the period's results, grant awards, and emit the events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use prost::Message as _;
@@ -196,95 +196,155 @@ pub struct RepKey<'a> {
 }
 
 /// Recomputes one rep-period and posts the difference.
-pub async fn recompute(
+pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause: &Cause, mode: Mode, out: &mut Outbox) -> Result<Report, sqlx::Error> {
+    let mut causes = HashMap::new();
+    causes.insert(at.rep.to_owned(), cause.clone());
+    recompute_many(conn, ctx, &[(at.rep.to_owned(), at.kind, at.key.to_owned())], &causes, mode, out).await
+}
+
+/// Recomputes many rep-periods with a handful of queries per period (not per rep): loads
+/// every affected rep's deals, metrics, holdings and org at once, computes in memory, and
+/// appends all postings in one insert.
+#[allow(clippy::too_many_lines)]
+pub async fn recompute_many(
     conn: &mut PgConnection,
     ctx: &Ctx,
-    at: RepKey<'_>,
-    cause: &Cause,
+    pairs: &[(String, PeriodKind, String)],
+    causes: &HashMap<String, Cause>,
     mode: Mode,
     out: &mut Outbox,
 ) -> Result<Report, sqlx::Error> {
-    let RepKey { rep, kind, key } = at;
-    let plan = ctx.plan_for(conn, rep, kind, key).await?.cloned();
-    let rp = input(conn, ctx, rep, kind, key, mode).await?;
-    let held = store::holdings(conn, &ctx.tenant, rep, kind, key).await?;
-    let late_paid = mode == Mode::Normal && rp.paid;
-    let mut outcome = match &plan {
-        Some(p) => compute(
-            p,
-            &RepPeriod {
-                paid: rp.paid && !late_paid,
-                ..rp.clone()
-            },
-            ctx.currency,
-        ),
-        None => Outcome {
-            lines: Vec::new(),
-            revenue: Decimal::ZERO,
-            attainment: None,
-            held: false,
-        },
-    };
-    if late_paid {
-        keep_paid(&mut outcome, &held);
+    let mut by_period: BTreeMap<(PeriodKind, String), Vec<String>> = BTreeMap::new();
+    for (rep, kind, key) in pairs {
+        by_period.entry((*kind, key.clone())).or_default().push(rep.clone());
     }
-    let postings = diff(&outcome, &held);
     let mut report = Report::default();
-    let span = cause.span.clone().unwrap_or_else(tracing::Span::current);
-
-    if !postings.is_empty() {
-        let post_key = if rp.closed && mode == Mode::Normal {
-            store::next_open(conn, &ctx.tenant, &ctx.calendar, kind, key).await?
-        } else {
-            key.to_owned()
-        };
-        let late = post_key != key;
-        let (plan_id, plan_version) = plan.as_ref().map_or((String::new(), 0), |p| {
-            (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
-        });
-        let rows: Vec<LedgerRow> = postings
+    let no_cause = Cause::default();
+    for ((kind, key), mut reps) in by_period {
+        reps.sort();
+        reps.dedup();
+        let Ok(period) = ctx.calendar.parse_key(kind, &key) else { continue };
+        let last_day = ctx.calendar.local_date(period.end - chrono::Duration::seconds(1));
+        let org_reps = org::reps(conn, &ctx.tenant, &reps).await?;
+        let plans: HashMap<&str, Plan> = reps
             .iter()
-            .map(|p| LedgerRow {
-                posting_id: Uuid::new_v4(),
-                rep_id: rep.to_owned(),
-                period_kind: kind,
-                period_key: post_key.clone(),
-                source_period_key: key.to_owned(),
-                line_key: p.key.clone(),
-                line_id: line_id(&ctx.tenant, rep, kind, key, &p.key),
-                kind: if late { Kind::Adjustment } else { p.kind }
-                    .as_str()
-                    .to_owned(),
-                status: p.status.as_str().to_owned(),
-                amount: p.amount,
-                currency: ctx.currency.code().to_owned(),
-                plan_id: plan_id.clone(),
-                plan_version,
-                deal_id: p.deal_id.clone(),
-                summary: if late {
-                    format!("late change to closed period {key}: {}", p.summary)
-                } else {
-                    p.summary.clone()
-                },
-                explanation: p.explanation.clone(),
-                caused_by: cause.events.clone(),
+            .filter_map(|r| {
+                let team = org_reps.get(r).map(|x| x.team_id.clone()).unwrap_or_default();
+                let chain = org::chain(&team, &ctx.teams);
+                plan::select(&ctx.plans, r, &chain, last_day)
+                    .filter(|p| p.period_kind == kind)
+                    .map(|p| (r.as_str(), p.clone()))
             })
             .collect();
+        let held_all = store::holdings_of(conn, &ctx.tenant, &reps, kind, &key).await?;
+        // Reps without a plan and without anything held: nothing to do.
+        let live: Vec<String> = reps
+            .iter()
+            .filter(|r| plans.contains_key(r.as_str()) || held_all.contains_key(r.as_str()))
+            .cloned()
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let mut deals = store::deals_of_period(conn, &ctx.tenant, Some(&live), kind, &key).await?;
+        let mut kpis = store::kpis(conn, &ctx.tenant, Some(&live), kind, &key).await?;
+        let (closed, paid) = match mode {
+            Mode::Normal => store::period_state(conn, &ctx.tenant, kind, &key).await?,
+            Mode::Settle { paid } => (true, paid),
+        };
+        let late_paid = mode == Mode::Normal && paid;
+        let post_key = if closed && mode == Mode::Normal {
+            store::next_open(conn, &ctx.tenant, &ctx.calendar, kind, &key).await?
+        } else {
+            key.clone()
+        };
+        let late = post_key != key;
+        let with_deal: std::collections::HashSet<String> = store::reps_with_deals(conn, &ctx.tenant, &live).await?;
+        let granted: std::collections::HashSet<(String, String, String)> = store::awards_of(conn, &ctx.tenant, &live).await?;
+
+        let mut rows: Vec<LedgerRow> = Vec::new();
+        let mut results = Vec::new();
+        let mut awards_due: Vec<(String, Award)> = Vec::new();
+        for rep in &live {
+            let plan = plans.get(rep.as_str());
+            let (metrics, score) = kpis.remove(rep).unwrap_or_default();
+            let rp = RepPeriod {
+                rep_id: rep.clone(),
+                period_key: key.clone(),
+                deals: deals.remove(rep).unwrap_or_default(),
+                metrics,
+                score,
+                closed,
+                paid: paid && !late_paid,
+            };
+            let held = held_all.get(rep.as_str()).cloned().unwrap_or_default();
+            let mut outcome = match plan {
+                Some(p) => compute(p, &rp, ctx.currency),
+                None => Outcome {
+                    lines: Vec::new(),
+                    revenue: Decimal::ZERO,
+                    attainment: None,
+                    held: false,
+                },
+            };
+            if late_paid {
+                keep_paid(&mut outcome, &held);
+            }
+            let cause = causes.get(rep).unwrap_or(&no_cause);
+            let (plan_id, plan_version) = plan.map_or((String::new(), 0), |p| (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0)));
+            for p in diff(&outcome, &held) {
+                rows.push(LedgerRow {
+                    posting_id: Uuid::new_v4(),
+                    rep_id: rep.clone(),
+                    period_kind: kind,
+                    period_key: post_key.clone(),
+                    source_period_key: key.clone(),
+                    line_id: line_id(&ctx.tenant, rep, kind, &key, &p.key),
+                    line_key: p.key,
+                    kind: if late { Kind::Adjustment } else { p.kind }.as_str().to_owned(),
+                    status: p.status.as_str().to_owned(),
+                    amount: p.amount,
+                    currency: ctx.currency.code().to_owned(),
+                    plan_id: plan_id.clone(),
+                    plan_version,
+                    deal_id: p.deal_id,
+                    summary: if late { format!("late change to closed period {key}: {}", p.summary) } else { p.summary },
+                    explanation: p.explanation,
+                    caused_by: cause.events.clone(),
+                });
+            }
+            if let Some(p) = plan {
+                results.push((rep.clone(), p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0), outcome.revenue, outcome.attainment, rp.score));
+                let current = PeriodResult {
+                    period_key: key.clone(),
+                    attainment: outcome.attainment,
+                    score: rp.score,
+                };
+                for a in awards::during(p, with_deal.contains(rep) && !rp.deals.is_empty(), &current) {
+                    if !granted.contains(&(rep.clone(), a.code.clone(), a.period_key.clone())) {
+                        awards_due.push((rep.clone(), a));
+                    }
+                }
+            }
+        }
+
         store::append(conn, &ctx.tenant, &rows).await?;
-        report.postings = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-        if ctx.emit {
-            let total = store::period_total(conn, &ctx.tenant, rep, kind, &post_key).await?;
+        report.postings += u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        if ctx.emit && !rows.is_empty() {
+            let posted_reps: Vec<String> = rows.iter().map(|r| r.rep_id.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let totals = store::period_totals(conn, &ctx.tenant, &posted_reps, kind, &post_key).await?;
             let money = |a: Decimal| common::Money {
                 amount: ctx.currency.round(a).to_string(),
                 currency: ctx.currency.code().to_owned(),
             };
             for r in &rows {
+                let total = totals.get(&r.rep_id).copied().unwrap_or_default();
                 let payload = if r.kind == Kind::Adjustment.as_str() {
                     Payload::EarningAdjusted(ev::EarningAdjusted {
                         line_id: r.line_id.to_string(),
-                        rep_id: rep.to_owned(),
+                        rep_id: r.rep_id.clone(),
                         period: Some(ctx.period_pb(kind, &post_key)),
-                        adjusts_period: Some(ctx.period_pb(kind, key)),
+                        adjusts_period: Some(ctx.period_pb(kind, &key)),
                         amount: Some(money(r.amount)),
                         reason: r.summary.clone(),
                         explanation_json: r.explanation.to_string(),
@@ -293,11 +353,10 @@ pub async fn recompute(
                 } else {
                     Payload::EarningPosted(ev::EarningPosted {
                         line_id: r.line_id.to_string(),
-                        rep_id: rep.to_owned(),
-                        period: Some(ctx.period_pb(kind, key)),
+                        rep_id: r.rep_id.clone(),
+                        period: Some(ctx.period_pb(kind, &key)),
                         kind: Kind::parse(&r.kind).map_or(0, Kind::to_proto),
-                        status: crate::domain::compute::Status::parse(&r.status)
-                            .map_or(0, |s| s.to_proto()),
+                        status: crate::domain::compute::Status::parse(&r.status).map_or(0, |s| s.to_proto()),
                         amount: Some(money(r.amount)),
                         deal_id: r.deal_id.clone(),
                         plan_id: r.plan_id.clone(),
@@ -307,47 +366,16 @@ pub async fn recompute(
                         period_total: Some(money(total)),
                     })
                 };
-                out.emit(
-                    &span,
-                    topics::EARNINGS,
-                    spm_core::kafka_key(&ctx.tenant, rep),
-                    &ctx.envelope(&cause.causation, payload),
-                );
+                let cause = causes.get(&r.rep_id).unwrap_or(&no_cause);
+                let span = cause.span.clone().unwrap_or_else(tracing::Span::current);
+                out.emit(&span, topics::EARNINGS, spm_core::kafka_key(&ctx.tenant, &r.rep_id), &ctx.envelope(&cause.causation, payload));
             }
         }
-    }
-
-    if let Some(p) = &plan {
-        sqlx::query(
-            "INSERT INTO period_results (tenant_id, rep_id, period_kind, period_key, plan_id, plan_version, revenue, attainment, score)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (tenant_id, rep_id, period_kind, period_key) DO UPDATE SET
-               plan_id = EXCLUDED.plan_id, plan_version = EXCLUDED.plan_version, revenue = EXCLUDED.revenue,
-               attainment = EXCLUDED.attainment, score = EXCLUDED.score",
-        )
-        .bind(&ctx.tenant)
-        .bind(rep)
-        .bind(kind.as_str())
-        .bind(key)
-        .bind(&p.plan_id)
-        .bind(i32::try_from(p.version).unwrap_or(0))
-        .bind(outcome.revenue)
-        .bind(outcome.attainment)
-        .bind(rp.score)
-        .execute(&mut *conn)
-        .await?;
-        let has_deal: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credits WHERE tenant_id = $1 AND rep_id = $2 AND kind = 'deal')")
-            .bind(&ctx.tenant)
-            .bind(rep)
-            .fetch_one(&mut *conn)
-            .await?;
-        let current = PeriodResult {
-            period_key: key.to_owned(),
-            attainment: outcome.attainment,
-            score: rp.score,
-        };
-        let granted = awards::during(p, has_deal && !rp.deals.is_empty(), &current);
-        report.awards += grant(conn, ctx, rep, kind, &granted, cause, out).await?;
+        store::save_results(conn, &ctx.tenant, kind, &key, &results).await?;
+        for (rep, a) in awards_due {
+            let cause = causes.get(&rep).unwrap_or(&no_cause);
+            report.awards += grant(conn, ctx, &rep, kind, std::slice::from_ref(&a), cause, out).await?;
+        }
     }
     Ok(report)
 }
@@ -427,21 +455,8 @@ pub async fn settle_period(
     out: &mut Outbox,
 ) -> Result<(u32, Report), sqlx::Error> {
     let reps = store::reps_of_period(conn, &ctx.tenant, kind, key).await?;
-    let mut total = Report::default();
-    let cause = Cause::default();
-    for rep in &reps {
-        let r = recompute(
-            conn,
-            ctx,
-            RepKey { rep, kind, key },
-            &cause,
-            Mode::Settle { paid },
-            out,
-        )
-        .await?;
-        total.postings += r.postings;
-        total.awards += r.awards;
-    }
+    let pairs: Vec<(String, PeriodKind, String)> = reps.iter().map(|r| (r.clone(), kind, key.to_owned())).collect();
+    let mut total = recompute_many(conn, ctx, &pairs, &HashMap::new(), Mode::Settle { paid }, out).await?;
     let col = if paid { "paid_at" } else { "closed_at" };
     sqlx::query(&format!(
         "INSERT INTO periods (tenant_id, period_kind, period_key, {col}) VALUES ($1, $2, $3, now())

@@ -222,6 +222,101 @@ pub async fn holdings(
         .collect())
 }
 
+/// What the ledger holds per rep for a source period (dispute adjustments excluded).
+pub async fn holdings_of(conn: &mut PgConnection, tenant: &str, reps: &[String], kind: PeriodKind, key: &str) -> Result<std::collections::HashMap<String, Holdings>, sqlx::Error> {
+    let rows: Vec<(String, String, String, Decimal)> = sqlx::query_as(
+        "SELECT rep_id, line_key, status, sum(amount) FROM ledger
+          WHERE tenant_id = $1 AND rep_id = ANY($2) AND period_kind = $3 AND source_period_key = $4
+            AND line_key NOT LIKE 'dispute:%'
+          GROUP BY 1, 2, 3",
+    )
+    .bind(tenant)
+    .bind(reps)
+    .bind(kind.as_str())
+    .bind(key)
+    .fetch_all(conn)
+    .await?;
+    let mut out: std::collections::HashMap<String, Holdings> = std::collections::HashMap::new();
+    for (rep, k, s, a) in rows {
+        if let Some(st) = Status::parse(&s) {
+            out.entry(rep).or_default().insert((k, st), a);
+        }
+    }
+    Ok(out)
+}
+
+/// The reps (of `reps`) with at least one deal ever.
+pub async fn reps_with_deals(conn: &mut PgConnection, tenant: &str, reps: &[String]) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT rep_id FROM credits WHERE tenant_id = $1 AND rep_id = ANY($2) AND kind = 'deal'")
+            .bind(tenant)
+            .bind(reps)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Awards already granted to `reps`: (rep, code, period key).
+pub async fn awards_of(conn: &mut PgConnection, tenant: &str, reps: &[String]) -> Result<std::collections::HashSet<(String, String, String)>, sqlx::Error> {
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT rep_id, code, period_key FROM awards WHERE tenant_id = $1 AND rep_id = ANY($2)")
+            .bind(tenant)
+            .bind(reps)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Statement totals of reps for a period.
+pub async fn period_totals(conn: &mut PgConnection, tenant: &str, reps: &[String], kind: PeriodKind, key: &str) -> Result<std::collections::HashMap<String, Decimal>, sqlx::Error> {
+    let rows: Vec<(String, Decimal)> = sqlx::query_as(
+        "SELECT rep_id, COALESCE(sum(amount), 0) FROM ledger
+          WHERE tenant_id = $1 AND rep_id = ANY($2) AND period_kind = $3 AND period_key = $4 GROUP BY rep_id",
+    )
+    .bind(tenant)
+    .bind(reps)
+    .bind(kind.as_str())
+    .bind(key)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A rep-period's results: (rep, plan id, plan version, revenue, attainment, score).
+pub type ResultRow = (String, String, i32, Decimal, Option<Decimal>, Option<Decimal>);
+
+pub async fn save_results(conn: &mut PgConnection, tenant: &str, kind: PeriodKind, key: &str, rows: &[ResultRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let reps: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let plans: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.2).collect();
+    let revenue: Vec<Decimal> = rows.iter().map(|r| r.3).collect();
+    let att: Vec<Option<Decimal>> = rows.iter().map(|r| r.4).collect();
+    let score: Vec<Option<Decimal>> = rows.iter().map(|r| r.5).collect();
+    sqlx::query(
+        "INSERT INTO period_results (tenant_id, rep_id, period_kind, period_key, plan_id, plan_version, revenue, attainment, score)
+         SELECT $1, u.rep, $2, $3, u.plan, u.ver, u.rev, u.att, u.score
+           FROM UNNEST($4::text[], $5::text[], $6::int[], $7::numeric[], $8::numeric[], $9::numeric[]) AS u(rep, plan, ver, rev, att, score)
+         ON CONFLICT (tenant_id, rep_id, period_kind, period_key) DO UPDATE SET
+           plan_id = EXCLUDED.plan_id, plan_version = EXCLUDED.plan_version, revenue = EXCLUDED.revenue,
+           attainment = EXCLUDED.attainment, score = EXCLUDED.score",
+    )
+    .bind(tenant)
+    .bind(kind.as_str())
+    .bind(key)
+    .bind(&reps)
+    .bind(&plans)
+    .bind(&versions)
+    .bind(&revenue)
+    .bind(&att)
+    .bind(&score)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// One row to append to the ledger.
 #[derive(Debug, Clone)]
 pub struct LedgerRow {
