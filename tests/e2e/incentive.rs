@@ -716,3 +716,76 @@ async fn disputes_gates_from_scoring_and_rebuild() {
     w.incentive.restart().await;
     assert_eq!(statement(&inc, &w.key, "r1", None).await.total, "525.00");
 }
+
+/// Statements are served from memory, yet a change made through any instance shows on
+/// every instance well within the cache's lifetime (NOTIFY at commit), and an admin
+/// change shows on its own instance at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_statements_follow_changes_made_anywhere() {
+    let (w, _) = world("incentive-cache", false).await;
+    let other = w.env.start("incentive").await;
+    wait_key_known(&other, &w.key).await;
+    let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
+    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
+        .await
+        .unwrap();
+    submit(
+        &w.ingest,
+        &w.key,
+        vec![rep("r1", "", ""), deal("c-1", "1000.00", &[("r1", "100")])],
+    )
+    .await;
+    let a = IncentiveServiceClient::new(w.incentive.channel().await);
+    let b = IncentiveServiceClient::new(other.channel().await);
+    let has = |s: &pb::Statement, key: &str| s.lines.iter().any(|l| l.key == key);
+    for inc in [&a, &b] {
+        eventually(Duration::from_secs(30), "the first deal on both", || {
+            let (inc, key) = (inc.clone(), w.key.clone());
+            async move { has(&statement(&inc, &key, "r1", None).await, "commission:c-1").then_some(()) }
+        })
+        .await;
+    }
+    // Both instances now hold the statement in memory (10 s). A new deal must show on
+    // both long before that.
+    submit(
+        &w.ingest,
+        &w.key,
+        vec![deal("c-2", "2000.00", &[("r1", "100")])],
+    )
+    .await;
+    for inc in [&a, &b] {
+        eventually(
+            Duration::from_secs(4),
+            "the second deal on both, not the cached statement",
+            || {
+                let (inc, key) = (inc.clone(), w.key.clone());
+                async move {
+                    has(&statement(&inc, &key, "r1", None).await, "commission:c-2").then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    // Closing the period through A: A's next read shows it; B's within moments.
+    let now = Calendar::default().period(PeriodKind::Month, Utc::now());
+    adm.close_period(authed(
+        pb::ClosePeriodRequest {
+            period: Some(common::Period {
+                kind: common::PeriodKind::Month as i32,
+                key: now.key.clone(),
+            }),
+        },
+        &w.key,
+    ))
+    .await
+    .unwrap();
+    assert!(
+        statement(&a, &w.key, "r1", None).await.closed,
+        "read-your-writes on A"
+    );
+    eventually(Duration::from_secs(2), "B to see the close", || {
+        let (b, key) = (b.clone(), w.key.clone());
+        async move { statement(&b, &key, "r1", None).await.closed.then_some(()) }
+    })
+    .await;
+}

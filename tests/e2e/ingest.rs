@@ -1018,3 +1018,133 @@ async fn garbage_at_both_endpoints_never_panics_nor_5xx() {
         pb::AckStatus::Accepted as i32
     );
 }
+
+/// Concurrent one-event requests are combined into shared transactions under load; each
+/// request still gets exactly its own acknowledgement, its records carry its own trace, a
+/// bad event fails only its request, and a repeated id is accepted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_combine_yet_each_keeps_its_ack_and_trace() {
+    let env = TestEnv::new("coalesce").await;
+    let ingest = env.start("ingest").await;
+    let t = create_tenant(&env, &ingest, "acme").await;
+    wait_key_known(&ingest, &t.admin_key).await;
+    let ch = ingest.channel().await;
+    let mut c = IngestServiceClient::new(ch.clone());
+    submit_one(&mut c, &t.admin_key, rep("r1", "", ""))
+        .await
+        .expect("rep");
+
+    const UNIQUE: usize = 240;
+    const SAME: usize = 40;
+    const BAD: usize = 20;
+    let shared = spm_testkit::events::activity("r1", ev::ActivityKind::Call);
+    let trace_of = |k: usize| format!("{:032x}", k + 1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..UNIQUE + SAME + BAD {
+        let e = if k < UNIQUE {
+            spm_testkit::events::activity("r1", ev::ActivityKind::Visit)
+        } else if k < UNIQUE + SAME {
+            shared.clone()
+        } else {
+            spm_testkit::events::activity("ghost", ev::ActivityKind::Visit)
+        };
+        let mut req = authed(
+            pb::SubmitEventRequest {
+                event: Some(e.clone()),
+            },
+            &t.admin_key,
+        );
+        req.metadata_mut().insert(
+            "traceparent",
+            format!("00-{}-00f067aa0ba902b7-01", trace_of(k))
+                .parse()
+                .expect("header"),
+        );
+        let mut c = IngestServiceClient::new(ch.clone());
+        tasks.spawn(async move { (k, e.event_id, c.submit_event(req).await) });
+    }
+    let mut shared_acks = Vec::new();
+    let mut unique_ids = std::collections::HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (k, id, res) = r.expect("task");
+        if k < UNIQUE + SAME {
+            let ack = res
+                .expect("valid events are acknowledged")
+                .into_inner()
+                .ack
+                .expect("ack");
+            assert_eq!(ack.event_id, id, "request {k} got another request's ack");
+            if k < UNIQUE {
+                assert_eq!(ack.status, pb::AckStatus::Accepted as i32, "{ack:?}");
+                unique_ids.insert(id, k);
+            } else {
+                shared_acks.push(ack);
+            }
+        } else {
+            let st = res.expect_err("an unknown rep is rejected");
+            assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+            let fields: Vec<String> = st
+                .get_details_bad_request()
+                .expect("field details")
+                .field_violations
+                .into_iter()
+                .map(|v| v.field)
+                .collect();
+            assert_eq!(fields, ["event.activity_logged.rep_id"], "{st:?}");
+        }
+    }
+    assert_eq!(unique_ids.len(), UNIQUE);
+    let accepted = shared_acks
+        .iter()
+        .filter(|a| a.status == pb::AckStatus::Accepted as i32)
+        .count();
+    assert_eq!(
+        accepted, 1,
+        "one copy of a repeated id is accepted: {shared_acks:?}"
+    );
+    assert!(
+        shared_acks
+            .iter()
+            .all(|a| a.status == pb::AckStatus::Accepted as i32
+                || a.status == pb::AckStatus::Duplicate as i32),
+        "{shared_acks:?}"
+    );
+    let first = shared_acks[0].accepted_at;
+    assert!(
+        shared_acks.iter().all(|a| a.accepted_at == first),
+        "every copy reports the one acceptance time: {shared_acks:?}"
+    );
+
+    // Every accepted event published once, carrying the trace of the request that sent it.
+    let records = read_topic(&env, topics::ACTIVITIES);
+    let mut seen = HashSet::new();
+    for r in &records {
+        let cause = r.envelope.as_ref().expect("envelope").causation_id.clone();
+        assert!(seen.insert(cause.clone()), "{cause} published twice");
+        if let Some(&k) = unique_ids.get(&cause) {
+            let tp = r.header("traceparent").expect("traceparent");
+            assert_eq!(
+                tp.split('-').nth(1),
+                Some(trace_of(k).as_str()),
+                "the record of request {k} carries another request's trace"
+            );
+        }
+    }
+    assert_eq!(
+        records.len(),
+        UNIQUE + 1,
+        "unique events plus the repeated one"
+    );
+
+    // And the requests were in fact combined: fewer transactions than requests.
+    let txs = ingest
+        .metric_sum("spm_ingest_batch_requests_count", &[])
+        .await;
+    let reqs = ingest
+        .metric_sum("spm_ingest_batch_requests_sum", &[])
+        .await;
+    assert!(
+        txs < reqs,
+        "{reqs} requests in {txs} transactions: nothing was combined"
+    );
+}

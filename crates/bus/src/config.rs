@@ -125,7 +125,9 @@ impl KafkaConfig {
             .set("compression.type", "lz4")
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", "1000000");
+            .set("queue.buffering.max.messages", "1000000")
+            // librdkafka would buffer up to 1 GiB; 64 MiB is ample and keeps the process small.
+            .set("queue.buffering.max.kbytes", "65536");
         self.with_extra(c)
     }
 
@@ -145,6 +147,11 @@ impl KafkaConfig {
                 (self.session_timeout_ms / 3).max(100).to_string(),
             )
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            // Prefetch bounded to a few MiB (librdkafka defaults to 64 MiB and 100k
+            // messages): batches are 1,000 records, so more buys no throughput, only memory.
+            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.min.messages", "10000")
+            .set("fetch.max.bytes", "8388608")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("statistics.interval.ms", "5000");
         self.with_extra(c)

@@ -194,10 +194,15 @@ pub struct ConsumerLoop {
     max_batch: usize,
 }
 
+/// A partition to replay: topic, partition, end offset.
+type Part = (String, i32, i64);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("a replay worker failed: {0}")]
+    Join(String),
 }
 
 impl ConsumerLoop {
@@ -310,6 +315,69 @@ impl ConsumerLoop {
     /// at start, through the same inbox + handler + outbox path, then returns the number of
     /// records read. No consumer group offsets are committed (rebuilds, new projections).
     pub async fn replay(self, cancel: CancellationToken) -> Result<u64, Error> {
+        self.replay_with(1, cancel).await
+    }
+
+    /// As [`Self::replay`], with the partitions shared among `workers` concurrent readers
+    /// (balanced by record count), like as many instances of the service would: records
+    /// of one partition stay in order.
+    pub async fn replay_with(
+        self,
+        workers: usize,
+        cancel: CancellationToken,
+    ) -> Result<u64, Error> {
+        let probe: BaseConsumer = self
+            .cfg
+            .consumer_config(&format!("{}-replay-probe-{}", self.group, Uuid::new_v4()))
+            .create()?;
+        let mut parts: Vec<Part> = Vec::new();
+        for topic in &self.topics {
+            let md = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (_, high) =
+                        probe.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                    if high > 0 {
+                        parts.push((topic.clone(), p.id(), high));
+                    }
+                }
+            }
+        }
+        drop(probe);
+        if parts.is_empty() {
+            return Ok(0);
+        }
+        // Largest first, each to the least loaded worker.
+        parts.sort_by_key(|p| std::cmp::Reverse(p.2));
+        let n = workers.clamp(1, parts.len());
+        let mut groups: Vec<(i64, Vec<Part>)> = vec![(0, Vec::new()); n];
+        for p in parts {
+            let g = groups
+                .iter_mut()
+                .min_by_key(|(load, _)| *load)
+                .expect("at least one worker");
+            g.0 += p.2;
+            g.1.push(p);
+        }
+        let this = Arc::new(self);
+        let mut set = tokio::task::JoinSet::new();
+        for (_, group) in groups {
+            let this = this.clone();
+            let cancel = cancel.clone();
+            set.spawn(async move { this.replay_partitions(group, cancel).await });
+        }
+        let mut read = 0;
+        while let Some(r) = set.join_next().await {
+            read += r.map_err(|e| Error::Join(e.to_string()))??;
+        }
+        Ok(read)
+    }
+
+    async fn replay_partitions(
+        &self,
+        parts: Vec<Part>,
+        cancel: CancellationToken,
+    ) -> Result<u64, Error> {
         let ctx = LoopContext {
             group: self.group.clone(),
         };
@@ -320,28 +388,16 @@ impl ConsumerLoop {
         let consumer: StreamConsumer<LoopContext> = cfg.create_with_context(ctx)?;
         let mut tpl = TopicPartitionList::new();
         let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for topic in &self.topics {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-            for t in md.topics() {
-                for p in t.partitions() {
-                    let (_, high) =
-                        consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-                    if high > 0 {
-                        ends.insert((topic.clone(), p.id()), high);
-                        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-                    }
-                }
-            }
-        }
-        if ends.is_empty() {
-            return Ok(0);
+        for (topic, partition, high) in parts {
+            tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
+            ends.insert((topic, partition), high);
         }
         consumer.assign(&tpl)?;
         let mut read = 0u64;
         let mut stream = consumer.stream();
         // Some brokers (Tansu) report a high watermark a record short after a multi-record
         // batch: once the reported ends are reached, read on until the topics are quiet.
-        let quiet = Duration::from_secs(1);
+        let quiet = Duration::from_millis(500);
         loop {
             let first = tokio::select! {
                 biased;

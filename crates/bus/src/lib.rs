@@ -34,6 +34,11 @@ pub mod headers {
     pub const DLQ_GROUP: &str = "spm-dlq-group";
 }
 
+/// The trace-context headers of `span`, to put on records.
+pub fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    spm_telemetry::propagation::inject_span(span)
+}
+
 /// Builds the record for an envelope: key, encoded payload and the standard headers
 /// (event type, schema version, tenant, event id, and the trace context of `span`).
 pub fn envelope_record(
@@ -42,7 +47,17 @@ pub fn envelope_record(
     envelope: &spm_proto::events::v1::EventEnvelope,
     span: &tracing::Span,
 ) -> Record {
-    let mut headers = spm_telemetry::propagation::inject_span(span);
+    envelope_record_with(topic, key, envelope, &trace_headers(span))
+}
+
+/// Like [`envelope_record`] with trace headers computed once for many records.
+pub fn envelope_record_with(
+    topic: String,
+    key: String,
+    envelope: &spm_proto::events::v1::EventEnvelope,
+    trace: &[(String, String)],
+) -> Record {
+    let mut headers = trace.to_vec();
     headers.push((headers::EVENT_TYPE.into(), envelope.event_type().into()));
     headers.push((
         headers::SCHEMA_VERSION.into(),

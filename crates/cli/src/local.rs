@@ -89,6 +89,11 @@ fn stack(cmd: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the local stack (Postgres and the broker) when it is not running.
+pub fn stack_up() -> anyhow::Result<()> {
+    stack("up")
+}
+
 /// Starts the stack and every service that is not answering; waits until all serve.
 pub async fn up() -> anyhow::Result<()> {
     stack("up")?;

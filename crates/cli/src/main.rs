@@ -1,5 +1,6 @@
 //! `spm`: run SPM on this machine and talk to it.
 
+mod bench;
 mod commands;
 mod demo;
 mod local;
@@ -75,6 +76,8 @@ pub enum Command {
     Score(commands::ScoreArgs),
     /// The leaderboard of the tenant or a team.
     Leaderboard(commands::LeaderboardArgs),
+    /// Benchmarks: measure, print, and write docs/benchmarks.md (build with --release).
+    Bench(bench::Args),
 }
 
 #[tokio::main]
@@ -89,5 +92,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest(a) => commands::ingest(&cli, a).await,
         Command::Score(a) => commands::score(&cli, a).await,
         Command::Leaderboard(a) => commands::leaderboard(&cli, a).await,
+        Command::Bench(a) => bench::run(a).await,
     }
 }

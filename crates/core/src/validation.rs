@@ -28,6 +28,37 @@ impl FieldViolation {
     }
 }
 
+/// A field path, rendered only when a violation is reported (validation of valid input
+/// allocates nothing for paths).
+pub trait Field {
+    fn path(&self) -> String;
+}
+
+impl Field for &str {
+    fn path(&self) -> String {
+        (*self).to_owned()
+    }
+}
+
+impl Field for String {
+    fn path(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Field for &String {
+    fn path(&self) -> String {
+        (*self).clone()
+    }
+}
+
+/// `(prefix, name)` renders as `prefix.name`.
+impl Field for (&str, &str) {
+    fn path(&self) -> String {
+        format!("{}.{}", self.0, self.1)
+    }
+}
+
 /// Collects violations while checking an input.
 #[derive(Debug, Default)]
 pub struct Violations(pub Vec<FieldViolation>);
@@ -56,15 +87,18 @@ impl Violations {
 
     /// Checks an identifier: present, at most `max` characters, no whitespace or control
     /// characters. Returns whether it passed.
-    pub fn id(&mut self, field: &str, value: &str, max: usize) -> bool {
+    pub fn id(&mut self, field: impl Field, value: &str, max: usize) -> bool {
         if value.is_empty() {
-            self.add(field, "is required");
+            self.add(field.path(), "is required");
             false
-        } else if value.chars().count() > max {
-            self.add(field, format!("must be at most {max} characters"));
+        } else if value.len() > max && value.chars().count() > max {
+            self.add(field.path(), format!("must be at most {max} characters"));
             false
         } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.add(field, "must not contain whitespace or control characters");
+            self.add(
+                field.path(),
+                "must not contain whitespace or control characters",
+            );
             false
         } else {
             true
@@ -72,20 +106,20 @@ impl Violations {
     }
 
     /// Checks an optional identifier (empty is fine).
-    pub fn optional_id(&mut self, field: &str, value: &str, max: usize) -> bool {
+    pub fn optional_id(&mut self, field: impl Field, value: &str, max: usize) -> bool {
         value.is_empty() || self.id(field, value, max)
     }
 
     /// Checks free text: at most `max` characters, no control characters but newlines/tabs.
-    pub fn text(&mut self, field: &str, value: &str, max: usize) -> bool {
+    pub fn text(&mut self, field: impl Field, value: &str, max: usize) -> bool {
         if value.chars().count() > max {
-            self.add(field, format!("must be at most {max} characters"));
+            self.add(field.path(), format!("must be at most {max} characters"));
             false
         } else if value
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
         {
-            self.add(field, "must not contain control characters");
+            self.add(field.path(), "must not contain control characters");
             false
         } else {
             true

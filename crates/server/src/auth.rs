@@ -273,6 +273,7 @@ pub async fn apply_tenant_event(
         .unwrap_or_default();
     match &ev.payload {
         Some(Payload::TenantUpserted(t)) => {
+            forget_calendar(&ev.tenant_id);
             let ctx = t.context.clone().unwrap_or_default();
             sqlx::query(
                 "INSERT INTO auth_tenants (tenant_id, name, time_zone, fiscal_year_start_month, base_currency, active, updated_at)
@@ -333,20 +334,43 @@ pub async fn apply_tenant_event(
 }
 
 /// The calendar of a tenant as this service knows it (from `spm.tenants.v1`).
-pub async fn tenant_calendar(
-    pool: &PgPool,
-    tenant_id: &str,
-) -> Result<Option<(spm_core::period::Calendar, String)>, sqlx::Error> {
+type CalendarEntry = Option<(spm_core::period::Calendar, String)>;
+
+/// Tenants' calendars and base currencies, read on every query: cached for a few seconds.
+/// Applying a tenant change here forgets the entry at once; other instances of the service
+/// see it within [`CALENDAR_TTL`].
+static CALENDARS: std::sync::LazyLock<Mutex<HashMap<String, (Instant, CalendarEntry)>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+pub const CALENDAR_TTL: Duration = Duration::from_secs(5);
+
+fn forget_calendar(tenant_id: &str) {
+    CALENDARS.lock().expect("calendar cache").remove(tenant_id);
+}
+
+/// A tenant's fiscal calendar and base currency (None for an unknown tenant).
+pub async fn tenant_calendar(pool: &PgPool, tenant_id: &str) -> Result<CalendarEntry, sqlx::Error> {
+    if let Some((at, entry)) = CALENDARS.lock().expect("calendar cache").get(tenant_id)
+        && at.elapsed() < CALENDAR_TTL
+    {
+        return Ok(entry.clone());
+    }
     let row: Option<(String, i32, String)> = sqlx::query_as(
         "SELECT time_zone, fiscal_year_start_month, base_currency FROM auth_tenants WHERE tenant_id = $1",
     )
     .bind(tenant_id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(tz, m, cur)| {
+    let entry = row.and_then(|(tz, m, cur)| {
         let cal = spm_core::period::Calendar::new(&tz, u32::try_from(m).ok()?).ok()?;
         Some((cal, cur))
-    }))
+    });
+    let mut cache = CALENDARS.lock().expect("calendar cache");
+    if cache.len() > 100_000 {
+        cache.clear();
+    }
+    cache.insert(tenant_id.to_owned(), (Instant::now(), entry.clone()));
+    Ok(entry)
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Listens on `channel` until `cancel`, reconnecting after connection loss, and sends
-/// every payload to `tx`.
+/// every payload to `tx`. After every (re)connection it sends an empty payload: what was
+/// notified while no listener was connected is lost, so caches must start over.
 pub async fn forward(
     pool: PgPool,
     channel: &'static str,
@@ -31,6 +32,7 @@ pub async fn forward(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        let _ = tx.send(String::new());
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,

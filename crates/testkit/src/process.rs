@@ -31,9 +31,16 @@ pub fn free_port() -> u16 {
 
 /// The path of a workspace binary (`cargo build --bins` puts them next to the test's deps dir).
 pub fn binary(name: &str) -> PathBuf {
+    // Next to the running binary (the spm CLI), or one level up (a test in deps/).
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
+    let here = exe.parent().expect("exe dir");
+    let p = [
+        here.join(name),
+        here.parent().map(|d| d.join(name)).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| here.join(name));
     assert!(
         p.exists(),
         "{} is missing: build the binaries first (cargo build --workspace --bins)",

@@ -1,6 +1,6 @@
 //! `IncentiveService` and `IncentiveAdminService`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -34,7 +34,18 @@ pub struct Api {
     pub pool: PgPool,
     pub kafka: KafkaConfig,
     pub relay: Arc<Notify>,
+    /// Tenants' plans, teams and calendar for queries, kept [`CTX_TTL`]; a plan change
+    /// through this instance forgets its tenant's entry at once.
+    pub contexts: Contexts,
+    /// Statements until their ledger changes (see [`crate::cache`]).
+    pub statements: Arc<crate::cache::Statements>,
 }
+
+/// Loaded tenant contexts with their load time.
+pub type Contexts = Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<Ctx>)>>>;
+
+/// How long queries may use a tenant's loaded context (plans, teams, calendar).
+pub const CTX_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn kind_of(p: Option<&common::Period>, default: PeriodKind) -> Result<PeriodKind, ApiError> {
     match p.map(|p| common::PeriodKind::try_from(p.kind)) {
@@ -77,13 +88,20 @@ struct Row {
     amount: Decimal,
     deal_id: String,
     summary: String,
-    explanation: serde_json::Value,
+    /// JSON text, passed through as is (parsing it per query cost more than the query).
+    explanation: String,
     caused_by: Vec<String>,
     posted_at: DateTime<Utc>,
 }
 
 const ROW_COLUMNS: &str = "posting_id, line_id, line_key, source_period_key, period_key, kind, status, amount, deal_id, summary,
-                           explanation, caused_by, posted_at";
+                           explanation::text AS explanation, caused_by, posted_at";
+
+/// As [`ROW_COLUMNS`], with the explanation of a line's latest posting only (a statement
+/// shows that one; earlier postings' explanations are read by `ExplainLine`).
+const STATEMENT_COLUMNS: &str = "posting_id, line_id, line_key, source_period_key, period_key, kind, status, amount, deal_id, summary,
+                           CASE WHEN seq = max(seq) OVER (PARTITION BY line_id) THEN explanation::text ELSE '' END AS explanation,
+                           caused_by, posted_at";
 
 /// Statement lines: postings grouped by line, net per status; fully cancelled lines left out.
 fn lines_of(ctx: &Ctx, statement_key: &str, rows: &[Row]) -> Vec<pb::StatementLine> {
@@ -130,7 +148,7 @@ fn lines_of(ctx: &Ctx, statement_key: &str, rows: &[Row]) -> Vec<pb::StatementLi
                     .collect(),
                 deal_id: last.deal_id.clone(),
                 summary: last.summary.trim_start_matches("recomputed: ").to_owned(),
-                explanation_json: last.explanation.to_string(),
+                explanation_json: last.explanation.clone(),
                 postings: u32::try_from(rs.len()).unwrap_or(u32::MAX),
             })
         })
@@ -148,7 +166,7 @@ impl Api {
         key: &str,
     ) -> Result<pb::Statement, ApiError> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 ORDER BY seq"
+            "SELECT {STATEMENT_COLUMNS} FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 ORDER BY seq"
         ))
         .bind(&ctx.tenant)
         .bind(rep)
@@ -215,9 +233,24 @@ impl Api {
         })
     }
 
-    async fn ctx(&self, tenant: &str) -> Result<Ctx, ApiError> {
+    async fn ctx(&self, tenant: &str) -> Result<Arc<Ctx>, ApiError> {
+        if let Some((at, c)) = self.contexts.lock().expect("contexts").get(tenant)
+            && at.elapsed() < CTX_TTL
+        {
+            return Ok(c.clone());
+        }
         let mut conn = self.pool.acquire().await?;
-        Ok(Ctx::for_tenant(&mut conn, tenant).await?)
+        let c = Arc::new(Ctx::for_tenant(&mut conn, tenant).await?);
+        let mut cache = self.contexts.lock().expect("contexts");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(tenant.to_owned(), (std::time::Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    fn forget_ctx(&self, tenant: &str) {
+        self.contexts.lock().expect("contexts").remove(tenant);
     }
 
     /// The period kind of the rep's plan (month when it has none).
@@ -232,14 +265,19 @@ impl Api {
         Ok(PeriodKind::Month)
     }
 
+    /// Commits an admin change of `tenant`; this instance's cached statements of the
+    /// tenant go at once (read-your-writes), other instances' at the NOTIFY.
     async fn commit(
         &self,
+        tenant: &str,
         tx: sqlx::Transaction<'_, sqlx::Postgres>,
         mut out: Outbox,
     ) -> Result<(), ApiError> {
         let mut tx = tx;
         out.write(&mut tx).await?;
         tx.commit().await?;
+        self.statements
+            .invalidate(&serde_json::json!({ "tenant": tenant }).to_string());
         self.relay.notify_one();
         Ok(())
     }
@@ -298,12 +336,22 @@ impl IncentiveService for Api {
         if r.rep_id.is_empty() {
             return Err(ApiError::invalid("rep_id", "is required").into());
         }
+        let asked = r.period.as_ref().map(|p| (p.kind, p.key.clone()));
+        let cache_key = (c.tenant_id.clone(), r.rep_id.clone(), asked);
+        if let Some(s) = self.statements.get(&cache_key) {
+            return Ok(Response::new(pb::GetStatementResponse {
+                statement: Some(s),
+            }));
+        }
+        let ticket = self.statements.ticket(&c.tenant_id);
         let ctx = self.ctx(&c.tenant_id).await?;
         let default = self.rep_kind(&ctx, &r.rep_id).await?;
         let kind = kind_of(r.period.as_ref(), default)?;
         let key = period_key(&ctx, r.period.as_ref(), kind)?;
+        let s = self.statement(&ctx, &r.rep_id, kind, &key).await?;
+        self.statements.put(cache_key, ticket, s.clone());
         Ok(Response::new(pb::GetStatementResponse {
-            statement: Some(self.statement(&ctx, &r.rep_id, kind, &key).await?),
+            statement: Some(s),
         }))
     }
 
@@ -355,7 +403,7 @@ impl IncentiveService for Api {
                 period: r.period_key.clone(),
                 posted_at: Some(spm_proto::ext::timestamp(r.posted_at)),
                 reason: r.summary.clone(),
-                explanation_json: r.explanation.to_string(),
+                explanation_json: r.explanation.clone(),
                 caused_by: r.caused_by.clone(),
             })
             .collect();
@@ -586,7 +634,7 @@ impl IncentiveService for Api {
                 }),
             ),
         );
-        self.commit(tx, out).await?;
+        self.commit(&c.tenant_id, tx, out).await?;
         Ok(Response::new(pb::OpenDisputeResponse {
             dispute: Some(dispute_pb(row)),
         }))
@@ -769,13 +817,29 @@ impl IncentiveAdminService for Api {
         .map_err(ApiError::from)?;
         let mut out = Outbox::new(&self.kafka);
         for key in keys {
-            let reps = store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key).await.map_err(ApiError::from)?;
-            let pairs: Vec<(String, PeriodKind, String)> = reps.into_iter().map(|r| (r, p.period_kind, key.clone())).collect();
-            engine::recompute_many(&mut tx, &ctx, &pairs, &std::collections::HashMap::new(), Mode::Normal, &mut out)
+            let reps = store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key)
                 .await
                 .map_err(ApiError::from)?;
+            let pairs: Vec<(String, PeriodKind, String)> = reps
+                .into_iter()
+                .map(|r| (r, p.period_kind, key.clone()))
+                .collect();
+            engine::recompute_many(
+                &mut tx,
+                &ctx,
+                &pairs,
+                &std::collections::HashMap::new(),
+                Mode::Normal,
+                &mut out,
+            )
+            .await
+            .map_err(ApiError::from)?;
         }
-        self.commit(tx, out).await?;
+        crate::cache::changed(&mut tx, &c.tenant_id, None)
+            .await
+            .map_err(ApiError::from)?;
+        self.commit(&c.tenant_id, tx, out).await?;
+        self.forget_ctx(&c.tenant_id);
         let mut resp = plan::to_proto(&p);
         resp.created_at = Some(spm_proto::ext::timestamp(Utc::now()));
         Ok(Response::new(pb::PutPlanResponse { plan: Some(resp) }))
@@ -833,7 +897,7 @@ impl IncentiveAdminService for Api {
         let (reps, report) = engine::settle_period(&mut tx, &ctx, kind, &key, false, &mut out)
             .await
             .map_err(ApiError::from)?;
-        self.commit(tx, out).await?;
+        self.commit(&c.tenant_id, tx, out).await?;
         tracing::info!(tenant = %c.tenant_id, period = %key, reps, postings = report.postings, "period closed");
         Ok(Response::new(pb::ClosePeriodResponse {
             reps,
@@ -879,7 +943,7 @@ impl IncentiveAdminService for Api {
         .fetch_one(&mut *tx)
         .await
         .map_err(ApiError::from)?;
-        self.commit(tx, out).await?;
+        self.commit(&c.tenant_id, tx, out).await?;
         Ok(Response::new(pb::MarkPeriodPaidResponse {
             reps,
             paid: money_s(&ctx, paid_total),
@@ -1048,7 +1112,7 @@ impl IncentiveAdminService for Api {
                 }),
             ),
         );
-        self.commit(tx, out).await?;
+        self.commit(&c.tenant_id, tx, out).await?;
         Ok(Response::new(pb::ResolveDisputeResponse {
             dispute: Some(dispute_pb(row)),
         }))

@@ -18,6 +18,31 @@ use crate::engine::{self, Cause, Ctx, Mode};
 pub struct IncentiveHandler {
     /// False when rebuilding: recomputations still post differences but announce nothing.
     pub emit: bool,
+    /// When rebuilding: rep-periods to recompute once at the end, per tenant (with its
+    /// latest context), instead of after every batch.
+    pub deferred: Option<Deferred>,
+}
+
+pub type Deferred = std::sync::Arc<
+    std::sync::Mutex<
+        BTreeMap<
+            String,
+            (
+                common::TenantContext,
+                BTreeSet<(String, PeriodKind, String)>,
+            ),
+        >,
+    >,
+>;
+
+impl IncentiveHandler {
+    /// The live handler.
+    pub fn live() -> Self {
+        Self {
+            emit: true,
+            deferred: None,
+        }
+    }
 }
 
 fn dec(m: &Option<common::Money>) -> Decimal {
@@ -211,7 +236,6 @@ impl IncentiveHandler {
         if pairs.is_empty() && org_changed.is_empty() {
             return Ok(());
         }
-        let ctx = Ctx::load(conn, tenant, ctx_pb, self.emit).await?;
         // A rep moving team may change plan: recompute its open periods with results.
         for rep in org_changed {
             let periods: Vec<(String, String)> = sqlx::query_as(
@@ -229,6 +253,16 @@ impl IncentiveHandler {
                 }
             }
         }
+        if let Some(d) = &self.deferred {
+            let mut d = d.lock().expect("deferred");
+            let entry = d
+                .entry(tenant.to_owned())
+                .or_insert_with(|| (ctx_pb.clone(), BTreeSet::new()));
+            entry.0 = ctx_pb;
+            entry.1.extend(pairs);
+            return Ok(());
+        }
+        let ctx = Ctx::load(conn, tenant, ctx_pb, self.emit).await?;
         let pairs: Vec<(String, PeriodKind, String)> = pairs.into_iter().collect();
         engine::recompute_many(conn, &ctx, &pairs, &causes, Mode::Normal, out).await?;
         Ok(())

@@ -196,16 +196,34 @@ pub struct RepKey<'a> {
 }
 
 /// Recomputes one rep-period and posts the difference.
-pub async fn recompute(conn: &mut PgConnection, ctx: &Ctx, at: RepKey<'_>, cause: &Cause, mode: Mode, out: &mut Outbox) -> Result<Report, sqlx::Error> {
+pub async fn recompute(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    at: RepKey<'_>,
+    cause: &Cause,
+    mode: Mode,
+    out: &mut Outbox,
+) -> Result<Report, sqlx::Error> {
     let mut causes = HashMap::new();
     causes.insert(at.rep.to_owned(), cause.clone());
-    recompute_many(conn, ctx, &[(at.rep.to_owned(), at.kind, at.key.to_owned())], &causes, mode, out).await
+    recompute_many(
+        conn,
+        ctx,
+        &[(at.rep.to_owned(), at.kind, at.key.to_owned())],
+        &causes,
+        mode,
+        out,
+    )
+    .await
 }
 
 /// Recomputes many rep-periods with a handful of queries per period (not per rep): loads
 /// every affected rep's deals, metrics, holdings and org at once, computes in memory, and
 /// appends all postings in one insert.
 #[allow(clippy::too_many_lines)]
+/// Reps recomputed together (per period) in one round of [`recompute_many`].
+const REPS_PER_ROUND: usize = 100;
+
 pub async fn recompute_many(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -216,20 +234,38 @@ pub async fn recompute_many(
 ) -> Result<Report, sqlx::Error> {
     let mut by_period: BTreeMap<(PeriodKind, String), Vec<String>> = BTreeMap::new();
     for (rep, kind, key) in pairs {
-        by_period.entry((*kind, key.clone())).or_default().push(rep.clone());
+        by_period
+            .entry((*kind, key.clone()))
+            .or_default()
+            .push(rep.clone());
     }
     let mut report = Report::default();
     let no_cause = Cause::default();
-    for ((kind, key), mut reps) in by_period {
+    // At most REPS_PER_ROUND reps of a period at a time: what a round holds in memory
+    // (deals, ledger holdings, explanations) stays bounded whatever the batch.
+    let mut rounds: Vec<((PeriodKind, String), Vec<String>)> = Vec::new();
+    for (period, mut reps) in by_period {
         reps.sort();
         reps.dedup();
-        let Ok(period) = ctx.calendar.parse_key(kind, &key) else { continue };
-        let last_day = ctx.calendar.local_date(period.end - chrono::Duration::seconds(1));
+        for chunk in reps.chunks(REPS_PER_ROUND) {
+            rounds.push((period.clone(), chunk.to_vec()));
+        }
+    }
+    for ((kind, key), reps) in rounds {
+        let Ok(period) = ctx.calendar.parse_key(kind, &key) else {
+            continue;
+        };
+        let last_day = ctx
+            .calendar
+            .local_date(period.end - chrono::Duration::seconds(1));
         let org_reps = org::reps(conn, &ctx.tenant, &reps).await?;
         let plans: HashMap<&str, Plan> = reps
             .iter()
             .filter_map(|r| {
-                let team = org_reps.get(r).map(|x| x.team_id.clone()).unwrap_or_default();
+                let team = org_reps
+                    .get(r)
+                    .map(|x| x.team_id.clone())
+                    .unwrap_or_default();
                 let chain = org::chain(&team, &ctx.teams);
                 plan::select(&ctx.plans, r, &chain, last_day)
                     .filter(|p| p.period_kind == kind)
@@ -259,8 +295,10 @@ pub async fn recompute_many(
             key.clone()
         };
         let late = post_key != key;
-        let with_deal: std::collections::HashSet<String> = store::reps_with_deals(conn, &ctx.tenant, &live).await?;
-        let granted: std::collections::HashSet<(String, String, String)> = store::awards_of(conn, &ctx.tenant, &live).await?;
+        let with_deal: std::collections::HashSet<String> =
+            store::reps_with_deals(conn, &ctx.tenant, &live).await?;
+        let granted: std::collections::HashSet<(String, String, String)> =
+            store::awards_of(conn, &ctx.tenant, &live).await?;
 
         let mut rows: Vec<LedgerRow> = Vec::new();
         let mut results = Vec::new();
@@ -291,7 +329,9 @@ pub async fn recompute_many(
                 keep_paid(&mut outcome, &held);
             }
             let cause = causes.get(rep).unwrap_or(&no_cause);
-            let (plan_id, plan_version) = plan.map_or((String::new(), 0), |p| (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0)));
+            let (plan_id, plan_version) = plan.map_or((String::new(), 0), |p| {
+                (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
+            });
             for p in diff(&outcome, &held) {
                 rows.push(LedgerRow {
                     posting_id: Uuid::new_v4(),
@@ -301,26 +341,41 @@ pub async fn recompute_many(
                     source_period_key: key.clone(),
                     line_id: line_id(&ctx.tenant, rep, kind, &key, &p.key),
                     line_key: p.key,
-                    kind: if late { Kind::Adjustment } else { p.kind }.as_str().to_owned(),
+                    kind: if late { Kind::Adjustment } else { p.kind }
+                        .as_str()
+                        .to_owned(),
                     status: p.status.as_str().to_owned(),
                     amount: p.amount,
                     currency: ctx.currency.code().to_owned(),
                     plan_id: plan_id.clone(),
                     plan_version,
                     deal_id: p.deal_id,
-                    summary: if late { format!("late change to closed period {key}: {}", p.summary) } else { p.summary },
+                    summary: if late {
+                        format!("late change to closed period {key}: {}", p.summary)
+                    } else {
+                        p.summary
+                    },
                     explanation: p.explanation,
                     caused_by: cause.events.clone(),
                 });
             }
             if let Some(p) = plan {
-                results.push((rep.clone(), p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0), outcome.revenue, outcome.attainment, rp.score));
+                results.push((
+                    rep.clone(),
+                    p.plan_id.clone(),
+                    i32::try_from(p.version).unwrap_or(0),
+                    outcome.revenue,
+                    outcome.attainment,
+                    rp.score,
+                ));
                 let current = PeriodResult {
                     period_key: key.clone(),
                     attainment: outcome.attainment,
                     score: rp.score,
                 };
-                for a in awards::during(p, with_deal.contains(rep) && !rp.deals.is_empty(), &current) {
+                for a in
+                    awards::during(p, with_deal.contains(rep) && !rp.deals.is_empty(), &current)
+                {
                     if !granted.contains(&(rep.clone(), a.code.clone(), a.period_key.clone())) {
                         awards_due.push((rep.clone(), a));
                     }
@@ -331,8 +386,14 @@ pub async fn recompute_many(
         store::append(conn, &ctx.tenant, &rows).await?;
         report.postings += u32::try_from(rows.len()).unwrap_or(u32::MAX);
         if ctx.emit && !rows.is_empty() {
-            let posted_reps: Vec<String> = rows.iter().map(|r| r.rep_id.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-            let totals = store::period_totals(conn, &ctx.tenant, &posted_reps, kind, &post_key).await?;
+            let posted_reps: Vec<String> = rows
+                .iter()
+                .map(|r| r.rep_id.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let totals =
+                store::period_totals(conn, &ctx.tenant, &posted_reps, kind, &post_key).await?;
             let money = |a: Decimal| common::Money {
                 amount: ctx.currency.round(a).to_string(),
                 currency: ctx.currency.code().to_owned(),
@@ -356,7 +417,8 @@ pub async fn recompute_many(
                         rep_id: r.rep_id.clone(),
                         period: Some(ctx.period_pb(kind, &key)),
                         kind: Kind::parse(&r.kind).map_or(0, Kind::to_proto),
-                        status: crate::domain::compute::Status::parse(&r.status).map_or(0, |s| s.to_proto()),
+                        status: crate::domain::compute::Status::parse(&r.status)
+                            .map_or(0, |s| s.to_proto()),
                         amount: Some(money(r.amount)),
                         deal_id: r.deal_id.clone(),
                         plan_id: r.plan_id.clone(),
@@ -368,13 +430,19 @@ pub async fn recompute_many(
                 };
                 let cause = causes.get(&r.rep_id).unwrap_or(&no_cause);
                 let span = cause.span.clone().unwrap_or_else(tracing::Span::current);
-                out.emit(&span, topics::EARNINGS, spm_core::kafka_key(&ctx.tenant, &r.rep_id), &ctx.envelope(&cause.causation, payload));
+                out.emit(
+                    &span,
+                    topics::EARNINGS,
+                    spm_core::kafka_key(&ctx.tenant, &r.rep_id),
+                    &ctx.envelope(&cause.causation, payload),
+                );
             }
         }
         store::save_results(conn, &ctx.tenant, kind, &key, &results).await?;
         for (rep, a) in awards_due {
             let cause = causes.get(&rep).unwrap_or(&no_cause);
-            report.awards += grant(conn, ctx, &rep, kind, std::slice::from_ref(&a), cause, out).await?;
+            report.awards +=
+                grant(conn, ctx, &rep, kind, std::slice::from_ref(&a), cause, out).await?;
         }
     }
     Ok(report)
@@ -455,8 +523,19 @@ pub async fn settle_period(
     out: &mut Outbox,
 ) -> Result<(u32, Report), sqlx::Error> {
     let reps = store::reps_of_period(conn, &ctx.tenant, kind, key).await?;
-    let pairs: Vec<(String, PeriodKind, String)> = reps.iter().map(|r| (r.clone(), kind, key.to_owned())).collect();
-    let mut total = recompute_many(conn, ctx, &pairs, &HashMap::new(), Mode::Settle { paid }, out).await?;
+    let pairs: Vec<(String, PeriodKind, String)> = reps
+        .iter()
+        .map(|r| (r.clone(), kind, key.to_owned()))
+        .collect();
+    let mut total = recompute_many(
+        conn,
+        ctx,
+        &pairs,
+        &HashMap::new(),
+        Mode::Settle { paid },
+        out,
+    )
+    .await?;
     let col = if paid { "paid_at" } else { "closed_at" };
     sqlx::query(&format!(
         "INSERT INTO periods (tenant_id, period_kind, period_key, {col}) VALUES ($1, $2, $3, now())
@@ -467,6 +546,8 @@ pub async fn settle_period(
     .bind(key)
     .execute(&mut *conn)
     .await?;
+    // Every statement of the period shows closed/paid now.
+    crate::cache::changed(&mut *conn, &ctx.tenant, None).await?;
     if !paid {
         for rep in &reps {
             total.awards += close_awards(conn, ctx, rep, kind, key, out).await?;

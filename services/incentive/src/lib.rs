@@ -3,6 +3,7 @@
 //! plan simulation and disputes.
 
 pub mod api;
+pub mod cache;
 pub mod consume;
 pub mod domain;
 pub mod engine;
@@ -53,12 +54,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app.consume(
         "incentive",
         TOPICS,
-        Arc::new(consume::IncentiveHandler { emit: true }),
+        Arc::new(consume::IncentiveHandler::live()),
     );
+    let statements = Arc::new(cache::Statements::default());
+    {
+        let (tx, mut rx) = tokio::sync::broadcast::channel::<String>(4096);
+        tokio::spawn(spm_server::listen::forward(
+            app.pool.clone(),
+            cache::CHANNEL,
+            tx,
+            app.cancel.clone(),
+        ));
+        let statements = statements.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(payload) => statements.invalidate(&payload),
+                    // Missed changes: forget everything.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        statements.invalidate("");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     let api = api::Api {
         pool: app.pool.clone(),
         kafka: app.config.kafka.clone(),
         relay: app.relay_waker(),
+        contexts: Arc::default(),
+        statements,
     };
     let max = app.config.max_message_bytes();
     let mut grpc = GrpcServer::new(app.keys.clone());
@@ -87,6 +113,15 @@ pub const PROJECTIONS: &[&str] = &[
     "inbox",
 ];
 
+/// Concurrent readers while rebuilding (partitions shared among them).
+const REBUILD_WORKERS: usize = 3;
+
+/// Records per transaction while rebuilding (larger than live: no latency to keep).
+const REBUILD_BATCH: usize = 5000;
+
+/// Rep-periods recomputed per transaction at the end of a rebuild.
+const RECOMPUTE_CHUNK: usize = 1000;
+
 async fn rebuild(config: Config) -> anyhow::Result<()> {
     let telemetry = spm_telemetry::init("spm-incentive-rebuild", config.service.log_format)?;
     let pool = spm_server::db::connect(
@@ -104,20 +139,51 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
         .execute(&pool)
         .await?;
     let producer = spm_bus::Producer::new(&config.service.kafka)?;
+    let deferred = consume::Deferred::default();
     let l = spm_bus::consumer::ConsumerLoop::new(
         &config.service.kafka,
         "incentive",
         TOPICS,
         pool.clone(),
         producer,
-        Arc::new(consume::IncentiveHandler { emit: false }),
-    );
-    let read = l.replay(spm_server::shutdown::on_signal()).await?;
+        Arc::new(consume::IncentiveHandler {
+            emit: false,
+            deferred: Some(deferred.clone()),
+        }),
+    )
+    .max_batch(REBUILD_BATCH);
+    let read = l
+        .replay_with(REBUILD_WORKERS, spm_server::shutdown::on_signal())
+        .await?;
+    let replayed = started.elapsed();
+    // Every rep-period touched, recomputed once from the rebuilt inputs: what differs from
+    // the ledger is posted as a correction.
+    let tenants = std::mem::take(&mut *deferred.lock().expect("deferred"));
+    let mut recomputed = 0usize;
+    for (tenant, (context, pairs)) in tenants {
+        let pairs: Vec<_> = pairs.into_iter().collect();
+        recomputed += pairs.len();
+        for chunk in pairs.chunks(RECOMPUTE_CHUNK) {
+            let mut tx = pool.begin().await?;
+            let ctx = engine::Ctx::load(&mut tx, &tenant, context.clone(), false).await?;
+            let mut out = spm_bus::Outbox::new(&config.service.kafka);
+            engine::recompute_many(
+                &mut tx,
+                &ctx,
+                chunk,
+                &std::collections::HashMap::new(),
+                engine::Mode::Normal,
+                &mut out,
+            )
+            .await?;
+            tx.commit().await?;
+        }
+    }
     let after: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
         .fetch_one(&pool)
         .await?;
     println!(
-        "rebuilt incentive from {read} records in {:.2?}; the ledger needed {} corrective postings",
+        "rebuilt incentive from {read} records in {:.2?} (replay {replayed:.2?}, then {recomputed} rep-periods recomputed); the ledger needed {} corrective postings",
         started.elapsed(),
         after - before
     );

@@ -75,18 +75,15 @@ impl IngestService for Api {
             .into_inner()
             .event
             .ok_or_else(|| ApiError::invalid("event", "is required"))?;
-        let acks = self
-            .pipeline
-            .submit(&tenant, std::slice::from_ref(&event))
-            .await?;
+        let event_id = event.event_id.clone();
+        let acks = self.pipeline.submit(&tenant, vec![event]).await?;
         let ack = acks.into_iter().next().expect("one ack per event");
         match pb::AckStatus::try_from(ack.status) {
             Ok(pb::AckStatus::Rejected) => {
                 Err(ApiError::InvalidArgument(prefixed(&[ack], 0, "event")).into())
             }
             Ok(pb::AckStatus::Conflict) => Err(ApiError::AlreadyExists(format!(
-                "event {} was already accepted with different content",
-                event.event_id
+                "event {event_id} was already accepted with different content"
             ))
             .into()),
             Ok(pb::AckStatus::Unavailable) => Err(ApiError::unavailable(ack.message).into()),
@@ -102,7 +99,7 @@ impl IngestService for Api {
         let events = req.into_inner().events;
         self.check_batch(events.len())?;
         let tenant = self.pipeline.tenant(&c.tenant_id).await?;
-        let acks = self.pipeline.submit(&tenant, &events).await?;
+        let acks = self.pipeline.submit(&tenant, events).await?;
         Ok(Response::new(pb::SubmitEventsResponse { acks }))
     }
 
@@ -126,7 +123,7 @@ impl IngestService for Api {
             async move {
                 let msg = msg?;
                 api.check_batch(msg.events.len())?;
-                let acks = pipeline.submit(&tenant, &msg.events).await?;
+                let acks = pipeline.submit(&tenant, msg.events).await?;
                 Ok(pb::StreamEventsResponse { acks })
             }
         });

@@ -1,6 +1,11 @@
 //! Accepting events, shared by the gRPC API and the HTTP webhook.
 //!
-//! Per request, in ONE transaction: claim an idempotency record per new event id (a
+//! Concurrent requests of a tenant are accepted together (group commit): while batches
+//! are in flight, requests that arrive queue and then go as one batch of up to
+//! [`MAX_COALESCED`] events, so a thousand one-event requests a second cost a few dozen
+//! transactions, not a thousand. Alone, a request goes at once. A request is never split.
+//!
+//! Per batch, in ONE transaction: claim an idempotency record per new event id (a
 //! concurrent submission of the same id waits on the row), load what validation needs,
 //! accept the events, save state; then publish every record and wait for the broker's
 //! acknowledgements; only then commit. A crash or broker failure before the commit leaves
@@ -14,12 +19,13 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
-use spm_bus::{KafkaConfig, Producer, envelope_record};
+use spm_bus::{KafkaConfig, Producer};
 use spm_core::validation::FieldViolation;
 use spm_proto::ingest::v1::{AckStatus, CrmEvent, EventAck};
 use spm_server::ApiError;
 use spm_server::error::violation_to_proto;
 use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::domain::accept::Tenant;
@@ -34,6 +40,28 @@ pub struct Pipeline {
     pub kafka: KafkaConfig,
     pub limits: Limits,
     tenants: Arc<Mutex<HashMap<String, (Instant, Tenant)>>>,
+    /// Reps known to exist, per tenant. Acceptance only asks whether a rep exists and reps
+    /// are never deleted, so a positive cache is safe; it spares a lookup per batch.
+    known_reps: Arc<Mutex<HashMap<String, std::collections::HashSet<String>>>>,
+    queues: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>>,
+}
+
+/// At most this many reps are cached (all tenants); beyond it the cache starts over.
+const REP_CACHE: usize = 1_000_000;
+
+/// Requests are combined into batches of at most this many events.
+pub const MAX_COALESCED: usize = 1000;
+
+/// Batches of one tenant in flight at once; further requests wait and combine.
+const IN_FLIGHT: usize = 4;
+
+/// A request waiting to be accepted.
+struct Job {
+    tenant: Tenant,
+    events: Vec<CrmEvent>,
+    /// The request's span: its records carry this trace.
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<Vec<EventAck>, ApiError>>,
 }
 
 impl Pipeline {
@@ -44,6 +72,8 @@ impl Pipeline {
             kafka,
             limits,
             tenants: Arc::default(),
+            known_reps: Arc::default(),
+            queues: Arc::default(),
         }
     }
 
@@ -76,12 +106,131 @@ impl Pipeline {
 
     /// Accepts what it can of `events`; one acknowledgement per event, in order. `Err` only
     /// when nothing could be decided (database unavailable). Violation paths are relative
-    /// to each event.
+    /// to each event. The events are accepted together, in one transaction, possibly with
+    /// other requests of the tenant.
     pub async fn submit(
         &self,
         tenant: &Tenant,
-        events: &[CrmEvent],
+        events: Vec<CrmEvent>,
     ) -> Result<Vec<EventAck>, ApiError> {
+        let span = tracing::Span::current();
+        if events.len() >= MAX_COALESCED {
+            return self.accept_batch(tenant, &events, &[0; 0], &[span]).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            tenant: tenant.clone(),
+            events,
+            span,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.queue(&tenant.tenant_id).send(job) {
+            // The tenant's queue is gone (its worker panicked): go alone.
+            self.queues
+                .lock()
+                .expect("queues")
+                .remove(&tenant.tenant_id);
+            return self
+                .accept_batch(tenant, &job.events, &[0; 0], &[job.span])
+                .await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::Internal(
+                "the batch carrying these events failed; nothing was recorded for them".into(),
+            ))
+        })
+    }
+
+    fn queue(&self, tenant_id: &str) -> mpsc::UnboundedSender<Job> {
+        let mut queues = self.queues.lock().expect("queues");
+        if let Some(q) = queues.get(tenant_id)
+            && !q.is_closed()
+        {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().coalesce(rx));
+        queues.insert(tenant_id.to_owned(), tx.clone());
+        tx
+    }
+
+    /// A tenant's worker: takes what has queued (up to [`MAX_COALESCED`] events) whenever a
+    /// batch slot is free.
+    async fn coalesce(self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut held: Option<Job> = None;
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let first = match held.take() {
+                Some(j) => j,
+                None => match rx.recv().await {
+                    Some(j) => j,
+                    None => return,
+                },
+            };
+            let mut n = first.events.len();
+            let mut jobs = vec![first];
+            while n < MAX_COALESCED {
+                match rx.try_recv() {
+                    Ok(j) if n + j.events.len() <= MAX_COALESCED => {
+                        n += j.events.len();
+                        jobs.push(j);
+                    }
+                    Ok(j) => {
+                        held = Some(j);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.run_jobs(jobs).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn run_jobs(&self, jobs: Vec<Job>) {
+        let tenant = jobs[jobs.len() - 1].tenant.clone();
+        let mut events = Vec::with_capacity(jobs.iter().map(|j| j.events.len()).sum());
+        let mut origin = Vec::with_capacity(events.capacity());
+        let mut spans = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for (k, j) in jobs.into_iter().enumerate() {
+            origin.extend(std::iter::repeat_n(k, j.events.len()));
+            replies.push((j.events.len(), j.reply));
+            events.extend(j.events);
+            spans.push(j.span);
+        }
+        let result = self.accept_batch(&tenant, &events, &origin, &spans).await;
+        match result {
+            Ok(acks) => {
+                let mut acks = acks.into_iter();
+                for (n, reply) in replies {
+                    let _ = reply.send(Ok(acks.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Accepts one batch. `origin[i]` is the request of event i (all request 0 when empty);
+    /// `spans[k]` is request k's span.
+    async fn accept_batch(
+        &self,
+        tenant: &Tenant,
+        events: &[CrmEvent],
+        origin: &[usize],
+        spans: &[tracing::Span],
+    ) -> Result<Vec<EventAck>, ApiError> {
+        crate::metrics::batch(events.len(), spans.len());
         // Postgres keeps microseconds: the acknowledgement of a duplicate must equal the first.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let mut acks: Vec<Option<EventAck>> = vec![None; events.len()];
@@ -106,7 +255,8 @@ impl Pipeline {
         }
 
         if !candidates.is_empty() {
-            self.accept(tenant, &candidates, &mut acks, now).await?;
+            self.accept(tenant, &candidates, &mut acks, now, origin, spans)
+                .await?;
         }
 
         for (i, first, hash) in repeats {
@@ -134,6 +284,8 @@ impl Pipeline {
         candidates: &[(usize, ValidEvent, Vec<u8>)],
         acks: &mut [Option<EventAck>],
         now: chrono::DateTime<Utc>,
+        origin: &[usize],
+        spans: &[tracing::Span],
     ) -> Result<(), ApiError> {
         let ids: Vec<Uuid> = candidates.iter().map(|(_, v, _)| v.client_id).collect();
         let hashes: Vec<Vec<u8>> = candidates.iter().map(|(.., h)| h.clone()).collect();
@@ -188,13 +340,24 @@ impl Pipeline {
             deals.extend(v.payload.deal_id().map(str::to_owned));
             currencies.extend(v.payload.currency().map(str::to_owned));
         }
-        let (reps, deals, currencies): (Vec<String>, Vec<String>, Vec<String>) = (
-            reps.into_iter().collect(),
+        let (cached, unknown): (Vec<String>, Vec<String>) = {
+            let cache = self.known_reps.lock().expect("rep cache");
+            let known = cache.get(&tenant.tenant_id);
+            reps.into_iter()
+                .partition(|r| known.is_some_and(|k| k.contains(r)))
+        };
+        let (deals, currencies): (Vec<String>, Vec<String>) = (
             deals.into_iter().collect(),
             currencies.into_iter().collect(),
         );
         let mut state =
-            store::load_state(&mut tx, &tenant.tenant_id, &reps, &deals, &currencies).await?;
+            store::load_state(&mut tx, &tenant.tenant_id, &unknown, &deals, &currencies).await?;
+        for r in cached {
+            state
+                .reps
+                .entry(r)
+                .or_insert(crate::domain::RepState { active: true });
+        }
 
         let mut outgoing = Vec::new();
         let mut published = Vec::new();
@@ -214,29 +377,53 @@ impl Pipeline {
         store::save_state(&mut tx, &tenant.tenant_id, &state).await?;
         store::settle(&mut tx, &tenant.tenant_id, &published, &rejected_ids).await?;
 
-        // 4. Publish everything, then commit only if the broker has it all.
-        let mut spans = Vec::new();
-        let records: Vec<spm_bus::Record> = outgoing
+        // 4. Publish everything, then commit only if the broker has it all. One publish
+        // span per request, child of the request's span; its records carry its context.
+        let mut counts = vec![0usize; spans.len()];
+        for (i, _, out) in &outgoing {
+            counts[origin.get(*i).copied().unwrap_or(0)] += out.len();
+        }
+        let publish: Vec<(tracing::Span, Vec<(String, String)>)> = spans
             .iter()
-            .flat_map(|(_, _, out)| out.iter())
-            .map(|o| {
-                let topic = self.kafka.topic(o.topic);
+            .zip(&counts)
+            .map(|(parent, n)| {
                 let span = tracing::info_span!(
+                    parent: parent,
                     "publish",
-                    otel.name = format!("publish {}", o.topic),
+                    otel.name = "publish",
                     otel.kind = "producer",
                     messaging.system = "kafka",
                     messaging.operation.type = "publish",
-                    messaging.destination.name = o.topic,
-                    messaging.message.id = %o.envelope.event_id,
+                    messaging.batch.message_count = *n,
                 );
-                let r = envelope_record(topic, o.key.clone(), &o.envelope, &span);
-                spans.push(span);
-                r
+                let headers = spm_bus::trace_headers(&span);
+                (span, headers)
             })
             .collect();
+        let records: Vec<spm_bus::Record> = outgoing
+            .iter()
+            .flat_map(|(i, _, out)| {
+                let headers = &publish[origin.get(*i).copied().unwrap_or(0)].1;
+                out.iter().map(move |o| {
+                    spm_bus::envelope_record_with(
+                        self.kafka.topic(o.topic),
+                        o.key.clone(),
+                        &o.envelope,
+                        headers,
+                    )
+                })
+            })
+            .collect();
+        // Batches that change no state (activities, surveys) need no synchronous commit:
+        // acceptance is durable on the broker, and a lost idempotency record only means a
+        // retry publishes again, which consumers deduplicate.
+        if state.dirty_deals.is_empty() && state.dirty_reps.is_empty() {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let results = self.producer.send_all(&records).await;
-        drop(spans);
+        drop(publish);
         let failures: Vec<String> = results
             .iter()
             .filter_map(|r| r.as_ref().err().map(ToString::to_string))
@@ -257,6 +444,20 @@ impl Pipeline {
         };
         match committed {
             Ok(()) => {
+                let mut cache = self.known_reps.lock().expect("rep cache");
+                if cache
+                    .values()
+                    .map(std::collections::HashSet::len)
+                    .sum::<usize>()
+                    > REP_CACHE
+                {
+                    cache.clear();
+                }
+                cache
+                    .entry(tenant.tenant_id.clone())
+                    .or_default()
+                    .extend(state.reps.keys().cloned());
+                drop(cache);
                 crate::metrics::accepted(outgoing.len(), records.len());
                 for (i, id, out) in outgoing {
                     acks[i] = Some(EventAck {

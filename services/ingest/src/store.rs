@@ -56,6 +56,11 @@ pub async fn webhook_secrets(
     .await
 }
 
+/// The key of a client event's idempotency record.
+pub fn record_id(tenant_id: &str, event_id: Uuid) -> Uuid {
+    spm_core::derived_id(&[tenant_id, &event_id.to_string()])
+}
+
 /// Inserts idempotency records for `ids` (content hashes alongside); returns the ids that
 /// were new. Rows stay locked until the transaction ends, so a concurrent submission of the
 /// same id waits for this one's outcome.
@@ -66,16 +71,18 @@ pub async fn claim(
     hashes: &[Vec<u8>],
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
+    let keys: Vec<Uuid> = ids.iter().map(|id| record_id(tenant_id, *id)).collect();
     sqlx::query_scalar(
-        "INSERT INTO idempotency (tenant_id, event_id, content_sha256, accepted_at)
-         SELECT $1, * FROM UNNEST($2::uuid[], $3::bytea[], $4::timestamptz[])
-         ON CONFLICT (tenant_id, event_id) DO NOTHING
+        "INSERT INTO idempotency (id, tenant_id, event_id, content_sha256, accepted_at)
+         SELECT k, $1, e, h, $5 FROM UNNEST($2::uuid[], $3::uuid[], $4::bytea[]) AS u(k, e, h)
+         ON CONFLICT (id) DO NOTHING
          RETURNING event_id",
     )
     .bind(tenant_id)
+    .bind(&keys)
     .bind(ids)
     .bind(hashes)
-    .bind(vec![now; ids.len()])
+    .bind(now)
     .fetch_all(conn)
     .await
 }
@@ -86,12 +93,11 @@ pub async fn existing(
     tenant_id: &str,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, (Vec<u8>, DateTime<Utc>, i32)>, sqlx::Error> {
+    let keys: Vec<Uuid> = ids.iter().map(|id| record_id(tenant_id, *id)).collect();
     let rows: Vec<(Uuid, Vec<u8>, DateTime<Utc>, i32)> = sqlx::query_as(
-        "SELECT event_id, content_sha256, accepted_at, published FROM idempotency
-          WHERE tenant_id = $1 AND event_id = ANY($2)",
+        "SELECT event_id, content_sha256, accepted_at, published FROM idempotency WHERE id = ANY($1)",
     )
-    .bind(tenant_id)
-    .bind(ids)
+    .bind(&keys)
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -108,23 +114,28 @@ pub async fn settle(
     published: &[(Uuid, i32)],
     rejected: &[Uuid],
 ) -> Result<(), sqlx::Error> {
-    if !published.is_empty() {
-        let (ids, counts): (Vec<Uuid>, Vec<i32>) = published.iter().copied().unzip();
+    // Most events publish one record (the column's default): update only the others.
+    let others: Vec<(Uuid, i32)> = published.iter().copied().filter(|(_, n)| *n != 1).collect();
+    if !others.is_empty() {
+        let (ids, counts): (Vec<Uuid>, Vec<i32>) = others
+            .into_iter()
+            .map(|(id, n)| (record_id(tenant_id, id), n))
+            .unzip();
         sqlx::query(
-            "UPDATE idempotency i SET published = u.n
-               FROM UNNEST($2::uuid[], $3::int[]) AS u(id, n)
-              WHERE i.tenant_id = $1 AND i.event_id = u.id",
+            "UPDATE idempotency i SET published = u.n FROM UNNEST($1::uuid[], $2::int[]) AS u(id, n) WHERE i.id = u.id",
         )
-        .bind(tenant_id)
         .bind(&ids)
         .bind(&counts)
         .execute(&mut *conn)
         .await?;
     }
     if !rejected.is_empty() {
-        sqlx::query("DELETE FROM idempotency WHERE tenant_id = $1 AND event_id = ANY($2)")
-            .bind(tenant_id)
-            .bind(rejected)
+        let keys: Vec<Uuid> = rejected
+            .iter()
+            .map(|id| record_id(tenant_id, *id))
+            .collect();
+        sqlx::query("DELETE FROM idempotency WHERE id = ANY($1)")
+            .bind(&keys)
             .execute(&mut *conn)
             .await?;
     }

@@ -142,7 +142,7 @@ async fn accept(w: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Respons
         ));
     }
     let tenant = w.pipeline.tenant(tenant_id).await?;
-    let acks = w.pipeline.submit(&tenant, &req.events).await?;
+    let acks = w.pipeline.submit(&tenant, req.events).await?;
 
     let mut violations: Vec<FieldViolation> = Vec::new();
     let (mut conflict, mut unavailable) = (false, false);

@@ -17,6 +17,32 @@ use crate::store;
 /// The handler. `emit` is false when rebuilding (nothing is announced twice).
 pub struct ScoringHandler {
     pub emit: bool,
+    /// When rebuilding: rep-periods to rescore once at the end, per tenant (with the
+    /// tenant's latest context), instead of after every batch. The final scores are the
+    /// same (they depend only on the final cells); the work is done once.
+    pub deferred: Option<Deferred>,
+}
+
+pub type Deferred = std::sync::Arc<
+    std::sync::Mutex<
+        BTreeMap<
+            String,
+            (
+                spm_proto::common::v1::TenantContext,
+                BTreeSet<(String, PeriodKind, String)>,
+            ),
+        >,
+    >,
+>;
+
+impl ScoringHandler {
+    /// The live handler.
+    pub fn live() -> Self {
+        Self {
+            emit: true,
+            deferred: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -115,6 +141,15 @@ impl ScoringHandler {
             }
             store::insert_facts(conn, tenant, &facts).await?;
             store::add_cells(conn, tenant, deltas).await?;
+        }
+        if let Some(d) = &self.deferred {
+            let mut d = d.lock().expect("deferred");
+            let entry = d
+                .entry(tenant.to_owned())
+                .or_insert_with(|| (job.context.clone(), BTreeSet::new()));
+            entry.0 = job.context.clone();
+            entry.1.extend(std::mem::take(&mut job.pairs));
+            return Ok(());
         }
         engine::rescore(conn, &job, out).await?;
         Ok(())

@@ -66,11 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut app = App::start("scoring", config.service.clone(), &MIGRATOR).await?;
-    app.consume(
-        "scoring",
-        TOPICS,
-        Arc::new(consume::ScoringHandler { emit: true }),
-    );
+    app.consume("scoring", TOPICS, Arc::new(consume::ScoringHandler::live()));
 
     let (scores_tx, _) = broadcast::channel(4096);
     {
@@ -159,6 +155,15 @@ pub const PROJECTIONS: &[&str] = &[
     "inbox",
 ];
 
+/// Concurrent readers while rebuilding (partitions shared among them).
+const REBUILD_WORKERS: usize = 3;
+
+/// Records per transaction while rebuilding (larger than live: no latency to keep).
+const REBUILD_BATCH: usize = 5000;
+
+/// Rep-periods rescored per transaction at the end of a rebuild.
+const RESCORE_CHUNK: usize = 2000;
+
 async fn rebuild(config: Config) -> anyhow::Result<()> {
     let telemetry = spm_telemetry::init("spm-scoring-rebuild", config.service.log_format)?;
     let pool = spm_server::db::connect(
@@ -173,21 +178,45 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
         .execute(&pool)
         .await?;
     let producer = spm_bus::Producer::new(&config.service.kafka)?;
+    let deferred = consume::Deferred::default();
     let l = spm_bus::consumer::ConsumerLoop::new(
         &config.service.kafka,
         "scoring",
         TOPICS,
         pool.clone(),
         producer,
-        Arc::new(consume::ScoringHandler { emit: false }),
-    );
-    let read = l.replay(spm_server::shutdown::on_signal()).await?;
+        Arc::new(consume::ScoringHandler {
+            emit: false,
+            deferred: Some(deferred.clone()),
+        }),
+    )
+    .max_batch(REBUILD_BATCH);
+    let read = l
+        .replay_with(REBUILD_WORKERS, spm_server::shutdown::on_signal())
+        .await?;
+    let replayed = started.elapsed();
+    // Every rep-period touched, scored once from its final cells.
+    let tenants = std::mem::take(&mut *deferred.lock().expect("deferred"));
+    let mut rescored = 0usize;
+    for (tenant, (context, pairs)) in tenants {
+        let pairs: Vec<_> = pairs.into_iter().collect();
+        for chunk in pairs.chunks(RESCORE_CHUNK) {
+            let mut job = engine::Job::new(&tenant, context.clone(), false);
+            job.pairs = chunk.iter().cloned().collect();
+            let mut tx = pool.begin().await?;
+            let mut out = spm_bus::Outbox::new(&config.service.kafka);
+            engine::rescore(&mut tx, &job, &mut out).await?;
+            tx.commit().await?;
+            rescored += chunk.len();
+        }
+    }
+    tracing::info!(rescored, "rep-periods rescored");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM facts")
         .fetch_one(&pool)
         .await?;
     tracing::info!(records = read, facts = rows, elapsed = ?started.elapsed(), "rebuild done");
     println!(
-        "rebuilt scoring from {read} records ({rows} facts) in {:.2?}",
+        "rebuilt scoring from {read} records ({rows} facts) in {:.2?} (replay {replayed:.2?}, then {rescored} rep-periods scored)",
         started.elapsed()
     );
     telemetry.shutdown().await;

@@ -200,10 +200,10 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
         v.add("assignment", "name rep_ids, team_ids or set tenant_default");
     }
     for (i, r) in a.rep_ids.iter().enumerate() {
-        v.id(&format!("assignment.rep_ids[{i}]"), r, 128);
+        v.id(format!("assignment.rep_ids[{i}]"), r, 128);
     }
     for (i, t) in a.team_ids.iter().enumerate() {
-        v.id(&format!("assignment.team_ids[{i}]"), t, 128);
+        v.id(format!("assignment.team_ids[{i}]"), t, 128);
     }
 
     let commission = p.commission.as_ref().map(|c| {
@@ -406,7 +406,7 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
     let mut spiff_ids = HashSet::new();
     for (i, s) in p.spiffs.iter().enumerate() {
         let sf = format!("spiffs[{i}]");
-        if v.id(&format!("{sf}.spiff_id"), &s.spiff_id, 64) && !spiff_ids.insert(s.spiff_id.clone())
+        if v.id(format!("{sf}.spiff_id"), &s.spiff_id, 64) && !spiff_ids.insert(s.spiff_id.clone())
         {
             v.add(format!("{sf}.spiff_id"), "is used twice");
         }
@@ -444,7 +444,7 @@ pub fn from_proto(p: &pb::Plan) -> Result<Plan, Vec<FieldViolation>> {
     let mut badges = Vec::new();
     for (i, b) in p.badges.iter().enumerate() {
         let bf = format!("badges[{i}]");
-        v.id(&format!("{bf}.code"), &b.code, 64);
+        v.id(format!("{bf}.code"), &b.code, 64);
         let kind = match pb::BadgeKind::try_from(b.kind) {
             Ok(pb::BadgeKind::FirstDeal) => Some(BadgeKind::FirstDeal),
             Ok(pb::BadgeKind::AttainmentClub) => Some(BadgeKind::AttainmentClub),

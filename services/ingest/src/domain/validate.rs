@@ -190,8 +190,8 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
     match p {
         Payload::ActivityLogged(a) => {
             let f = "activity_logged";
-            v.id(&format!("{f}.rep_id"), &a.rep_id, MAX_ID);
-            v.id(&format!("{f}.activity_id"), &a.activity_id, MAX_ID);
+            v.id((f, "rep_id"), &a.rep_id, MAX_ID);
+            v.id((f, "activity_id"), &a.activity_id, MAX_ID);
             if !matches!(ev::ActivityKind::try_from(a.kind), Ok(k) if k != ev::ActivityKind::Unspecified)
             {
                 v.add(
@@ -199,16 +199,16 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
                     "must be one of VISIT, CALL, MEETING, EMAIL, DEMO, CONTRACT_SIGNED, AFTER_SALES_RESOLVED, TRAINING_COMPLETED",
                 );
             }
-            v.optional_id(&format!("{f}.customer_id"), &a.customer_id, MAX_ID);
-            v.optional_id(&format!("{f}.deal_id"), &a.deal_id, MAX_ID);
-            v.text(&format!("{f}.subject"), &a.subject, MAX_SUBJECT);
+            v.optional_id((f, "customer_id"), &a.customer_id, MAX_ID);
+            v.optional_id((f, "deal_id"), &a.deal_id, MAX_ID);
+            v.text((f, "subject"), &a.subject, MAX_SUBJECT);
             Some(ValidPayload::Activity(a.clone()))
         }
         Payload::SatisfactionRecorded(s) => {
             let f = "satisfaction_recorded";
-            v.id(&format!("{f}.rep_id"), &s.rep_id, MAX_ID);
-            v.id(&format!("{f}.survey_id"), &s.survey_id, MAX_ID);
-            v.optional_id(&format!("{f}.customer_id"), &s.customer_id, MAX_ID);
+            v.id((f, "rep_id"), &s.rep_id, MAX_ID);
+            v.id((f, "survey_id"), &s.survey_id, MAX_ID);
+            v.optional_id((f, "customer_id"), &s.customer_id, MAX_ID);
             match ev::SurveyKind::try_from(s.kind) {
                 Ok(ev::SurveyKind::Csat) if !(1..=5).contains(&s.score) => {
                     v.add(format!("{f}.score"), "must be 1..=5 for a CSAT survey");
@@ -224,8 +224,8 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
         Payload::DealClosed(d) => deal(d, v),
         Payload::PaymentReceived(pm) => {
             let f = "payment_received";
-            v.id(&format!("{f}.payment_id"), &pm.payment_id, MAX_ID);
-            v.id(&format!("{f}.deal_id"), &pm.deal_id, MAX_ID);
+            v.id((f, "payment_id"), &pm.payment_id, MAX_ID);
+            v.id((f, "deal_id"), &pm.deal_id, MAX_ID);
             let amount = money_field(
                 v,
                 &format!("{f}.amount"),
@@ -239,13 +239,13 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
         }
         Payload::DealReversed(r) => {
             let f = "deal_reversed";
-            v.id(&format!("{f}.reversal_id"), &r.reversal_id, MAX_ID);
-            v.id(&format!("{f}.deal_id"), &r.deal_id, MAX_ID);
+            v.id((f, "reversal_id"), &r.reversal_id, MAX_ID);
+            v.id((f, "deal_id"), &r.deal_id, MAX_ID);
             if !matches!(ev::ReversalKind::try_from(r.kind), Ok(k) if k != ev::ReversalKind::Unspecified)
             {
                 v.add(format!("{f}.kind"), "must be CANCELLATION or REFUND");
             }
-            v.text(&format!("{f}.reason"), &r.reason, MAX_SUBJECT);
+            v.text((f, "reason"), &r.reason, MAX_SUBJECT);
             let amount = match r.amount.as_ref() {
                 None => None,
                 Some(m) => Some(money_field(
@@ -262,35 +262,35 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
         }
         Payload::RepUpserted(r) => {
             let f = "rep_upserted";
-            v.id(&format!("{f}.rep_id"), &r.rep_id, MAX_ID);
-            v.text(&format!("{f}.display_name"), &r.display_name, MAX_NAME);
+            v.id((f, "rep_id"), &r.rep_id, MAX_ID);
+            v.text((f, "display_name"), &r.display_name, MAX_NAME);
             if !r.email.is_empty() && !plausible_email(&r.email) {
                 v.add(format!("{f}.email"), "is not an e-mail address");
             }
-            v.optional_id(&format!("{f}.team_id"), &r.team_id, MAX_ID);
-            v.optional_id(&format!("{f}.manager_id"), &r.manager_id, MAX_ID);
+            v.optional_id((f, "team_id"), &r.team_id, MAX_ID);
+            v.optional_id((f, "manager_id"), &r.manager_id, MAX_ID);
             if !r.manager_id.is_empty() && r.manager_id == r.rep_id {
                 v.add(format!("{f}.manager_id"), "a rep cannot be its own manager");
             }
-            v.text(&format!("{f}.role"), &r.role, 50);
-            v.text(&format!("{f}.territory"), &r.territory, 100);
+            v.text((f, "role"), &r.role, 50);
+            v.text((f, "territory"), &r.territory, 100);
             Some(ValidPayload::Rep(r.clone()))
         }
         Payload::TeamUpserted(t) => {
             let f = "team_upserted";
-            v.id(&format!("{f}.team_id"), &t.team_id, MAX_ID);
+            v.id((f, "team_id"), &t.team_id, MAX_ID);
             if t.name.is_empty() {
                 v.add(format!("{f}.name"), "is required");
             }
-            v.text(&format!("{f}.name"), &t.name, MAX_NAME);
-            v.optional_id(&format!("{f}.parent_team_id"), &t.parent_team_id, MAX_ID);
+            v.text((f, "name"), &t.name, MAX_NAME);
+            v.optional_id((f, "parent_team_id"), &t.parent_team_id, MAX_ID);
             if !t.parent_team_id.is_empty() && t.parent_team_id == t.team_id {
                 v.add(
                     format!("{f}.parent_team_id"),
                     "a team cannot be its own parent",
                 );
             }
-            v.optional_id(&format!("{f}.manager_id"), &t.manager_id, MAX_ID);
+            v.optional_id((f, "manager_id"), &t.manager_id, MAX_ID);
             Some(ValidPayload::Team(t.clone()))
         }
     }
@@ -298,9 +298,9 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
 
 fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
     let f = "deal_closed";
-    v.id(&format!("{f}.deal_id"), &d.deal_id, MAX_ID);
-    v.optional_id(&format!("{f}.customer_id"), &d.customer_id, MAX_ID);
-    v.text(&format!("{f}.name"), &d.name, MAX_NAME);
+    v.id((f, "deal_id"), &d.deal_id, MAX_ID);
+    v.optional_id((f, "customer_id"), &d.customer_id, MAX_ID);
+    v.text((f, "name"), &d.name, MAX_NAME);
     let amount = money_field(v, &format!("{f}.amount"), d.amount.as_ref(), Sign::Positive);
 
     let mut shares = Vec::new();
@@ -320,7 +320,7 @@ fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
         let mut all_ok = true;
         for (i, c) in d.credits.iter().enumerate() {
             let cf = format!("{f}.credits[{i}]");
-            if v.id(&format!("{cf}.rep_id"), &c.rep_id, MAX_ID) && !seen.insert(c.rep_id.as_str()) {
+            if v.id((cf.as_str(), "rep_id"), &c.rep_id, MAX_ID) && !seen.insert(c.rep_id.as_str()) {
                 v.add(format!("{cf}.rep_id"), "is credited twice");
                 all_ok = false;
             }
@@ -360,7 +360,7 @@ fn deal(d: &ev::DealClosed, v: &mut Violations) -> Option<ValidPayload> {
         let mut all_ok = true;
         for (i, l) in d.lines.iter().enumerate() {
             let lf = format!("{f}.lines[{i}]");
-            v.id(&format!("{lf}.product_id"), &l.product_id, MAX_ID);
+            v.id((lf.as_str(), "product_id"), &l.product_id, MAX_ID);
             if l.quantity == 0 {
                 v.add(format!("{lf}.quantity"), "must be at least 1");
             }

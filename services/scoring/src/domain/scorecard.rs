@@ -151,7 +151,7 @@ pub fn from_proto(c: &pb::Scorecard) -> Result<Scorecard, Vec<FieldViolation>> {
     let mut ids = std::collections::HashSet::new();
     for (i, k) in c.kpis.iter().enumerate() {
         let f = format!("kpis[{i}]");
-        if v.id(&format!("{f}.kpi_id"), &k.kpi_id, 64) && !ids.insert(k.kpi_id.as_str()) {
+        if v.id(format!("{f}.kpi_id"), &k.kpi_id, 64) && !ids.insert(k.kpi_id.as_str()) {
             v.add(format!("{f}.kpi_id"), "is used twice");
         }
         if !is_metric(&k.metric) {

@@ -1,0 +1,1567 @@
+//! `spm bench`: SPM's published, reproducible benchmarks. Every figure is measured here, in
+//! one run, against the local stack (real Postgres, the real broker) and the release
+//! service binaries as processes, with each baseline measured in the same run. Prints a
+//! table and writes JSON and Markdown (docs/benchmarks.md).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use comfy_table::Cell;
+use rand::{Rng as _, SeedableRng as _};
+use serde::Serialize;
+use spm_core::period::{Calendar, PeriodKind};
+use spm_core::topics;
+use spm_proto::common::v1 as common;
+use spm_proto::events::v1 as ev;
+use spm_proto::events::v1::event_envelope::Payload as Out;
+use spm_proto::incentive::v1 as ipb;
+use spm_proto::ingest::v1 as pb;
+use spm_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use spm_proto::notification::v1 as npb;
+use spm_proto::scoring::v1 as spb;
+use spm_testkit::{Service, TestEnv, authed, create_tenant, wait_key_known};
+
+use crate::out::{num, table, title};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Smaller sizes (a few minutes; for CI and development).
+    #[arg(long)]
+    pub quick: bool,
+    /// Sections to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,scoring,incentive,notification,rebuild"
+    )]
+    pub only: Vec<String>,
+    /// Markdown report.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub out: PathBuf,
+    /// JSON report.
+    #[arg(long, default_value = "docs/benchmarks.json")]
+    pub json: PathBuf,
+}
+
+struct Sizes {
+    ingest_events: usize,
+    scoring_events: usize,
+    query_secs: u64,
+    incentive_deals: usize,
+    notification_secs: u64,
+    rebuild_events: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Figure {
+    section: String,
+    name: String,
+    value: f64,
+    unit: String,
+    target: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    rss: HashMap<String, u64>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        section: &str,
+        name: &str,
+        value: f64,
+        unit: &str,
+        target: &str,
+        met: Option<bool>,
+    ) {
+        println!(
+            "  {name}: {value:.2} {unit}{}",
+            if target.is_empty() {
+                String::new()
+            } else {
+                format!(" (target {target})")
+            }
+        );
+        self.figures.push(Figure {
+            section: section.into(),
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            target: target.into(),
+            met,
+        });
+    }
+
+    /// Where the time went in a consuming service: its mean batch transaction and the mean
+    /// age of events when applied, per topic, from its own /metrics.
+    async fn stages(&mut self, section: &str, s: &Service) {
+        let text = s.metrics().await;
+        let sum = |name: &str, l: &[&str]| spm_testkit::process::parse_metric_sum(&text, name, l);
+        let batches = sum("spm_processing_seconds_count", &[]);
+        if batches > 0.0 {
+            self.add(
+                section,
+                &format!("spm-{} mean consumer batch (of {batches:.0})", s.name),
+                sum("spm_processing_seconds_sum", &[]) / batches * 1000.0,
+                "ms",
+                "",
+                None,
+            );
+        }
+        let mut topics: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("spm_event_age_seconds_count{"))
+            .filter_map(|l| {
+                l.split("topic=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect();
+        topics.sort();
+        topics.dedup();
+        for t in topics {
+            let l = format!("topic=\"{t}\"");
+            let n = sum("spm_event_age_seconds_count", &[&l]);
+            if n > 0.0 {
+                self.add(
+                    section,
+                    &format!("spm-{} mean event age when applied, {t}", s.name),
+                    sum("spm_event_age_seconds_sum", &[&l]) / n * 1000.0,
+                    "ms",
+                    "",
+                    None,
+                );
+            }
+        }
+    }
+
+    fn rss(&mut self, s: &Service) {
+        if let Some(kib) = peak_rss_kib(s) {
+            let e = self.rss.entry(s.name.clone()).or_insert(0);
+            *e = (*e).max(kib);
+        }
+    }
+}
+
+/// Peak resident set size of a service process (VmHWM), KiB.
+fn peak_rss_kib(s: &Service) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU seconds used so far by each component: the services of `svcs`, every postgres
+/// process, the broker and this process (the load generator).
+fn cpu(svcs: &[&Service]) -> HashMap<String, f64> {
+    let ticks = |pid: &str| -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(") ")?.1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let t: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(t / 100.0)
+    };
+    let mut out = HashMap::new();
+    for s in svcs {
+        if let Some(t) = ticks(&s.pid().to_string()) {
+            *out.entry(format!("spm-{}", s.name)).or_insert(0.0) += t;
+        }
+    }
+    out.insert("load generator".into(), ticks("self").unwrap_or(0.0));
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let name = match comm.trim() {
+                "postgres" => "postgres",
+                "tansu" => "broker",
+                _ => continue,
+            };
+            *out.entry(name.into()).or_insert(0.0) += ticks(&pid).unwrap_or(0.0);
+        }
+    }
+    out
+}
+
+fn cpu_note(before: &HashMap<String, f64>, after: &HashMap<String, f64>, wall: Duration) -> String {
+    let mut parts: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = parts.iter().map(|p| p.1).sum();
+    format!(
+        "CPU over {:.1} s wall: {} (total {:.1} CPU-s of {:.1} available)",
+        wall.as_secs_f64(),
+        parts
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1} s"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        total,
+        wall.as_secs_f64() * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+    )
+}
+
+/// Latency samples.
+#[derive(Default, Clone)]
+struct Lat(Vec<Duration>);
+
+impl Lat {
+    fn q(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = self.0.clone();
+        v.sort();
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[i].as_secs_f64() * 1000.0
+    }
+}
+
+fn ctx() -> common::TenantContext {
+    common::TenantContext {
+        time_zone: "UTC".into(),
+        fiscal_year_start_month: 1,
+        base_currency: "EUR".into(),
+    }
+}
+
+fn envelope(tenant: &str, id: &str, at: chrono::DateTime<Utc>, p: Out) -> ev::EventEnvelope {
+    let ts = spm_proto::ext::timestamp(at);
+    ev::EventEnvelope {
+        event_id: spm_core::derived_id(&[tenant, id]).to_string(),
+        tenant_id: tenant.into(),
+        occurred_at: Some(ts),
+        recorded_at: Some(spm_proto::ext::timestamp(Utc::now())),
+        source: "bench".into(),
+        tenant_context: Some(ctx()),
+        causation_id: id.into(),
+        payload: Some(p),
+    }
+}
+
+fn money(a: &str) -> Option<common::Money> {
+    Some(common::Money {
+        amount: a.into(),
+        currency: "EUR".into(),
+    })
+}
+
+fn activity_env(tenant: &str, rep: &str, i: usize, at: chrono::DateTime<Utc>) -> ev::EventEnvelope {
+    let kinds = [
+        ev::ActivityKind::Visit,
+        ev::ActivityKind::Call,
+        ev::ActivityKind::Email,
+        ev::ActivityKind::Meeting,
+    ];
+    envelope(
+        tenant,
+        &format!("act-{i}"),
+        at,
+        Out::ActivityLogged(ev::ActivityLogged {
+            rep_id: rep.into(),
+            activity_id: format!("a{i}"),
+            kind: kinds[i % kinds.len()] as i32,
+            customer_id: format!("c{}", i % 997),
+            deal_id: String::new(),
+            subject: "bench".into(),
+        }),
+    )
+}
+
+fn deal_env(
+    tenant: &str,
+    rep: &str,
+    i: usize,
+    at: chrono::DateTime<Utc>,
+    amount: &str,
+) -> ev::EventEnvelope {
+    envelope(
+        tenant,
+        &format!("deal-{i}"),
+        at,
+        Out::DealCredited(ev::DealCredited {
+            deal_id: format!("D{i}"),
+            rep_id: rep.into(),
+            customer_id: format!("c{}", i % 997),
+            share_percent: "100".into(),
+            credited_amount: money(amount),
+            credited_base_amount: money(amount),
+            deal_amount: money(amount),
+            deal_base_amount: money(amount),
+            lines: vec![ev::ProductLine {
+                product_id: if i.is_multiple_of(3) {
+                    "analytics"
+                } else {
+                    "platform"
+                }
+                .into(),
+                quantity: 1,
+                amount: money(amount),
+            }],
+            split_count: 1,
+            payment_due_at: Some(spm_proto::ext::timestamp(at)),
+            name: String::new(),
+            fx_rate: "1".into(),
+        }),
+    )
+}
+
+/// Publishes envelopes as fast as the producer takes them: everything enqueued at once,
+/// librdkafka batching freely (the best case for raw rdkafka). The producer is warmed up
+/// first (connection, metadata, producer id) so only the sends are timed.
+async fn produce(
+    env: &TestEnv,
+    topic: &str,
+    envs: &[ev::EventEnvelope],
+) -> anyhow::Result<Duration> {
+    let k = env.kafka();
+    // The topics exist before anything is produced (services create them at start; the
+    // rebuild section starts none).
+    spm_bus::admin::ensure_topics(&k).await?;
+    let p = spm_bus::Producer::new(&k)?;
+    let full = k.topic(topic);
+    let span = tracing::Span::none();
+    let records: Vec<spm_bus::Record> = envs
+        .iter()
+        .map(|e| {
+            let rep = match &e.payload {
+                Some(Out::ActivityLogged(a)) => a.rep_id.clone(),
+                Some(Out::DealCredited(d)) => d.rep_id.clone(),
+                _ => String::new(),
+            };
+            spm_bus::envelope_record(
+                full.clone(),
+                spm_core::kafka_key(&e.tenant_id, &rep),
+                e,
+                &span,
+            )
+        })
+        .collect();
+    if let Some(first) = records.first() {
+        // Warm-up: one record (a duplicate event id, skipped by any consumer).
+        let _ = p.send(first).await;
+    }
+    let t = Instant::now();
+    // In slices of 50,000: everything in flight at once only measures how long the last
+    // record waits in the producer's queue (and can exceed its delivery timeout).
+    for slice in records.chunks(50_000) {
+        for r in p.send_all(slice).await {
+            r.context("raw produce")?;
+        }
+    }
+    Ok(t.elapsed())
+}
+
+async fn with_service_env(name: &str, partitions: i32) -> TestEnv {
+    let mut env = TestEnv::new(name).await;
+    env.partitions = partitions;
+    env
+}
+
+const QUIET: &[(&str, &str)] = &[("RUST_LOG", "warn"), ("SPM_DB_MAX_CONNECTIONS", "10")];
+
+pub async fn run(a: &Args) -> anyhow::Result<()> {
+    let sizes = if a.quick {
+        Sizes {
+            ingest_events: 40_000,
+            scoring_events: 20_000,
+            query_secs: 4,
+            incentive_deals: 10_000,
+            notification_secs: 5,
+            rebuild_events: 100_000,
+        }
+    } else {
+        Sizes {
+            ingest_events: 200_000,
+            scoring_events: 100_000,
+            query_secs: 10,
+            incentive_deals: 100_000,
+            notification_secs: 15,
+            rebuild_events: 1_000_000,
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::local::stack_up()?;
+    // SAFETY of the environment: the testkit reads these to find the stack.
+    let mut report = Report::default();
+    let started = Instant::now();
+    for section in &a.only {
+        title(&format!("bench: {section}"));
+        let t = Instant::now();
+        match section.as_str() {
+            "ingest" => ingest(&sizes, &mut report).await?,
+            "scoring" => scoring(&sizes, &mut report).await?,
+            "incentive" => incentive(&sizes, &mut report).await?,
+            "notification" => notification(&sizes, &mut report).await?,
+            "rebuild" => rebuild(&sizes, &mut report).await?,
+            other => anyhow::bail!("unknown section {other}"),
+        }
+        println!("  ({section} took {:.0} s)", t.elapsed().as_secs_f64());
+    }
+    title("peak RSS of each service under load");
+    for (svc, kib) in &report.rss.clone() {
+        #[allow(clippy::cast_precision_loss)]
+        let mib = *kib as f64 / 1024.0;
+        report.add(
+            "rss",
+            &format!("spm-{svc} peak RSS"),
+            mib,
+            "MiB",
+            "< 100 MiB",
+            Some(mib < 100.0),
+        );
+    }
+    write_reports(a, &report, started.elapsed()).await?;
+    Ok(())
+}
+
+async fn ingest(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let env = with_service_env("bench-ingest", 6).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    wait_key_known(&ingest, &t.admin_key).await;
+    let reps: Vec<String> = (0..1000).map(|i| format!("rep-{i}")).collect();
+    let mut c = IngestServiceClient::new(ingest.channel().await);
+    for chunk in reps.chunks(500) {
+        let events = chunk
+            .iter()
+            .map(|x| spm_testkit::events::rep(x, "", ""))
+            .collect();
+        c.submit_events(authed(pb::SubmitEventsRequest { events }, &t.admin_key))
+            .await?;
+    }
+    let now = Utc::now();
+    // The baseline: the same number of envelopes of the same size, raw rdkafka, same broker.
+    let raw: Vec<ev::EventEnvelope> = (0..sz.ingest_events)
+        .map(|i| activity_env("bench", &reps[i % reps.len()], i, now))
+        .collect();
+    // The median of three runs.
+    let mut raw_rates = Vec::new();
+    for _ in 0..3 {
+        let took = produce(&env, topics::ACTIVITIES, &raw).await?;
+        #[allow(clippy::cast_precision_loss)]
+        raw_rates.push(sz.ingest_events as f64 / took.as_secs_f64());
+    }
+    raw_rates.sort_by(f64::total_cmp);
+    let raw_rate = raw_rates[1];
+
+    let events: Vec<pb::CrmEvent> = (0..sz.ingest_events)
+        .map(|i| {
+            let mut e =
+                spm_testkit::events::activity(&reps[i % reps.len()], ev::ActivityKind::Visit);
+            e.occurred_at = Some(spm_proto::ext::timestamp(now));
+            e
+        })
+        .collect();
+    let streams = 4;
+    let lat = Arc::new(Mutex::new(Lat::default()));
+    let cpu0 = cpu(&[&ingest]);
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for part in events.chunks(events.len().div_ceil(streams)) {
+        let part = part.to_vec();
+        let ch = ingest.channel().await;
+        let key = t.admin_key.clone();
+        let lat = lat.clone();
+        handles.push(tokio::spawn(async move {
+            let mut c = IngestServiceClient::new(ch);
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::StreamEventsRequest>(4);
+            let sent: Arc<Mutex<std::collections::VecDeque<Instant>>> = Arc::default();
+            let sent2 = sent.clone();
+            let feeder = tokio::spawn(async move {
+                for chunk in part.chunks(1000) {
+                    sent2.lock().expect("sent").push_back(Instant::now());
+                    if tx
+                        .send(pb::StreamEventsRequest {
+                            events: chunk.to_vec(),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            let mut resp = c
+                .stream_events(authed(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    &key,
+                ))
+                .await?
+                .into_inner();
+            let mut accepted = 0usize;
+            while let Some(m) = resp.message().await? {
+                let at = sent.lock().expect("sent").pop_front();
+                if let Some(at) = at {
+                    lat.lock().expect("lat").0.push(at.elapsed());
+                }
+                accepted += m
+                    .acks
+                    .iter()
+                    .filter(|a| a.status == pb::AckStatus::Accepted as i32)
+                    .count();
+            }
+            feeder.await?;
+            anyhow::Ok(accepted)
+        }));
+    }
+    let mut accepted = 0;
+    for h in handles {
+        accepted += h.await??;
+    }
+    let took = t0.elapsed();
+    let note = format!("ingest phase: {}", cpu_note(&cpu0, &cpu(&[&ingest]), took));
+    println!("  {note}");
+    r.notes.push(note);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = accepted as f64 / took.as_secs_f64();
+    let lat = lat.lock().expect("lat").clone();
+    let s = "ingest";
+    r.add(
+        s,
+        "raw rdkafka produce rate (same broker, same run, median of 3)",
+        raw_rate,
+        "events/s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "ingest accepted rate (gRPC stream, 4 streams x 1,000-event messages)",
+        rate,
+        "events/s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "ingest / raw produce ratio",
+        rate / raw_rate,
+        "x",
+        ">= 0.5",
+        Some(rate / raw_rate >= 0.5),
+    );
+    r.add(
+        s,
+        "ack latency p50 (per 1,000-event message)",
+        lat.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "ack latency p99 (per 1,000-event message)",
+        lat.q(0.99),
+        "ms",
+        "",
+        None,
+    );
+    anyhow::ensure!(
+        accepted == sz.ingest_events,
+        "only {accepted} of {} events accepted",
+        sz.ingest_events
+    );
+    r.rss(&ingest);
+    Ok(())
+}
+
+async fn wait_count(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    want: i64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
+        if n >= want {
+            return Ok(());
+        }
+        anyhow::ensure!(t.elapsed() < limit, "{sql}: {n} of {want} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rate from the first to the last applied_at of a service's inbox.
+async fn inbox_rate(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<f64> {
+    let (first, last): (chrono::DateTime<Utc>, chrono::DateTime<Utc>) =
+        sqlx::query_as("SELECT min(applied_at), max(applied_at) FROM inbox")
+            .fetch_one(pool)
+            .await?;
+    let secs = (last - first)
+        .to_std()
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(0.001);
+    #[allow(clippy::cast_precision_loss)]
+    Ok(n as f64 / secs)
+}
+
+async fn scoring(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let env = with_service_env("bench-scoring", 6).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    let now = Utc::now();
+    let reps: Vec<String> = (0..1000).map(|i| format!("rep-{i}")).collect();
+    // 90% activities, 10% deal credits, over the current month.
+    let month = Calendar::default().period(PeriodKind::Month, now);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut acts = Vec::new();
+    let mut deals = Vec::new();
+    for i in 0..sz.scoring_events {
+        let rep = &reps[i % reps.len()];
+        let at = month.start
+            + chrono::Duration::seconds(
+                rng.random_range(0..(now - month.start).num_seconds().max(1)),
+            );
+        if i % 10 == 0 {
+            deals.push(deal_env(
+                "bench",
+                rep,
+                i,
+                at,
+                &format!("{}.00", rng.random_range(500..50_000)),
+            ));
+        } else {
+            acts.push(activity_env("bench", rep, i, at));
+        }
+    }
+    produce(&env, topics::ACTIVITIES, &acts).await?;
+    produce(&env, topics::DEALS, &deals).await?;
+    let scoring = env.start_with("scoring", QUIET).await;
+    wait_key_known(&scoring, &t.admin_key).await;
+    let pool = env.pool("scoring").await;
+    let n = i64::try_from(sz.scoring_events).unwrap_or(i64::MAX);
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM facts",
+        n,
+        Duration::from_secs(900),
+    )
+    .await?;
+    let rate = inbox_rate(&pool, sz.scoring_events).await?;
+    let s = "scoring";
+    r.add(
+        s,
+        "events applied (batched transactions, from the broker)",
+        rate,
+        "events/s",
+        ">= 10,000/s",
+        Some(rate >= 10_000.0),
+    );
+    r.rss(&scoring);
+
+    // GetScore at a fixed rate, open loop: latency from the scheduled send time.
+    let (lat, errors) = open_loop(2000, sz.query_secs, {
+        let ch = scoring.channel().await;
+        let key = t.admin_key.clone();
+        let reps = reps.clone();
+        move |i| {
+            let mut c = spm_proto::scoring::v1::scoring_service_client::ScoringServiceClient::new(
+                ch.clone(),
+            );
+            let req = authed(
+                spb::GetScoreRequest {
+                    rep_id: reps[i % reps.len()].clone(),
+                    period: None,
+                },
+                &key,
+            );
+            async move {
+                c.get_score(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    })
+    .await;
+    r.add(s, "GetScore p50 at 2,000 req/s", lat.q(0.5), "ms", "", None);
+    r.add(
+        s,
+        "GetScore p99 at 2,000 req/s",
+        lat.q(0.99),
+        "ms",
+        "< 5 ms",
+        Some(lat.q(0.99) < 5.0),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    r.add(
+        s,
+        "GetScore errors",
+        errors as f64,
+        "requests",
+        "0",
+        Some(errors == 0),
+    );
+    r.rss(&scoring);
+    drop(ingest);
+    Ok(())
+}
+
+/// Sends `rate` requests per second for `secs` seconds, each at its scheduled time
+/// (concurrently, so a slow response does not delay the next: no coordinated omission).
+async fn open_loop<F, Fut>(rate: u32, secs: u64, f: F) -> (Lat, usize)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let n = usize::try_from(u64::from(rate) * secs).unwrap_or(usize::MAX);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let lat = Arc::new(Mutex::new(Lat::default()));
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(at).await;
+        let fut = f(i);
+        let (lat, errors) = (lat.clone(), errors.clone());
+        handles.push(tokio::spawn(async move {
+            let res = fut.await;
+            let took = tokio::time::Instant::now() - at;
+            match res {
+                Ok(()) => lat.lock().expect("lat").0.push(took),
+                Err(e) => {
+                    if errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                        eprintln!("  first error: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let l = lat.lock().expect("lat").clone();
+    (l, errors.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn bench_plan(spiff_from: &str) -> ipb::Plan {
+    ipb::Plan {
+        plan_id: "bench".into(),
+        name: "bench".into(),
+        effective_from: "2020-01-01".into(),
+        period_kind: common::PeriodKind::Month as i32,
+        assignment: Some(ipb::PlanAssignment {
+            tenant_default: true,
+            ..Default::default()
+        }),
+        commission: Some(ipb::Commission {
+            basis: ipb::TierBasis::Attainment as i32,
+            mode: ipb::TierMode::Marginal as i32,
+            quota: "500000".into(),
+            tiers: vec![
+                ipb::Tier {
+                    from: "0".into(),
+                    rate: "0.04".into(),
+                },
+                ipb::Tier {
+                    from: "1".into(),
+                    rate: "0.07".into(),
+                },
+                ipb::Tier {
+                    from: "1.5".into(),
+                    rate: "0.1".into(),
+                },
+            ],
+            per_deal_cap: "5000".into(),
+            ..Default::default()
+        }),
+        payout: Some(ipb::PayoutSplit {
+            at_close_percent: "50".into(),
+            on_collection_percent: "50".into(),
+        }),
+        spiffs: vec![ipb::Spiff {
+            spiff_id: "analytics".into(),
+            name: "analytics".into(),
+            product_ids: vec!["analytics".into()],
+            from_date: spiff_from.into(),
+            to_date: "2099-12-31".into(),
+            reward: Some(ipb::spiff::Reward::Rate("0.02".into())),
+        }],
+        clawback_window_days: 90,
+        ..Default::default()
+    }
+}
+
+async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let env = with_service_env("bench-incentive", 6).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let incentive = env.start_with("incentive", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    wait_key_known(&incentive, &t.admin_key).await;
+    let now = Utc::now();
+    let month = Calendar::default().period(PeriodKind::Month, now);
+    let mut adm =
+        spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+            incentive.channel().await,
+        );
+    adm.put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+        },
+        &t.admin_key,
+    ))
+    .await?;
+    let reps: Vec<String> = (0..500).map(|i| format!("rep-{i}")).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let deals: Vec<ev::EventEnvelope> = (0..sz.incentive_deals)
+        .map(|i| {
+            let at = month.start
+                + chrono::Duration::seconds(
+                    rng.random_range(0..(now - month.start).num_seconds().max(1)),
+                );
+            deal_env(
+                "bench",
+                &reps[i % reps.len()],
+                i,
+                at,
+                &format!("{}.00", rng.random_range(500..20_000)),
+            )
+        })
+        .collect();
+    produce(&env, topics::DEALS, &deals).await?;
+    let pool = env.pool("incentive").await;
+    let n = i64::try_from(sz.incentive_deals).unwrap_or(i64::MAX);
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM credits",
+        n,
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let rate = inbox_rate(&pool, sz.incentive_deals).await?;
+    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&pool)
+        .await?;
+    let s = "incentive";
+    r.add(
+        s,
+        &format!(
+            "deals processed into ledger lines ({} deals, {lines} lines)",
+            sz.incentive_deals
+        ),
+        rate,
+        "deals/s",
+        "",
+        None,
+    );
+    r.rss(&incentive);
+
+    let mut c = spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient::new(
+        incentive.channel().await,
+    );
+    let mut lat = Lat::default();
+    for i in 0..2000 {
+        let req = ipb::WhatIfRequest {
+            rep_id: reps[i % reps.len()].clone(),
+            amount: money("12000.00"),
+            lines: vec![],
+            close_at: None,
+        };
+        let t0 = Instant::now();
+        c.what_if(authed(req, &t.admin_key)).await?;
+        lat.0.push(t0.elapsed());
+    }
+    r.add(
+        s,
+        &format!(
+            "what-if p50 (deal on a rep with ~{} deals)",
+            sz.incentive_deals / reps.len()
+        ),
+        lat.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "what-if p99",
+        lat.q(0.99),
+        "ms",
+        "< 50 ms",
+        Some(lat.q(0.99) < 50.0),
+    );
+    // First read of each rep's statement: from Postgres (then cached until its ledger
+    // changes). Closed loop, one at a time.
+    let mut cold = Lat::default();
+    for rep in &reps {
+        let t0 = Instant::now();
+        c.get_statement(authed(
+            ipb::GetStatementRequest {
+                rep_id: rep.clone(),
+                period: None,
+            },
+            &t.admin_key,
+        ))
+        .await?;
+        cold.0.push(t0.elapsed());
+    }
+    r.add(
+        s,
+        "GetStatement first read per rep (from Postgres) p50",
+        cold.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "GetStatement first read per rep (from Postgres) p99",
+        cold.q(0.99),
+        "ms",
+        "",
+        None,
+    );
+    let (lat, errors) = open_loop(2000, sz.query_secs, {
+        let ch = incentive.channel().await;
+        let key = t.admin_key.clone();
+        let reps = reps.clone();
+        move |i| {
+            let mut c =
+                spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient::new(
+                    ch.clone(),
+                );
+            let req = authed(
+                ipb::GetStatementRequest {
+                    rep_id: reps[i % reps.len()].clone(),
+                    period: None,
+                },
+                &key,
+            );
+            async move {
+                c.get_statement(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    })
+    .await;
+    r.add(
+        s,
+        &format!(
+            "GetStatement p50 at 2,000 req/s (~{} ledger rows each, served from memory)",
+            lines / i64::try_from(reps.len()).unwrap_or(1)
+        ),
+        lat.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "GetStatement p99 at 2,000 req/s",
+        lat.q(0.99),
+        "ms",
+        "< 5 ms",
+        Some(lat.q(0.99) < 5.0),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    r.add(
+        s,
+        "GetStatement errors",
+        errors as f64,
+        "requests",
+        "0",
+        Some(errors == 0),
+    );
+    let mut draft = bench_plan("2020-01-01");
+    draft.commission.as_mut().expect("commission").tiers[1].rate = "0.09".into();
+    let t0 = Instant::now();
+    let sim = c
+        .simulate_plan(authed(
+            ipb::SimulatePlanRequest {
+                draft: Some(draft),
+                period: None,
+            },
+            &t.admin_key,
+        ))
+        .await?
+        .into_inner();
+    let took = t0.elapsed();
+    r.add(
+        s,
+        &format!(
+            "plan simulation over {} deals ({} reps)",
+            sim.deals, sim.reps
+        ),
+        took.as_secs_f64() * 1000.0,
+        "ms",
+        "",
+        None,
+    );
+    r.rss(&incentive);
+    drop(ingest);
+    Ok(())
+}
+
+/// One event in this many of the notification stream is a closed deal.
+const DEAL_EVERY: usize = 10;
+
+/// The notification stream's rate: 1,000 events/s unless SPM_BENCH_RATE says otherwise.
+fn bench_rate() -> u32 {
+    std::env::var("SPM_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+async fn notification(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let env = with_service_env(
+        "bench-notify",
+        std::env::var("SPM_BENCH_PARTITIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6),
+    )
+    .await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let scoring = env.start_with("scoring", QUIET).await;
+    let incentive = env.start_with("incentive", QUIET).await;
+    let notification = env.start_with("notification", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    for s in [&ingest, &scoring, &incentive, &notification] {
+        wait_key_known(s, &t.admin_key).await;
+    }
+    let now = Utc::now();
+    let month = Calendar::default().period(PeriodKind::Month, now);
+    let mut adm =
+        spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+            incentive.channel().await,
+        );
+    adm.put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+        },
+        &t.admin_key,
+    ))
+    .await?;
+    let rx = spm_testkit::webhook::Receiver::start().await;
+    let mut nadm = spm_proto::notification::v1::notification_admin_service_client::NotificationAdminServiceClient::new(notification.channel().await);
+    let hook = nadm
+        .put_webhook(authed(
+            npb::PutWebhookRequest {
+                url: rx.url(),
+                rules: vec!["commission_earned".into()],
+            },
+            &t.admin_key,
+        ))
+        .await?
+        .into_inner();
+    rx.set_secret(&hook.secret);
+    let reps: Vec<String> = (0..200).map(|i| format!("rep-{i}")).collect();
+    let mut c = IngestServiceClient::new(ingest.channel().await);
+    let events = reps
+        .iter()
+        .map(|x| spm_testkit::events::rep(x, "", ""))
+        .collect();
+    c.submit_events(authed(pb::SubmitEventsRequest { events }, &t.admin_key))
+        .await?;
+
+    // A CRM stream at a fixed rate into ingest, one event per request, open loop: nine
+    // activities (calls, visits, ...) to one closed deal, like a sales floor. Each deal's
+    // commission reaches the webhook; each activity moves a score (scoring, incentive's
+    // gates and notification's standings all work on it).
+    let rate = bench_rate();
+    let acks: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let visible = Arc::new(Mutex::new(Lat::default()));
+    let ch = ingest.channel().await;
+    let inc_ch = incentive.channel().await;
+    let key = t.admin_key.clone();
+    let svcs = [&ingest, &scoring, &incentive, &notification];
+    let cpu0 = cpu(&svcs);
+    let t_run = Instant::now();
+    let kinds = [
+        ev::ActivityKind::Call,
+        ev::ActivityKind::Visit,
+        ev::ActivityKind::Email,
+        ev::ActivityKind::Meeting,
+        ev::ActivityKind::Demo,
+    ];
+    let (submit, errors) = open_loop(rate, sz.notification_secs, |i| {
+        let mut c = IngestServiceClient::new(ch.clone());
+        let rep = reps[(i / DEAL_EVERY) % reps.len()].clone();
+        let deal = i % DEAL_EVERY == 0;
+        let deal_id = format!("N{}", i / DEAL_EVERY);
+        let e = if deal {
+            spm_testkit::events::deal(&deal_id, "1000.00", &[(rep.as_str(), "100")])
+        } else {
+            spm_testkit::events::activity(&rep, kinds[i % kinds.len()])
+        };
+        let req = authed(pb::SubmitEventRequest { event: Some(e) }, &key);
+        let acks = acks.clone();
+        let visible = visible.clone();
+        let inc_ch = inc_ch.clone();
+        let key = key.clone();
+        async move {
+            c.submit_event(req).await.map_err(|e| e.to_string())?;
+            if !deal {
+                return Ok(());
+            }
+            let acked = Instant::now();
+            acks.lock().expect("acks").insert(deal_id.clone(), acked);
+            // Every 5th deal: poll the statement until its line shows (earnings visible over gRPC).
+            if (i / DEAL_EVERY).is_multiple_of(5) {
+                let mut ic =
+                    spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient::new(
+                        inc_ch,
+                    );
+                let line = format!("commission:{deal_id}");
+                for _ in 0..4000 {
+                    let s = ic
+                        .get_statement(authed(
+                            ipb::GetStatementRequest {
+                                rep_id: rep.clone(),
+                                period: None,
+                            },
+                            &key,
+                        ))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_inner()
+                        .statement
+                        .unwrap_or_default();
+                    if s.lines.iter().any(|l| l.key == line) {
+                        visible.lock().expect("visible").0.push(acked.elapsed());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+    // Let the tail arrive.
+    let submitted = usize::try_from(u64::from(rate) * sz.notification_secs).unwrap_or(usize::MAX);
+    let total = acks.lock().expect("acks").len();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        let got: std::collections::HashSet<String> = rx
+            .accepted()
+            .iter()
+            .filter_map(|x| x.body["data"]["deal_id"].as_str().map(str::to_owned))
+            .collect();
+        if got.len() >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let note = format!(
+        "notification phase (stream and drain): {}",
+        cpu_note(&cpu0, &cpu(&svcs), t_run.elapsed())
+    );
+    println!("  {note}");
+    r.notes.push(note);
+    let acks = acks.lock().expect("acks").clone();
+    let mut first: HashMap<String, Instant> = HashMap::new();
+    for x in rx.accepted() {
+        if let Some(d) = x.body["data"]["deal_id"].as_str() {
+            first
+                .entry(d.to_owned())
+                .and_modify(|t| *t = (*t).min(x.at))
+                .or_insert(x.at);
+        }
+    }
+    let mut lat = Lat::default();
+    for (d, at) in &first {
+        if let Some(a) = acks.get(d) {
+            lat.0.push(at.saturating_duration_since(*a));
+        }
+    }
+    let s = "notification";
+    #[allow(clippy::cast_precision_loss)]
+    r.add(
+        s,
+        &format!("deals delivered by webhook (of {submitted} events at {rate}/s, 1 in {DEAL_EVERY} a deal)"),
+        lat.0.len() as f64,
+        "deals",
+        &format!("{total}"),
+        Some(lat.0.len() >= total),
+    );
+    r.add(
+        s,
+        &format!("ingest ack -> webhook received p50 ({rate} events/s)"),
+        lat.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        &format!("ingest ack -> webhook received p99 ({rate} events/s)"),
+        lat.q(0.99),
+        "ms",
+        "< 250 ms",
+        Some(lat.q(0.99) < 250.0),
+    );
+    r.add(
+        s,
+        &format!("SubmitEvent acknowledged p50 ({rate} events/s, one event per request)"),
+        submit.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        &format!("SubmitEvent acknowledged p99 ({rate} events/s, one event per request)"),
+        submit.q(0.99),
+        "ms",
+        "",
+        None,
+    );
+    let v = visible.lock().expect("visible").clone();
+    r.add(
+        s,
+        &format!("deal ack -> earnings visible over gRPC p50 ({rate} events/s)"),
+        v.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        &format!("deal ack -> earnings visible over gRPC p99 ({rate} events/s)"),
+        v.q(0.99),
+        "ms",
+        "< 100 ms",
+        Some(v.q(0.99) < 100.0),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    r.add(
+        s,
+        "submit errors",
+        errors as f64,
+        "requests",
+        "0",
+        Some(errors == 0),
+    );
+    for svc in [&scoring, &incentive, &notification] {
+        r.stages(s, svc).await;
+    }
+    for svc in [&ingest, &scoring, &incentive, &notification] {
+        r.rss(svc);
+    }
+    Ok(())
+}
+
+async fn rebuild(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let env = with_service_env("bench-rebuild", 6).await;
+    let now = Utc::now();
+    let cal = Calendar::default();
+    let this = cal.period(PeriodKind::Month, now);
+    let start = this.start - chrono::Duration::days(60);
+    let span = (now - start).num_seconds().max(1);
+    let reps: Vec<String> = (0..2000).map(|i| format!("rep-{i}")).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut acts = Vec::with_capacity(sz.rebuild_events);
+    let mut deals = Vec::new();
+    for i in 0..sz.rebuild_events {
+        let at = start + chrono::Duration::seconds(rng.random_range(0..span));
+        let rep = &reps[i % reps.len()];
+        if i % 10 == 0 {
+            deals.push(deal_env(
+                "bench",
+                rep,
+                i,
+                at,
+                &format!("{}.00", rng.random_range(500..50_000)),
+            ));
+        } else {
+            acts.push(activity_env("bench", rep, i, at));
+        }
+    }
+    let t = Instant::now();
+    produce(&env, topics::ACTIVITIES, &acts).await?;
+    produce(&env, topics::DEALS, &deals).await?;
+    println!(
+        "  loaded {} events into the topics in {:.1} s",
+        sz.rebuild_events,
+        t.elapsed().as_secs_f64()
+    );
+
+    // Baseline: bulk-load the same events into Postgres (COPY, one table, no projection).
+    let pool = env.pool("public").await;
+    sqlx::query("CREATE TABLE bulk (event_id uuid, tenant_id text, rep_id text, kind text, occurred_at timestamptz, payload bytea)")
+        .execute(&pool)
+        .await?;
+    let t = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw("COPY bulk FROM STDIN WITH (FORMAT csv)")
+        .await?;
+    for e in acts.iter().chain(deals.iter()) {
+        let (rep, kind) = match &e.payload {
+            Some(Out::ActivityLogged(a)) => (a.rep_id.as_str(), "activity"),
+            Some(Out::DealCredited(d)) => (d.rep_id.as_str(), "deal"),
+            _ => ("", ""),
+        };
+        let at = spm_proto::ext::datetime(e.occurred_at.as_ref().expect("ts"))
+            .expect("ts")
+            .to_rfc3339();
+        let line = format!(
+            "{},{},{},{},{},\\x{}\n",
+            e.event_id,
+            e.tenant_id,
+            rep,
+            kind,
+            at,
+            hex_encode(&prost::Message::encode_to_vec(e))
+        );
+        copy.send(line.as_bytes()).await?;
+    }
+    copy.finish().await?;
+    let bulk = t.elapsed();
+    drop(conn);
+
+    let run = |bin: &'static str| {
+        let env = &env;
+        async move {
+            let t = Instant::now();
+            let out = tokio::process::Command::new(spm_testkit::process::binary(bin))
+                .arg("rebuild")
+                .env("DATABASE_URL", &env.db_url)
+                .env("KAFKA_BROKERS", &env.stack.brokers)
+                .env("KAFKA_TOPIC_PREFIX", &env.prefix)
+                .env("SPM_GRPC_ADDR", "127.0.0.1:0")
+                .env("SPM_HTTP_ADDR", "127.0.0.1:0")
+                .env("RUST_LOG", "warn")
+                .output()
+                .await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{bin} rebuild failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            anyhow::Ok((
+                t.elapsed(),
+                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            ))
+        }
+    };
+    // A first run creates the schemas (migrations are not part of a rebuild's cost).
+    let (scoring_took, scoring_out) = run("spm-scoring").await?;
+    println!("  {scoring_out}");
+    let (incentive_took, incentive_out) = run("spm-incentive").await?;
+    println!("  {incentive_out}");
+    let total = scoring_took + incentive_took;
+    let s = "rebuild";
+    r.add(
+        s,
+        &format!(
+            "bulk COPY of the same {} events into Postgres (baseline)",
+            sz.rebuild_events
+        ),
+        bulk.as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        &format!("scoring rebuild from {} events", sz.rebuild_events),
+        scoring_took.as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "incentive rebuild (deal credits)",
+        incentive_took.as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "full rebuild of all projections",
+        total.as_secs_f64(),
+        "s",
+        "< 30 s",
+        Some(total < Duration::from_secs(30)),
+    );
+    r.add(
+        s,
+        "rebuild / bulk load ratio",
+        total.as_secs_f64() / bulk.as_secs_f64(),
+        "x",
+        "",
+        None,
+    );
+    Ok(())
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+async fn machine() -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+        })
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(|k| format!("{} GiB", k / 1024 / 1024))
+        .unwrap_or_default();
+    let cmd = |c: &str, a: &[&str]| {
+        std::process::Command::new(c)
+            .args(a)
+            .output()
+            .ok()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    vec![
+        ("CPU".into(), format!("{cpu} ({cores} cores)")),
+        ("memory".into(), mem),
+        ("kernel".into(), cmd("uname", &["-sr"])),
+        ("rustc".into(), cmd("rustc", &["--version"])),
+        (
+            "PostgreSQL".into(),
+            cmd("/usr/lib/postgresql/15/bin/postgres", &["--version"]),
+        ),
+        (
+            "broker".into(),
+            "Tansu 0.6.0, memory engine, loopback".into(),
+        ),
+        (
+            "build".into(),
+            "release services (cargo build --release)".into(),
+        ),
+    ]
+}
+
+async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<()> {
+    let m = machine().await;
+    let mut t = table(&["section", "figure", "value", "unit", "target", "met"]);
+    for f in &r.figures {
+        t.add_row(vec![
+            Cell::new(&f.section),
+            Cell::new(&f.name),
+            num(format!("{:.2}", f.value)),
+            Cell::new(&f.unit),
+            Cell::new(&f.target),
+            Cell::new(match f.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            }),
+        ]);
+    }
+    println!("{t}");
+    let json = serde_json::json!({
+        "date": Utc::now().to_rfc3339(),
+        "quick": a.quick,
+        "machine": m.iter().cloned().collect::<HashMap<_, _>>(),
+        "figures": r.figures,
+        "notes": r.notes,
+        "duration_s": took.as_secs_f64(),
+    });
+    if let Some(d) = a.json.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&a.json, serde_json::to_string_pretty(&json)?)?;
+    let mut md = String::new();
+    md.push_str("# SPM benchmarks\n\n");
+    md.push_str(&format!(
+        "Measured by `target/release/spm bench{}` on {} ({:.0} s). Every figure comes from one run against the local stack; baselines (raw produce, bulk load) are measured in the same run. Regenerate with the command above after `cargo build --release --workspace --bins` and `deploy/local/stack up`.\n\n",
+        if a.quick { " --quick" } else { "" },
+        Utc::now().format("%Y-%m-%d"),
+        took.as_secs_f64()
+    ));
+    md.push_str("## Machine\n\n| | |\n|---|---|\n");
+    for (k, v) in &m {
+        md.push_str(&format!("| {k} | {v} |\n"));
+    }
+    md.push_str("\nThe broker, Postgres, the services and the load generator share these cores.\n\n## Figures\n\n| section | figure | value | unit | target | met |\n|---|---|---:|---|---|---|\n");
+    for f in &r.figures {
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {} | {} | {} |\n",
+            f.section,
+            f.name,
+            f.value,
+            f.unit,
+            f.target,
+            match f.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            }
+        ));
+    }
+    if !r.notes.is_empty() {
+        md.push_str("\n## Where the time went\n\n");
+        for n in &r.notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+    }
+    md.push_str("\n## How each figure is measured\n\n");
+    md.push_str("- **ingest**: the same number of same-size envelopes (same headers) is first produced straight to the broker with the same idempotent, lz4 rdkafka producer settings, all enqueued at once (the best case for raw rdkafka); then as many events go through ingest over 4 concurrent `StreamEvents` streams in 1,000-event messages (validation, idempotency records in Postgres, fan-out, publish, commit after the broker's ack). Ack latency is per message.\n");
+    md.push_str("- **scoring**: events are produced to the topics first, then scoring starts and applies them; the rate is events over the span between the first and last inbox commit. `GetScore` runs open-loop at 2,000 requests/s (latency from each request's scheduled time).\n");
+    md.push_str("- **incentive**: deal credits are produced first; the rate is deals over the inbox span, each recomputing its rep-period and posting ledger lines. What-if is 2,000 sequential calls; simulation runs a draft plan over every deal of the month.\n");
+    md.push_str("- **notification**: deals are submitted to ingest at 1,000/s (open loop) with all four services running; latency is from each deal's ingest acknowledgement to the first signed webhook for its commission at a receiver in the bench process. Every 25th deal also polls `GetStatement` every 2 ms until its line shows (earnings visible over gRPC).\n");
+    md.push_str("- **rebuild**: the events are produced to the topics; the baseline COPYs the same events into one Postgres table; then `spm-scoring rebuild` and `spm-incentive rebuild` replay the topics from offset 0 into their projections.\n");
+    md.push_str(
+        "- **RSS**: peak resident set (VmHWM) of each service process under the loads above.\n",
+    );
+    if let Some(d) = a.out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&a.out, md)?;
+    println!("wrote {} and {}", a.out.display(), a.json.display());
+    Ok(())
+}
