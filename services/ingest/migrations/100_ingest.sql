@@ -39,13 +39,12 @@ CREATE TABLE deals (
 );
 
 -- One row per accepted client event id: the idempotency record. Written in the same
--- transaction that is committed only after the broker acknowledged the records. `id` is
--- derived from (tenant, client event id), so one 16-byte key identifies it.
+-- transaction that is committed only after the broker acknowledged the records.
 CREATE TABLE idempotency (
-    id             uuid        PRIMARY KEY,
     tenant_id      text        NOT NULL,
     event_id       uuid        NOT NULL,
     content_sha256 bytea       NOT NULL,
     accepted_at    timestamptz NOT NULL,
-    published      integer     NOT NULL DEFAULT 1
+    published      integer     NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, event_id)
 );

@@ -275,3 +275,19 @@ pub async fn fx_rates(
     .fetch_all(pool)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 101 computes the same ids in SQL for rows accepted before it:
+    /// `uuid_generate_v5('5c1f3d2e-…', 'acme' || chr(31) || '0f8fad5b-…')` gave this value.
+    #[test]
+    fn record_ids_match_what_the_migration_computes_in_sql() {
+        let id = Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap();
+        assert_eq!(
+            record_id("acme", id).to_string(),
+            "d82b8cd4-ddf4-590a-aa72-626c19b23a7e"
+        );
+    }
+}

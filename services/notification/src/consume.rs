@@ -57,7 +57,9 @@ impl Handler for NotificationHandler {
                 let drafts = self.drafts(conn, tenant, inc, &settings).await?;
                 let trace = spm_telemetry::propagation::inject_span(&inc.span);
                 for d in drafts {
-                    let key = format!("{}:{}:{}", inc.event_id, d.rule, d.recipient);
+                    let key = d
+                        .fact_key()
+                        .unwrap_or_else(|| format!("{}:{}:{}", inc.event_id, d.rule, d.recipient));
                     if let Some(c) = store::create(
                         conn,
                         tenant,

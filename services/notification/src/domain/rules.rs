@@ -34,6 +34,23 @@ pub struct Draft {
     pub data: Value,
 }
 
+impl Draft {
+    /// The fact a draft announces, when it outlives the event that carried it: a tier is
+    /// reached once per rep and period, however many recomputations re-post the deal
+    /// that crossed it. None: once per event.
+    pub fn fact_key(&self) -> Option<String> {
+        match self.rule {
+            "tier_reached" => Some(format!(
+                "tier_reached:{}:{}:{}",
+                self.recipient,
+                self.data["period"].as_str().unwrap_or_default(),
+                self.data["tier"]["tier"]
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Who is above a rep: its manager, and for team-level facts the team's manager.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Org {
@@ -320,6 +337,13 @@ mod tests {
         );
         assert_eq!(d[1].rule, "tier_reached");
         assert!(d[1].title.contains("8%"), "{}", d[1].title);
+        // Once per rep, period and tier (a recomputed deal re-posts the same crossing);
+        // the commission itself is once per event.
+        assert_eq!(
+            d[1].fact_key().as_deref(),
+            Some("tier_reached:r1:2026-11:2")
+        );
+        assert_eq!(d[0].fact_key(), None);
     }
 
     #[test]
