@@ -22,7 +22,7 @@ use crate::scoring::submit;
 
 type Inc = IncentiveServiceClient<tonic::transport::Channel>;
 
-fn plan() -> pb::Plan {
+pub(crate) fn plan() -> pb::Plan {
     pb::Plan {
         plan_id: "ae".into(),
         name: "AE".into(),

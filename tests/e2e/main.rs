@@ -5,5 +5,6 @@
 mod incentive;
 mod ingest;
 mod notification;
+mod ops;
 mod scoring;
 mod spine;

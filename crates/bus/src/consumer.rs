@@ -568,7 +568,15 @@ impl ConsumerLoop {
 
         let mut out = Outbox::new(&self.cfg);
         if !new.is_empty() {
-            let span = info_span!("apply", messaging.consumer.group.name = %self.group, batch.size = new.len());
+            let span = info_span!(
+                "apply",
+                otel.name = format!("apply {}", self.group),
+                otel.kind = "internal",
+                messaging.consumer.group.name = %self.group,
+                messaging.batch.message_count = new.len(),
+            );
+            let records: Vec<&tracing::Span> = new.iter().map(|e| &e.span).collect();
+            spm_telemetry::propagation::batch_parent(&span, &records);
             self.handler
                 .apply(&mut tx, &new, &mut out)
                 .instrument(span)

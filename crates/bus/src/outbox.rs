@@ -28,6 +28,8 @@ pub struct Relay {
     producer: Producer,
     wake: Arc<Notify>,
     poll_every: Duration,
+    /// Stripped from topic names in span names (deployment detail, not the destination).
+    topic_prefix: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +47,15 @@ impl Relay {
             producer,
             wake: Arc::new(Notify::new()),
             poll_every: Duration::from_millis(500),
+            topic_prefix: String::new(),
         }
+    }
+
+    /// Names spans after base topic names (without `prefix`).
+    #[must_use]
+    pub fn topic_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.topic_prefix);
+        self
     }
 
     /// Notify it after committing outbox rows, for immediate publication.
@@ -118,13 +128,16 @@ impl Relay {
                 let parent = spm_telemetry::propagation::extract_pairs(
                     stored.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 );
+                let base = topic
+                    .strip_prefix(self.topic_prefix.as_str())
+                    .unwrap_or(topic);
                 let span = info_span!(
                     "publish",
-                    otel.name = format!("publish {topic}"),
+                    otel.name = format!("publish {base}"),
                     otel.kind = "producer",
                     messaging.system = "kafka",
                     messaging.operation.type = "publish",
-                    messaging.destination.name = %topic,
+                    messaging.destination.name = %base,
                 );
                 spm_telemetry::propagation::set_parent(&span, parent);
                 // The record carries the publish span's context (the consumer's parent).

@@ -70,7 +70,8 @@ impl App {
         })?;
         let producer = Producer::new(&config.kafka).context("creating the Kafka producer")?;
 
-        let relay = Relay::new(pool.clone(), producer.clone());
+        let relay =
+            Relay::new(pool.clone(), producer.clone()).topic_prefix(&config.kafka.topic_prefix);
         let relay_wake = relay.waker();
         let mut tasks = JoinSet::new();
         // The relay outlives the consumers: it stops on its own token after they are done.

@@ -12,6 +12,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -88,9 +89,15 @@ pub fn init(service: &str, format: LogFormat) -> Result<Telemetry, Error> {
     let tracer = provider.tracer(service.to_owned());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Logs follow RUST_LOG; traces have their own filter (SPM_TRACE_FILTER, default info),
+    // so quiet logs never cost the traces.
+    let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let traces =
+        EnvFilter::try_from_env("SPM_TRACE_FILTER").unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(traces);
+    let registry = tracing_subscriber::registry().with(otel);
     let res = match format {
         LogFormat::Json => registry
             .with(
@@ -98,14 +105,16 @@ pub fn init(service: &str, format: LogFormat) -> Result<Telemetry, Error> {
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(logs),
             )
             .try_init(),
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .compact()
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(logs),
             )
             .try_init(),
     };

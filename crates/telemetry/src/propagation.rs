@@ -51,6 +51,30 @@ pub fn set_parent(span: &tracing::Span, cx: Context) {
     }
 }
 
+/// Parents a batch span: the records' span when they all belong to one trace; otherwise
+/// a span of its own linked to each record's span (OpenTelemetry messaging conventions
+/// for a batch that mixes traces).
+pub fn batch_parent(span: &tracing::Span, records: &[&tracing::Span]) {
+    let contexts: Vec<opentelemetry::trace::SpanContext> = records
+        .iter()
+        .map(|r| r.context().span().span_context().clone())
+        .filter(opentelemetry::trace::SpanContext::is_valid)
+        .collect();
+    let Some(first) = contexts.first() else {
+        return;
+    };
+    if contexts.iter().all(|c| c.trace_id() == first.trace_id()) {
+        let _ = span.set_parent(records[0].context());
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in contexts {
+        if seen.insert(c.span_id()) {
+            span.add_link(c);
+        }
+    }
+}
+
 /// The trace id of `span` as 32 lower-case hex digits, when it has one.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();

@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod events;
 pub mod kafka;
+pub mod otlp;
 pub mod process;
 pub mod smtp;
 pub mod webhook;
