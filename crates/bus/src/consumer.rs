@@ -318,6 +318,26 @@ impl ConsumerLoop {
         self.replay_with(1, cancel).await
     }
 
+    /// Records the topics hold now (high minus low watermark, all partitions).
+    pub fn records_available(&self) -> Result<i64, Error> {
+        let probe: BaseConsumer = self
+            .cfg
+            .consumer_config(&format!("{}-probe-{}", self.group, Uuid::new_v4()))
+            .create()?;
+        let mut n = 0;
+        for topic in &self.topics {
+            let md = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (low, high) =
+                        probe.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                    n += (high - low).max(0);
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// As [`Self::replay`], with the partitions shared among `workers` concurrent readers
     /// (balanced by record count), like as many instances of the service would: records
     /// of one partition stay in order.

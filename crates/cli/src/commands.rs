@@ -6,6 +6,8 @@ use std::io::BufRead as _;
 use anyhow::{Context as _, bail};
 use comfy_table::Cell;
 use spm_proto::common::v1 as common;
+use spm_proto::incentive::v1 as incentive;
+use spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient;
 use spm_proto::ingest::v1 as ingest;
 use spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient;
 use spm_proto::ingest::v1::ingest_service_client::IngestServiceClient;
@@ -15,7 +17,7 @@ use spm_testkit::authed;
 use tonic::transport::Channel;
 
 use crate::Cli;
-use crate::out::{num, table, title};
+use crate::out::{note, num, table, title};
 
 pub async fn channel(url: &str) -> anyhow::Result<Channel> {
     Channel::from_shared(url.to_owned())?
@@ -456,4 +458,192 @@ pub fn print_leaderboard(r: &scoring::GetLeaderboardResponse) {
         ]);
     }
     println!("{t}");
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatementArgs {
+    pub rep: String,
+    /// month or quarter (default: the period kind of the rep's plan).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Period key (default: the current one), e.g. 2026-11 or FY2026-Q4.
+    #[arg(long, default_value = "")]
+    pub period: String,
+    /// Show one line's postings and calculation trace (its key, e.g. commission:D-00042).
+    #[arg(long)]
+    pub line: Option<String>,
+}
+
+pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
+    let mut c = IncentiveServiceClient::new(channel(&cli.incentive).await?);
+    let key = key(cli)?;
+    let period = match &a.kind {
+        Some(k) => Some(period(k, &a.period)?),
+        None if a.period.is_empty() => None,
+        None => bail!("--period needs --kind (month or quarter)"),
+    };
+    let s = c
+        .get_statement(authed(
+            incentive::GetStatementRequest {
+                rep_id: a.rep.clone(),
+                period,
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .statement
+        .context("no statement")?;
+    let Some(line_key) = &a.line else {
+        print_statement(&s, None);
+        return Ok(());
+    };
+    let Some(line) = s.lines.iter().find(|l| &l.key == line_key) else {
+        bail!(
+            "no line {line_key:?} on this statement; its lines: {}",
+            s.lines
+                .iter()
+                .map(|l| l.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let e = c
+        .explain_line(authed(
+            incentive::ExplainLineRequest {
+                line_id: line.line_id.clone(),
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    title(&format!(
+        "{} on the statement of {}: {} {}",
+        line.key, s.rep_id, line.amount, s.currency
+    ));
+    println!("{}", line.summary);
+    let mut t = table(&["posted", "kind", "status", "amount", "why"]);
+    for p in &e.postings {
+        t.add_row(vec![
+            Cell::new(
+                p.posted_at
+                    .as_ref()
+                    .map(|x| {
+                        spm_proto::ext::datetime(x)
+                            .map(|d| d.to_rfc3339())
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default(),
+            ),
+            Cell::new(
+                spm_proto::events::v1::EarningKind::try_from(p.kind)
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("EARNING_KIND_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default(),
+            ),
+            Cell::new(
+                spm_proto::events::v1::EarningStatus::try_from(p.status)
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("EARNING_STATUS_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default(),
+            ),
+            num(&p.amount),
+            Cell::new(format!(
+                "{} (posted in {}; {})",
+                crate::demo::trim(&p.reason, 60),
+                p.period,
+                match p.caused_by.as_slice() {
+                    [] => "a recomputation".to_owned(),
+                    [one] => format!("caused by event {one}"),
+                    [first, rest @ ..] =>
+                        format!("caused by event {first} and {} more", rest.len()),
+                }
+            )),
+        ]);
+    }
+    println!("{t}");
+    let trace: serde_json::Value =
+        serde_json::from_str(&line.explanation_json).unwrap_or(serde_json::Value::Null);
+    println!(
+        "calculation trace:\n{}",
+        serde_json::to_string_pretty(&trace)?
+    );
+    Ok(())
+}
+
+/// A statement as a table (the first `limit` lines), with its totals by status.
+pub fn print_statement(s: &incentive::Statement, limit: Option<usize>) {
+    let period = s.period.as_ref().map(|p| p.key.clone()).unwrap_or_default();
+    title(&format!(
+        "statement of {} for {period}: {} {} (revenue {}, attainment {}, plan {} v{})",
+        s.rep_id, s.total, s.currency, s.revenue, s.attainment, s.plan_id, s.plan_version
+    ));
+    let mut t = table(&["line", "kind", "amount", "status", "how"]);
+    for l in s.lines.iter().take(limit.unwrap_or(usize::MAX)) {
+        let kind = spm_proto::events::v1::EarningKind::try_from(l.kind)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("EARNING_KIND_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        let status: Vec<String> = l
+            .by_status
+            .iter()
+            .map(|x| {
+                let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("EARNING_STATUS_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                format!("{st} {}", x.amount)
+            })
+            .collect();
+        t.add_row(vec![
+            Cell::new(&l.key),
+            Cell::new(kind),
+            num(&l.amount),
+            Cell::new(status.join(", ")),
+            Cell::new(crate::demo::trim(&l.summary, 70)),
+        ]);
+    }
+    println!("{t}");
+    if let Some(n) = limit
+        && s.lines.len() > n
+    {
+        note(&format!(
+            "... {} more lines; `spm statement {}` shows all",
+            s.lines.len() - n,
+            s.rep_id
+        ));
+    }
+    let totals: Vec<String> = s
+        .totals_by_status
+        .iter()
+        .map(|x| {
+            let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
+                .map(|k| {
+                    k.as_str_name()
+                        .trim_start_matches("EARNING_STATUS_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            format!("{st} {}", x.amount)
+        })
+        .collect();
+    note(&format!(
+        "by status: {}; a line's calculation trace: spm statement {} --line KEY",
+        totals.join(", "),
+        s.rep_id
+    ));
 }

@@ -297,7 +297,7 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         .into_inner()
         .statement
         .unwrap_or_default();
-    print_statement(&stmt);
+    crate::commands::print_statement(&stmt, Some(14));
 
     // Notifications: give the pipeline a moment to deliver what it produced.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -604,7 +604,7 @@ fn demo_days(_demo: &spm_testkit::demo::Demo, now: chrono::DateTime<Utc>) -> i64
     63
 }
 
-fn trim(s: &str, n: usize) -> String {
+pub fn trim(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
     } else {
@@ -771,71 +771,6 @@ async fn wait_incentive(cli: &Cli, key: &str, rep: &str, traced_event: &str) -> 
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-fn print_statement(s: &incentive::Statement) {
-    let period = s.period.as_ref().map(|p| p.key.clone()).unwrap_or_default();
-    title(&format!(
-        "statement of {} for {period}: {} {} (revenue {}, attainment {}, plan {} v{})",
-        s.rep_id, s.total, s.currency, s.revenue, s.attainment, s.plan_id, s.plan_version
-    ));
-    let mut t = table(&["line", "kind", "amount", "status", "how"]);
-    for l in s.lines.iter().take(14) {
-        let kind = spm_proto::events::v1::EarningKind::try_from(l.kind)
-            .map(|k| {
-                k.as_str_name()
-                    .trim_start_matches("EARNING_KIND_")
-                    .to_lowercase()
-            })
-            .unwrap_or_default();
-        let status: Vec<String> = l
-            .by_status
-            .iter()
-            .map(|x| {
-                let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
-                    .map(|k| {
-                        k.as_str_name()
-                            .trim_start_matches("EARNING_STATUS_")
-                            .to_lowercase()
-                    })
-                    .unwrap_or_default();
-                format!("{st} {}", x.amount)
-            })
-            .collect();
-        t.add_row(vec![
-            Cell::new(&l.key),
-            Cell::new(kind),
-            num(&l.amount),
-            Cell::new(status.join(", ")),
-            Cell::new(trim(&l.summary, 70)),
-        ]);
-    }
-    println!("{t}");
-    if s.lines.len() > 14 {
-        note(&format!(
-            "... {} more lines; `spm statement {}` shows all",
-            s.lines.len() - 14,
-            s.rep_id
-        ));
-    }
-    let totals: Vec<String> = s
-        .totals_by_status
-        .iter()
-        .map(|x| {
-            let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
-                .map(|k| {
-                    k.as_str_name()
-                        .trim_start_matches("EARNING_STATUS_")
-                        .to_lowercase()
-                })
-                .unwrap_or_default();
-            format!("{st} {}", x.amount)
-        })
-        .collect();
-    note(&format!(
-        "by status: {}; every line's calculation trace: ExplainLine(line_id)",
-        totals.join(", ")
-    ));
 }
 
 struct Receiver {

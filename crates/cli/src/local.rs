@@ -94,6 +94,89 @@ pub fn stack_up() -> anyhow::Result<()> {
     stack("up")
 }
 
+/// The command line of a local service, with the local stack's settings.
+fn service_command(
+    name: &str,
+    grpc: u16,
+    http: u16,
+    token: &str,
+) -> anyhow::Result<std::process::Command> {
+    let mut c = std::process::Command::new(binary(&format!("spm-{name}"))?);
+    c.env("DATABASE_URL", "postgres://spm@127.0.0.1:55432/spm")
+        .env("KAFKA_BROKERS", "127.0.0.1:59092")
+        .env("SPM_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("SPM_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("SPM_ADMIN_TOKEN", token)
+        .env("SPM_LOG_FORMAT", "json");
+    Ok(c)
+}
+
+/// Stops one local service (SIGTERM, then waits until it no longer serves). True when it
+/// was running.
+async fn stop(name: &str, grpc: u16) -> anyhow::Result<bool> {
+    let pid_file = state_dir()?.join(format!("services/{name}.pid"));
+    let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+        return Ok(false);
+    };
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.trim())
+        .status();
+    let t = Instant::now();
+    while healthy(grpc).await && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_file(pid_file);
+    eprintln!("stopped spm-{name}");
+    Ok(true)
+}
+
+/// Rebuilds the projections of `services` (scoring, incentive) from the topics: each
+/// running service is stopped, `spm-<service> rebuild` replays every topic it consumes
+/// from offset 0, and the service is started again. The earnings ledger is the system of
+/// record and stays; what the rebuilt inputs say differently is posted as corrections.
+pub async fn replay(services: &[String]) -> anyhow::Result<()> {
+    stack("up")?;
+    let token = admin_token()?;
+    let mut restart = false;
+    for name in services {
+        let Some((_, grpc, http)) = SERVICES.iter().find(|(n, ..)| n == name) else {
+            bail!("spm replay rebuilds scoring and incentive, not {name}");
+        };
+        if !matches!(name.as_str(), "scoring" | "incentive") {
+            bail!(
+                "{name} keeps no projection to rebuild ({})",
+                if name == "ingest" {
+                    "ingest is where events enter: its state is the source"
+                } else {
+                    "notifications are side effects; replaying them would send them again"
+                }
+            );
+        }
+        restart |= stop(name, *grpc).await?;
+        eprintln!("rebuilding spm-{name} from the topics...");
+        let t = Instant::now();
+        let out = service_command(name, *grpc, *http, &token)?
+            .arg("rebuild")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running spm-{name} rebuild"))?;
+        if !out.status.success() {
+            bail!(
+                "spm-{name} rebuild failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+        eprintln!("spm-{name} rebuilt in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if restart {
+        up().await?;
+    }
+    Ok(())
+}
+
 /// Starts the stack and every service that is not answering; waits until all serve.
 pub async fn up() -> anyhow::Result<()> {
     stack("up")?;
@@ -104,13 +187,7 @@ pub async fn up() -> anyhow::Result<()> {
             continue;
         }
         let log = std::fs::File::create(state.join(format!("services/{name}.log")))?;
-        let child = std::process::Command::new(binary(&format!("spm-{name}"))?)
-            .env("DATABASE_URL", "postgres://spm@127.0.0.1:55432/spm")
-            .env("KAFKA_BROKERS", "127.0.0.1:59092")
-            .env("SPM_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-            .env("SPM_HTTP_ADDR", format!("127.0.0.1:{http}"))
-            .env("SPM_ADMIN_TOKEN", &token)
-            .env("SPM_LOG_FORMAT", "json")
+        let child = service_command(name, *grpc, *http, &token)?
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -139,21 +216,8 @@ pub async fn up() -> anyhow::Result<()> {
 
 /// Stops the services (SIGTERM, then waits) and the stack.
 pub async fn down() -> anyhow::Result<()> {
-    let state = state_dir()?;
     for (name, grpc, _) in SERVICES {
-        let pid_file = state.join(format!("services/{name}.pid"));
-        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.trim())
-                .status();
-            let t = Instant::now();
-            while healthy(*grpc).await && t.elapsed() < Duration::from_secs(20) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let _ = std::fs::remove_file(pid_file);
-            eprintln!("stopped spm-{name}");
-        }
+        stop(name, *grpc).await?;
     }
     stack("down")
 }

@@ -76,6 +76,16 @@ pub enum Command {
     Score(commands::ScoreArgs),
     /// The leaderboard of the tenant or a team.
     Leaderboard(commands::LeaderboardArgs),
+    /// A rep's statement: every line explained; `--line KEY` shows one line's postings
+    /// and calculation trace.
+    Statement(commands::StatementArgs),
+    /// Rebuild projections from the topics (scoring and incentive by default): stops the
+    /// local service, replays every topic it consumes from offset 0, starts it again.
+    Replay {
+        /// Which services (scoring, incentive).
+        #[arg(default_values_t = ["scoring".to_owned(), "incentive".to_owned()])]
+        services: Vec<String>,
+    },
     /// Benchmarks: measure, print, and write docs/benchmarks.md (build with --release).
     Bench(bench::Args),
 }
@@ -92,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest(a) => commands::ingest(&cli, a).await,
         Command::Score(a) => commands::score(&cli, a).await,
         Command::Leaderboard(a) => commands::leaderboard(&cli, a).await,
+        Command::Statement(a) => commands::statement(&cli, a).await,
+        Command::Replay { services } => local::replay(services).await,
         Command::Bench(a) => bench::run(a).await,
     }
 }

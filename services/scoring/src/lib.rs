@@ -174,9 +174,6 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
     .await?;
     spm_server::db::migrate(&pool, &MIGRATOR).await?;
     let started = std::time::Instant::now();
-    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", ")))
-        .execute(&pool)
-        .await?;
     let producer = spm_bus::Producer::new(&config.service.kafka)?;
     let deferred = consume::Deferred::default();
     let l = spm_bus::consumer::ConsumerLoop::new(
@@ -191,6 +188,20 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
         }),
     )
     .max_batch(REBUILD_BATCH);
+    // A broker that lost its topics (a restarted in-memory broker, a wrong
+    // KAFKA_TOPIC_PREFIX) would turn a rebuild into a wipe: refuse.
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&pool)
+        .await?;
+    let available = l.records_available()?;
+    anyhow::ensure!(
+        applied == 0 || available > 0,
+        "the topics hold no records but {applied} events were applied here: refusing to rebuild \
+         (is KAFKA_BROKERS/KAFKA_TOPIC_PREFIX right? did the broker lose its data?)"
+    );
+    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", ")))
+        .execute(&pool)
+        .await?;
     let read = l
         .replay_with(REBUILD_WORKERS, spm_server::shutdown::on_signal())
         .await?;
