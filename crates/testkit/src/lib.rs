@@ -125,6 +125,125 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// A Postgres of one's own (for tests that restart it): Debian's PostgreSQL 15 initialised
+/// into a temporary directory, on a free port, superuser `spm`, trust auth on loopback.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(cmd: &str) -> std::process::Command {
+    // initdb refuses root: run the server as the postgres system user, as the stack does.
+    if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", cmd]);
+        c
+    } else {
+        std::process::Command::new(cmd)
+    }
+}
+
+fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    })
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let port = process::free_port();
+        let dir = std::env::temp_dir().join(format!("spm-pg-{port}-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        if is_root() {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:", &dir.to_string_lossy()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown the private Postgres directory to postgres");
+        }
+        let data = dir.join("data");
+        let out = as_postgres(&format!("{PG_BIN}/initdb"))
+            .args([
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "spm",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
+            .output()
+            .expect("run initdb (is postgresql-15 installed?)");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = Self { port, dir };
+        pg.ctl(&["start"]);
+        pg
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("postgres.log");
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c max_connections=200 -c fsync=on",
+            self.port,
+            self.dir.display()
+        );
+        let out = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .args([
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-w",
+                "-t",
+                "60",
+            ])
+            .args(args)
+            .args(["-o", &opts])
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The maintenance database URL.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://spm@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Restarts the server the hard way: immediate shutdown (no checkpoint, every connection
+    /// cut, crash recovery at start), then start.
+    pub fn restart(&self) {
+        self.ctl(&["-m", "immediate", "stop"]);
+        self.ctl(&["start"]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = as_postgres(&format!("{PG_BIN}/pg_ctl"))
+            .args(["-D", &data.to_string_lossy(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// One test's isolated world: its own database and its own topic/group prefix on the shared
 /// broker, so tests run in parallel without seeing each other.
 pub struct TestEnv {
@@ -138,6 +257,8 @@ pub struct TestEnv {
     pub partitions: i32,
     /// Set when the test runs on a broker of its own.
     pub broker: Option<PrivateBroker>,
+    /// Set when the test runs on a Postgres of its own.
+    pub postgres: Option<PrivatePostgres>,
 }
 
 impl TestEnv {
@@ -150,9 +271,26 @@ impl TestEnv {
         env
     }
 
+    /// A private broker and a private Postgres: the test may pause the one and restart the
+    /// other without disturbing tests running alongside.
+    pub async fn with_private_stack(name: &str) -> Self {
+        let pg = PrivatePostgres::start();
+        let mut stack = Stack::from_env();
+        stack.admin_db_url = pg.admin_url();
+        let mut env = Self::new_on(stack, name).await;
+        env.postgres = Some(pg);
+        let b = PrivateBroker::start();
+        env.stack.brokers = b.brokers.clone();
+        env.broker = Some(b);
+        env
+    }
+
     /// Creates the database `spm_t_<name>_<random>`.
     pub async fn new(name: &str) -> Self {
-        let stack = Stack::from_env();
+        Self::new_on(Stack::from_env(), name).await
+    }
+
+    async fn new_on(stack: Stack, name: &str) -> Self {
         let suffix: u32 = rand::random();
         let db_name = format!("spm_t_{}_{suffix:08x}", name.replace('-', "_"));
         let mut conn = PgConnection::connect(&stack.admin_db_url)
@@ -185,6 +323,7 @@ impl TestEnv {
             log_dir,
             partitions: 3,
             broker: None,
+            postgres: None,
         }
     }
 
