@@ -111,6 +111,7 @@ async fn statement(
     let mut inc = inc.clone();
     inc.get_statement(authed(
         pb::GetStatementRequest {
+            with_explanations: false,
             rep_id: rep.into(),
             period,
         },
@@ -201,6 +202,27 @@ async fn statement_lines_explain_themselves_and_follow_collection() {
         .map(|l| l.amount.parse::<rust_decimal::Decimal>().unwrap())
         .sum();
     assert_eq!(total.to_string(), s.total, "lines sum to the total exactly");
+    // Traces only on request (a busy rep's statement has hundreds of lines).
+    assert!(s.lines.iter().all(|l| l.explanation_json.is_empty()));
+    let full = inc
+        .clone()
+        .get_statement(authed(
+            pb::GetStatementRequest {
+                rep_id: "r1".into(),
+                period: None,
+                with_explanations: true,
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .statement
+        .unwrap();
+    assert_eq!(full.lines.len(), s.lines.len());
+    let traced: Value =
+        serde_json::from_str(&line(&full, "commission:d2").explanation_json).unwrap();
+    assert_eq!(traced["plan"]["id"], "ae");
 
     // Explain: every posting, the inputs, the plan, the tiers.
     let mut inc2 = inc.clone();

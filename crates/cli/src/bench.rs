@@ -914,6 +914,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         let t0 = Instant::now();
         c.get_statement(authed(
             ipb::GetStatementRequest {
+                with_explanations: false,
                 rep_id: rep.clone(),
                 period: None,
             },
@@ -949,6 +950,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
                 );
             let req = authed(
                 ipb::GetStatementRequest {
+                    with_explanations: false,
                     rep_id: reps[i % reps.len()].clone(),
                     period: None,
                 },
@@ -1137,6 +1139,7 @@ async fn notification(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
                     let s = ic
                         .get_statement(authed(
                             ipb::GetStatementRequest {
+                                with_explanations: false,
                                 rep_id: rep.clone(),
                                 period: None,
                             },

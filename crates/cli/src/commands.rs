@@ -485,6 +485,7 @@ pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
     let s = c
         .get_statement(authed(
             incentive::GetStatementRequest {
+                with_explanations: false,
                 rep_id: a.rep.clone(),
                 period,
             },
@@ -570,8 +571,9 @@ pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{t}");
+    let explained = e.line.as_ref().map_or("", |l| l.explanation_json.as_str());
     let trace: serde_json::Value =
-        serde_json::from_str(&line.explanation_json).unwrap_or(serde_json::Value::Null);
+        serde_json::from_str(explained).unwrap_or(serde_json::Value::Null);
     println!(
         "calculation trace:\n{}",
         serde_json::to_string_pretty(&trace)?

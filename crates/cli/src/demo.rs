@@ -287,6 +287,7 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     let stmt = inc
         .get_statement(authed(
             incentive::GetStatementRequest {
+                with_explanations: false,
                 rep_id: top.clone(),
                 period: Some(month(&this_month.key)),
             },
@@ -750,6 +751,7 @@ async fn wait_incentive(cli: &Cli, key: &str, rep: &str, traced_event: &str) -> 
         let s = inc
             .get_statement(authed(
                 incentive::GetStatementRequest {
+                    with_explanations: true,
                     rep_id: rep.to_owned(),
                     period: None,
                 },

@@ -103,6 +103,10 @@ const STATEMENT_COLUMNS: &str = "posting_id, line_id, line_key, source_period_ke
                            CASE WHEN seq = max(seq) OVER (PARTITION BY line_id) THEN explanation::text ELSE '' END AS explanation,
                            caused_by, posted_at";
 
+/// As [`STATEMENT_COLUMNS`] without the explanations (GetStatement's default).
+const STATEMENT_COLUMNS_BRIEF: &str = "posting_id, line_id, line_key, source_period_key, period_key, kind, status, amount, deal_id, summary,
+                           '' AS explanation, caused_by, posted_at";
+
 /// Statement lines: postings grouped by line, net per status; fully cancelled lines left out.
 fn lines_of(ctx: &Ctx, statement_key: &str, rows: &[Row]) -> Vec<pb::StatementLine> {
     let mut by_line: BTreeMap<Uuid, Vec<&Row>> = BTreeMap::new();
@@ -164,9 +168,15 @@ impl Api {
         rep: &str,
         kind: PeriodKind,
         key: &str,
+        with_explanations: bool,
     ) -> Result<pb::Statement, ApiError> {
+        let columns = if with_explanations {
+            STATEMENT_COLUMNS
+        } else {
+            STATEMENT_COLUMNS_BRIEF
+        };
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {STATEMENT_COLUMNS} FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 ORDER BY seq"
+            "SELECT {columns} FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 ORDER BY seq"
         ))
         .bind(&ctx.tenant)
         .bind(rep)
@@ -247,6 +257,24 @@ impl Api {
         }
         cache.insert(tenant.to_owned(), (std::time::Instant::now(), c.clone()));
         Ok(c)
+    }
+
+    async fn load_statement(
+        &self,
+        tenant: &str,
+        r: &pb::GetStatementRequest,
+        cache_key: crate::cache::Key,
+    ) -> Result<pb::Statement, ApiError> {
+        let ticket = self.statements.ticket(tenant);
+        let ctx = self.ctx(tenant).await?;
+        let default = self.rep_kind(&ctx, &r.rep_id).await?;
+        let kind = kind_of(r.period.as_ref(), default)?;
+        let key = period_key(&ctx, r.period.as_ref(), kind)?;
+        let s = self
+            .statement(&ctx, &r.rep_id, kind, &key, r.with_explanations)
+            .await?;
+        self.statements.put(cache_key, ticket, s.clone());
+        Ok(s)
     }
 
     fn forget_ctx(&self, tenant: &str) {
@@ -337,21 +365,30 @@ impl IncentiveService for Api {
             return Err(ApiError::invalid("rep_id", "is required").into());
         }
         let asked = r.period.as_ref().map(|p| (p.kind, p.key.clone()));
-        let cache_key = (c.tenant_id.clone(), r.rep_id.clone(), asked);
+        let cache_key = (
+            c.tenant_id.clone(),
+            r.rep_id.clone(),
+            (asked, r.with_explanations),
+        );
         if let Some(s) = self.statements.get(&cache_key) {
             return Ok(Response::new(pb::GetStatementResponse {
                 statement: Some(s),
             }));
         }
-        let ticket = self.statements.ticket(&c.tenant_id);
-        let ctx = self.ctx(&c.tenant_id).await?;
-        let default = self.rep_kind(&ctx, &r.rep_id).await?;
-        let kind = kind_of(r.period.as_ref(), default)?;
-        let key = period_key(&ctx, r.period.as_ref(), kind)?;
-        let s = self.statement(&ctx, &r.rep_id, kind, &key).await?;
-        self.statements.put(cache_key, ticket, s.clone());
+        // One load per statement at a time; who waited finds it cached.
+        let lock = self.statements.load_lock(&cache_key);
+        let guard = lock.lock().await;
+        let loaded = match self.statements.get(&cache_key) {
+            Some(s) => Ok(s),
+            None => {
+                self.load_statement(&c.tenant_id, &r, cache_key.clone())
+                    .await
+            }
+        };
+        drop(guard);
+        self.statements.loaded(&cache_key, &lock);
         Ok(Response::new(pb::GetStatementResponse {
-            statement: Some(s),
+            statement: Some(loaded?),
         }))
     }
 

@@ -16,31 +16,69 @@ use sqlx::PgConnection;
 /// The NOTIFY channel of ledger changes.
 pub const CHANNEL: &str = "spm_incentive_changed";
 
-/// The longest a statement is served from memory.
-pub const TTL: Duration = Duration::from_secs(10);
+/// The longest a statement is served from memory (a safety net: changes invalidate at
+/// once). Each entry's lifetime is jittered ±20% so that entries loaded together do not
+/// all expire together.
+pub const TTL: Duration = Duration::from_secs(60);
 
-/// Entries kept at most (all tenants); beyond it the cache starts over.
-const MAX_ENTRIES: usize = 200_000;
+/// Encoded bytes kept at most (all tenants); the entries closest to expiry go first. A
+/// statement larger than an eighth of it is served but not kept.
+const MAX_BYTES: usize = 48 << 20;
 
-/// What a statement request asked for: a rep and an explicit period, or its default.
-pub type Key = (String, String, Option<(i32, String)>);
+/// What a statement request asked for: a rep, an explicit period or its default, and
+/// whether with the lines' calculation traces.
+pub type Key = (String, String, Period);
 
-type Period = Option<(i32, String)>;
+pub type Period = (Option<(i32, String)>, bool);
+
+struct Entry {
+    expires: Instant,
+    size: usize,
+    statement: pb::Statement,
+}
 
 #[derive(Default)]
 struct Inner {
-    /// By (tenant, rep), then by the period asked for.
-    entries: HashMap<(String, String), HashMap<Period, (Instant, pb::Statement)>>,
-    len: usize,
+    /// By (tenant, rep), then by the period asked for: (expiry, statement).
+    entries: HashMap<(String, String), HashMap<Period, Entry>>,
+    /// Encoded size of every entry.
+    bytes: usize,
     /// Bumped on every change of a tenant (any rep).
     tenant_gen: HashMap<String, u64>,
     /// Bumped when everything is forgotten.
     epoch: u64,
 }
 
+impl Inner {
+    /// Drops the entry closest to expiry; false when there is none.
+    fn evict_one(&mut self) -> bool {
+        let Some((k, p)) = self
+            .entries
+            .iter()
+            .flat_map(|(k, m)| m.iter().map(move |(p, e)| (k, p, e.expires)))
+            .min_by_key(|x| x.2)
+            .map(|(k, p, _)| (k.clone(), p.clone()))
+        else {
+            return false;
+        };
+        if let Some(m) = self.entries.get_mut(&k) {
+            if let Some(e) = m.remove(&p) {
+                self.bytes -= e.size;
+            }
+            if m.is_empty() {
+                self.entries.remove(&k);
+            }
+        }
+        true
+    }
+}
+
 #[derive(Default)]
 pub struct Statements {
     inner: Mutex<Inner>,
+    /// One load per key at a time: concurrent misses wait for it (no stampede on Postgres
+    /// after an invalidation).
+    loading: Mutex<HashMap<Key, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Taken before reading the database; an insert with a stale ticket is dropped.
@@ -54,8 +92,27 @@ impl Statements {
             .entries
             .get(&(key.0.clone(), key.1.clone()))
             .and_then(|m| m.get(&key.2))
-            .filter(|(at, _)| at.elapsed() < TTL)
-            .map(|(_, s)| s.clone())
+            .filter(|e| Instant::now() < e.expires)
+            .map(|e| e.statement.clone())
+    }
+
+    /// The load lock of `key`; hold it while loading, then call [`Self::loaded`].
+    pub fn load_lock(&self, key: &Key) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.loading
+            .lock()
+            .expect("load locks")
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the load lock of `key` once nobody else waits on it.
+    pub fn loaded(&self, key: &Key, lock: &std::sync::Arc<tokio::sync::Mutex<()>>) {
+        let mut loading = self.loading.lock().expect("load locks");
+        // The map's reference and the caller's: nobody else is waiting.
+        if std::sync::Arc::strong_count(lock) <= 2 {
+            loading.remove(key);
+        }
     }
 
     pub fn ticket(&self, tenant: &str) -> Ticket {
@@ -76,20 +133,23 @@ impl Statements {
         if now != ticket {
             return;
         }
-        if inner.len >= MAX_ENTRIES {
-            inner.entries.clear();
-            inner.len = 0;
+        let size = prost::Message::encoded_len(&s);
+        if size > MAX_BYTES / 8 {
+            return;
         }
+        while inner.bytes + size > MAX_BYTES && inner.evict_one() {}
+        let expires = Instant::now() + TTL.mul_f64(jitter(&key));
         let (tenant, rep, period) = key;
-        if inner
-            .entries
-            .entry((tenant, rep))
-            .or_default()
-            .insert(period, (Instant::now(), s))
-            .is_none()
-        {
-            inner.len += 1;
-        }
+        let old = inner.entries.entry((tenant, rep)).or_default().insert(
+            period,
+            Entry {
+                expires,
+                size,
+                statement: s,
+            },
+        );
+        inner.bytes += size;
+        inner.bytes -= old.map_or(0, |e| e.size);
     }
 
     /// Applies one NOTIFY payload ("" = forget everything).
@@ -103,7 +163,7 @@ impl Statements {
         let Some(tenant) = tenant else {
             inner.epoch += 1;
             inner.entries.clear();
-            inner.len = 0;
+            inner.bytes = 0;
             return;
         };
         *inner.tenant_gen.entry(tenant.clone()).or_default() += 1;
@@ -111,7 +171,7 @@ impl Statements {
             Some(reps) => {
                 for rep in reps.iter().filter_map(|r| r.as_str()) {
                     if let Some(m) = inner.entries.remove(&(tenant.clone(), rep.to_owned())) {
-                        inner.len -= m.len();
+                        inner.bytes -= m.values().map(|e| e.size).sum::<usize>();
                     }
                 }
             }
@@ -120,14 +180,24 @@ impl Statements {
                 inner.entries.retain(|k, m| {
                     let keep = k.0 != tenant;
                     if !keep {
-                        gone += m.len();
+                        gone += m.values().map(|e| e.size).sum::<usize>();
                     }
                     keep
                 });
-                inner.len -= gone;
+                inner.bytes -= gone;
             }
         }
     }
+}
+
+/// 0.8..1.2, spread by key.
+fn jitter(key: &Key) -> f64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    #[allow(clippy::cast_precision_loss)]
+    let f = (h.finish() % 401) as f64 / 1000.0;
+    0.8 + f
 }
 
 /// Announces, within the writing transaction, that `reps` of `tenant` changed (`None`:
@@ -159,7 +229,7 @@ mod tests {
     use super::*;
 
     fn key(t: &str, r: &str) -> Key {
-        (t.into(), r.into(), None)
+        (t.into(), r.into(), (None, false))
     }
 
     fn st(total: &str) -> pb::Statement {
