@@ -566,7 +566,8 @@ async fn late_events_land_in_their_period_ties_share_ranks_and_rebuild_is_identi
         async move {
             board(&sc, key, p)
                 .await
-                .filter(|b| b.first().is_some_and(|x| x.2 == "300"))
+                // Wait for all three reps' deals, not just the first one applied.
+                .filter(|b| b.len() == 4 && b.iter().filter(|x| x.2 != "0").count() == 3)
         }
     })
     .await;

@@ -35,10 +35,15 @@ pub struct KafkaConfig {
           value_parser = clap::value_parser!(i32).range(1..=16))]
     pub replication: i32,
 
-    /// Consumer session timeout. Group joins take about half of it on Tansu, so local and
-    /// test runs use 6 s instead of librdkafka's 45 s.
+    /// Consumer session timeout: how long the group waits before it gives a silent
+    /// member's partitions to the others (after a SIGKILL, a crash, a partition). 20 s
+    /// rides out broker stalls up to ~15 s without a rebalance; shorter is not safe on
+    /// Tansu 0.6, where a heartbeat that reaches the broker after its sender's session
+    /// has expired (a broker pause longer than the timeout) leaves the group electing a
+    /// member that no longer exists, and the group never forms again until the broker
+    /// restarts. Heartbeats go out every 2 s (or a third of this, if shorter).
     #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", value_name = "KAFKA_SESSION_TIMEOUT_MS",
-          default_value_t = 6000, value_parser = clap::value_parser!(u32).range(1000..=300_000))]
+          default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1000..=300_000))]
     pub session_timeout_ms: u32,
 
     /// Longest a fetch waits for data. librdkafka's 500 ms default would dominate the
@@ -87,7 +92,7 @@ impl KafkaConfig {
             topic_prefix: topic_prefix.to_owned(),
             partitions: 6,
             replication: 1,
-            session_timeout_ms: 6000,
+            session_timeout_ms: 20_000,
             fetch_wait_max_ms: 10,
             linger_ms: 2,
             delivery_timeout_ms: 10_000,
@@ -109,6 +114,10 @@ impl KafkaConfig {
     /// The full name of a consumer group.
     pub fn group(&self, base: &str) -> String {
         format!("{}{}", self.topic_prefix, base)
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.session_timeout_ms))
     }
 
     pub fn delivery_timeout(&self) -> Duration {
@@ -144,7 +153,7 @@ impl KafkaConfig {
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
-                (self.session_timeout_ms / 3).max(100).to_string(),
+                (self.session_timeout_ms / 3).clamp(100, 2000).to_string(),
             )
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             // Prefetch bounded to a few MiB (librdkafka defaults to 64 MiB and 100k

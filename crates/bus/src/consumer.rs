@@ -240,9 +240,32 @@ impl ConsumerLoop {
     }
 
     /// Runs until `cancel`; then commits the stored offsets and leaves the group.
+    ///
+    /// A watchdog rejoins the group (a new member) when this member has held no partition
+    /// for two session timeouts while some partition of its topics has had records past
+    /// the group's committed offset and that offset has not moved meanwhile: nobody
+    /// consumes it. Healthy groups never trip it (an idle member of a group with more
+    /// members than partitions sees the others commit); a group the broker formed without
+    /// assignments (Tansu 0.6 does so when a dead leader expires between a follower's
+    /// JoinGroup and SyncGroup) is repaired instead of stalling forever.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        loop {
+            if !self.run_member(&cancel).await? {
+                return Ok(());
+            }
+            metrics::global()
+                .consumer_rejoins
+                .get_or_create(&labels([("group", &self.group)]))
+                .inc();
+        }
+    }
+
+    /// One group membership; `Ok(true)` when the watchdog wants a new one.
+    async fn run_member(&self, cancel: &CancellationToken) -> Result<bool, Error> {
+        let assigned = Arc::new(AssignState::default());
         let ctx = LoopContext {
             group: self.group.clone(),
+            assigned: assigned.clone(),
         };
         let consumer: StreamConsumer<LoopContext> = self
             .cfg
@@ -252,12 +275,36 @@ impl ConsumerLoop {
         consumer.subscribe(&topics)?;
         tracing::info!(group = %self.group, topics = ?topics, "consumer subscribed");
 
+        let stall_after = self.cfg.session_timeout() * 2;
+        let mut watch = StallWatch::new(&self.cfg, &self.group, &self.topics)?;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rejoin = false;
+
         let mut stream = consumer.stream();
         loop {
             let first = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 m = stream.next() => m,
+                _ = tick.tick() => {
+                    let idle = assigned.idle_for();
+                    if idle > Duration::ZERO {
+                        match watch.check(stall_after, idle).await {
+                            Ok(Some(what)) => {
+                                tracing::warn!(group = %self.group, stalled = %what,
+                                    "no member consumes a partition with unread records; rejoining the group");
+                                rejoin = true;
+                                break;
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(group = %self.group, error = %e, "stall check"),
+                        }
+                    } else {
+                        watch.reset();
+                    }
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             let mut batch = Vec::with_capacity(64);
@@ -280,7 +327,7 @@ impl ConsumerLoop {
                 }
             }
 
-            if !self.process_until_done(&batch, &cancel).await {
+            if !self.process_until_done(&batch, cancel).await {
                 break;
             }
             if failpoint_hang_after_commit() {
@@ -307,8 +354,8 @@ impl ConsumerLoop {
             tracing::debug!(group = %self.group, error = %e, "final commit");
         }
         consumer.unsubscribe();
-        tracing::info!(group = %self.group, "consumer stopped");
-        Ok(())
+        tracing::info!(group = %self.group, rejoin, "consumer stopped");
+        Ok(rejoin)
     }
 
     /// Replays every partition of the topics from the beginning up to the end offsets seen
@@ -400,6 +447,7 @@ impl ConsumerLoop {
     ) -> Result<u64, Error> {
         let ctx = LoopContext {
             group: self.group.clone(),
+            assigned: Arc::default(),
         };
         let mut cfg =
             self.cfg
@@ -672,6 +720,133 @@ fn jitter(d: Duration) -> Duration {
 /// Commits stored offsets when partitions are revoked, and exports consumer lag.
 struct LoopContext {
     group: String,
+    assigned: Arc<AssignState>,
+}
+
+/// How many partitions this member holds, and since when it has held none.
+#[derive(Debug)]
+struct AssignState {
+    count: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<Instant>,
+}
+
+impl Default for AssignState {
+    fn default() -> Self {
+        Self {
+            count: std::sync::atomic::AtomicUsize::new(0),
+            since: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl AssignState {
+    fn set(&self, n: usize) {
+        let before = self.count.swap(n, std::sync::atomic::Ordering::SeqCst);
+        if n == 0 && before != 0 {
+            *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+    }
+
+    /// How long this member has held no partition (zero while it holds some).
+    fn idle_for(&self) -> Duration {
+        if self.count.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// Finds partitions with records past the group's committed offset whose committed offset
+/// has not moved for a while, reading offsets as the group without joining it.
+struct StallWatch {
+    probe: Arc<BaseConsumer>,
+    topics: Vec<String>,
+    seen: BTreeMap<(String, i32), (i64, Instant)>,
+}
+
+impl StallWatch {
+    fn new(cfg: &KafkaConfig, group: &str, topics: &[String]) -> Result<Self, KafkaError> {
+        Ok(Self {
+            probe: Arc::new(cfg.consumer_config(group).create()?),
+            topics: topics.to_vec(),
+            seen: BTreeMap::new(),
+        })
+    }
+
+    fn reset(&mut self) {
+        self.seen.clear();
+    }
+
+    /// The first partition nobody has consumed for `after`, if this member has also been
+    /// `idle` (without partitions) that long.
+    async fn check(&mut self, after: Duration, idle: Duration) -> Result<Option<String>, Error> {
+        let (probe, topics) = (self.probe.clone(), self.topics.clone());
+        let positions = tokio::task::spawn_blocking(move || unread(&probe, &topics))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))??;
+        let now = Instant::now();
+        let mut stalled = None;
+        let mut next = BTreeMap::new();
+        for (key, committed, high) in positions {
+            if committed >= high {
+                continue;
+            }
+            let since = match self.seen.get(&key) {
+                Some((c, since)) if *c == committed => *since,
+                _ => now,
+            };
+            if stalled.is_none() && idle >= after && now.duration_since(since) >= after {
+                stalled = Some(format!(
+                    "{}[{}] at {committed} of {high} for {:.0?}",
+                    key.0,
+                    key.1,
+                    now.duration_since(since)
+                ));
+            }
+            next.insert(key, (committed, since));
+        }
+        self.seen = next;
+        Ok(stalled)
+    }
+}
+
+/// (topic, partition), the group's committed offset (the low watermark when none) and the
+/// high watermark of every partition of `topics`.
+type Position = ((String, i32), i64, i64);
+
+fn unread(probe: &BaseConsumer, topics: &[String]) -> Result<Vec<Position>, Error> {
+    let timeout = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    let mut marks = BTreeMap::new();
+    for topic in topics {
+        let md = probe.fetch_metadata(Some(topic), timeout)?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(topic, p.id());
+                marks.insert(
+                    (topic.clone(), p.id()),
+                    probe.fetch_watermarks(topic, p.id(), timeout)?,
+                );
+            }
+        }
+    }
+    let committed = probe.committed_offsets(tpl, timeout)?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let key = (e.topic().to_owned(), e.partition());
+        let Some(&(low, high)) = marks.get(&key) else {
+            continue;
+        };
+        let at = match e.offset() {
+            Offset::Offset(n) => n,
+            _ => low,
+        };
+        out.push((key, at, high));
+    }
+    Ok(out)
 }
 
 impl ClientContext for LoopContext {
@@ -701,12 +876,14 @@ impl ConsumerContext for LoopContext {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(group = %self.group, error = %e, "commit on revoke");
             }
+            self.assigned.set(0);
             tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.assigned.set(tpl.count());
             tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
         }
     }

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub events_failed: Family<Labels, Counter>,
     pub events_dead_lettered: Family<Labels, Counter>,
     pub consumer_lag: Family<Labels, Gauge>,
+    pub consumer_rejoins: Family<Labels, Counter>,
     pub processing_seconds: Family<Labels, Histogram>,
     pub event_age_seconds: Family<Labels, Histogram>,
     pub records_published: Family<Labels, Counter>,
@@ -53,6 +54,7 @@ fn global_state() -> &'static Global {
             events_failed: Family::default(),
             events_dead_lettered: Family::default(),
             consumer_lag: Family::default(),
+            consumer_rejoins: Family::default(),
             processing_seconds: Family::new_with_constructor(latency_buckets),
             event_age_seconds: Family::new_with_constructor(latency_buckets),
             records_published: Family::default(),
@@ -86,6 +88,11 @@ fn global_state() -> &'static Global {
             "consumer_lag",
             "Messages behind the partition end, per partition",
             m.consumer_lag.clone(),
+        );
+        r.register(
+            "consumer_rejoins",
+            "Times a consumer loop left and rejoined its group because no member consumed a partition with unread records",
+            m.consumer_rejoins.clone(),
         );
         r.register(
             "processing_seconds",
