@@ -739,6 +739,9 @@ fn changed_lines(
         .collect()
 }
 
+/// Reps whose deals a plan simulation holds in memory at once.
+const SIMULATION_REPS_PER_ROUND: usize = 25;
+
 /// Runs `draft` and each rep's current plan over a period's stored events.
 pub async fn simulate(
     pool: &PgPool,
@@ -748,11 +751,7 @@ pub async fn simulate(
     key: &str,
 ) -> Result<(Vec<pb::RepPayout>, u32, (Decimal, Decimal)), ApiError> {
     let mut conn = pool.acquire().await?;
-    let deals = store::deals_of_period(&mut conn, &ctx.tenant, None, kind, key).await?;
-    let kpis = store::kpis(&mut conn, &ctx.tenant, None, kind, key).await?;
     let (closed, _) = store::period_state(&mut conn, &ctx.tenant, kind, key).await?;
-    let reps: Vec<String> = deals.keys().cloned().collect();
-    let org = spm_server::org::reps(&mut conn, &ctx.tenant, &reps).await?;
     let period = ctx
         .calendar
         .parse_key(kind, key)
@@ -760,35 +759,42 @@ pub async fn simulate(
     let last_day = ctx
         .calendar
         .local_date(period.end - chrono::Duration::seconds(1));
+    let all_reps = store::reps_closing_in(&mut conn, &ctx.tenant, kind, key).await?;
     let mut payouts = Vec::new();
     let mut n_deals = 0u32;
     let (mut cur_total, mut draft_total) = (Decimal::ZERO, Decimal::ZERO);
-    for (rep, ds) in deals {
-        n_deals += u32::try_from(ds.len()).unwrap_or(0);
-        let (metrics, score) = kpis.get(&rep).cloned().unwrap_or_default();
-        let rp = RepPeriod {
-            rep_id: rep.clone(),
-            period_key: key.to_owned(),
-            deals: ds,
-            metrics,
-            score,
-            closed,
-            paid: false,
-        };
-        let team = org.get(&rep).map(|r| r.team_id.clone()).unwrap_or_default();
-        let chain = spm_server::org::chain(&team, &ctx.teams);
-        let current = plan::select(&ctx.plans, &rep, &chain, last_day)
-            .filter(|p| p.period_kind == kind)
-            .map_or(Decimal::ZERO, |p| compute(p, &rp, ctx.currency).total());
-        let drafted = compute(draft, &rp, ctx.currency).total();
-        cur_total += current;
-        draft_total += drafted;
-        payouts.push(pb::RepPayout {
-            rep_id: rep,
-            current: money_s(ctx, current),
-            draft: money_s(ctx, drafted),
-            difference: money_s(ctx, drafted - current),
-        });
+    // A few reps at a time: memory follows the chunk, not the tenant's whole period.
+    for reps in all_reps.chunks(SIMULATION_REPS_PER_ROUND) {
+        let deals = store::deals_of_period(&mut conn, &ctx.tenant, Some(reps), kind, key).await?;
+        let kpis = store::kpis(&mut conn, &ctx.tenant, Some(reps), kind, key).await?;
+        let org = spm_server::org::reps(&mut conn, &ctx.tenant, reps).await?;
+        for (rep, ds) in deals {
+            n_deals += u32::try_from(ds.len()).unwrap_or(0);
+            let (metrics, score) = kpis.get(&rep).cloned().unwrap_or_default();
+            let rp = RepPeriod {
+                rep_id: rep.clone(),
+                period_key: key.to_owned(),
+                deals: ds,
+                metrics,
+                score,
+                closed,
+                paid: false,
+            };
+            let team = org.get(&rep).map(|r| r.team_id.clone()).unwrap_or_default();
+            let chain = spm_server::org::chain(&team, &ctx.teams);
+            let current = plan::select(&ctx.plans, &rep, &chain, last_day)
+                .filter(|p| p.period_kind == kind)
+                .map_or(Decimal::ZERO, |p| compute(p, &rp, ctx.currency).total());
+            let drafted = compute(draft, &rp, ctx.currency).total();
+            cur_total += current;
+            draft_total += drafted;
+            payouts.push(pb::RepPayout {
+                rep_id: rep,
+                current: money_s(ctx, current),
+                draft: money_s(ctx, drafted),
+                difference: money_s(ctx, drafted - current),
+            });
+        }
     }
     Ok((payouts, n_deals, (cur_total, draft_total)))
 }

@@ -222,7 +222,7 @@ pub async fn recompute(
 /// appends all postings in one insert.
 #[allow(clippy::too_many_lines)]
 /// Reps recomputed together (per period) in one round of [`recompute_many`].
-const REPS_PER_ROUND: usize = 100;
+const REPS_PER_ROUND: usize = 20;
 
 pub async fn recompute_many(
     conn: &mut PgConnection,

@@ -279,6 +279,24 @@ pub async fn holdings_of(
     Ok(out)
 }
 
+/// The reps with a deal closed in a period, in order.
+pub async fn reps_closing_in(
+    conn: &mut PgConnection,
+    tenant: &str,
+    kind: PeriodKind,
+    key: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let col = key_column(kind);
+    sqlx::query_scalar(&format!(
+        "SELECT DISTINCT rep_id FROM credits WHERE tenant_id = $1 AND kind = 'deal' AND {col} = $2 ORDER BY 1"
+    ))
+    .persistent(false)
+    .bind(tenant)
+    .bind(key)
+    .fetch_all(conn)
+    .await
+}
+
 /// The reps (of `reps`) with at least one deal ever.
 pub async fn reps_with_deals(
     conn: &mut PgConnection,
