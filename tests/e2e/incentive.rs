@@ -196,6 +196,44 @@ async fn statement_lines_explain_themselves_and_follow_collection() {
         }
     })
     .await;
+    // On the earnings topic: one event per line and round, the whole amount with its split;
+    // the payment is a move between statuses (net 0), not two adjustments.
+    let d1_events = eventually(Duration::from_secs(30), "d1's earnings events", || {
+        let env = &w.env;
+        async move {
+            let evs: Vec<Out> = read_topic(env, topics::EARNINGS)
+                .into_iter()
+                .filter_map(|r| r.envelope.and_then(|e| e.payload))
+                .filter(|p| match p {
+                    Out::EarningPosted(e) => e.deal_id == "d1",
+                    Out::EarningAdjusted(a) => a.reason.contains("8000"),
+                    _ => false,
+                })
+                .collect();
+            (evs.len() >= 2).then_some(evs)
+        }
+    })
+    .await;
+    let split = |v: &[ev::StatusAmount]| -> Vec<(i32, String)> {
+        v.iter()
+            .map(|p| (p.status, p.amount.clone().unwrap_or_default().amount))
+            .collect()
+    };
+    match &d1_events[..] {
+        [Out::EarningPosted(p), Out::EarningAdjusted(a)] => {
+            assert_eq!(p.amount.as_ref().unwrap().amount, "400.00");
+            assert_eq!(
+                split(&p.by_status),
+                [(EARNED, "200.00".into()), (PAYABLE, "200.00".into())]
+            );
+            assert_eq!(a.amount.as_ref().unwrap().amount, "0.00");
+            assert_eq!(
+                split(&a.by_status),
+                [(EARNED, "-100.00".into()), (PAYABLE, "100.00".into())]
+            );
+        }
+        other => panic!("one posted and one moved event for d1, got {other:?}"),
+    }
     let total: rust_decimal::Decimal = s
         .lines
         .iter()

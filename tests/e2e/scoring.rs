@@ -243,13 +243,21 @@ async fn score_explains_itself_with_the_contributing_events() {
     );
 
     // Milestones 50% and 75% of the revenue goal were announced with their numbers.
-    let milestones: Vec<u32> = read_topic(&w.env, topics::SCORES)
-        .into_iter()
-        .filter_map(|r| match r.envelope?.payload? {
-            Out::GoalMilestoneReached(m) if m.rep_id == "r1" => Some(m.milestone_percent),
-            _ => None,
-        })
-        .collect();
+    // (The outbox relay publishes them just after the commit the score query saw.)
+    let milestones = eventually(Duration::from_secs(30), "milestones on the topic", || {
+        let env = &w.env;
+        async move {
+            let m: Vec<u32> = read_topic(env, topics::SCORES)
+                .into_iter()
+                .filter_map(|r| match r.envelope?.payload? {
+                    Out::GoalMilestoneReached(m) if m.rep_id == "r1" => Some(m.milestone_percent),
+                    _ => None,
+                })
+                .collect();
+            (m.len() >= 2).then_some(m)
+        }
+    })
+    .await;
     assert_eq!(milestones, [50, 75]);
 }
 

@@ -1110,6 +1110,13 @@ impl IncentiveAdminService for Api {
                         reason: row.summary.clone(),
                         explanation_json: row.explanation.to_string(),
                         period_total: Some(m(total)),
+                        by_status: crate::domain::compute::Status::parse(&row.status)
+                            .map(|s| ev::StatusAmount {
+                                status: s.to_proto(),
+                                amount: Some(m(amount)),
+                            })
+                            .into_iter()
+                            .collect(),
                     }),
                 ),
             );

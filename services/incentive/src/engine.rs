@@ -398,18 +398,43 @@ pub async fn recompute_many(
                 amount: ctx.currency.round(a).to_string(),
                 currency: ctx.currency.code().to_owned(),
             };
-            for r in &rows {
+            for g in by_line(&rows) {
+                let r = g[0];
                 let total = totals.get(&r.rep_id).copied().unwrap_or_default();
+                let amount: Decimal = g.iter().map(|r| r.amount).sum();
+                let mut parts: Vec<(crate::domain::compute::Status, Decimal)> = Vec::new();
+                for r in &g {
+                    let Some(st) = crate::domain::compute::Status::parse(&r.status) else {
+                        continue;
+                    };
+                    match parts.iter_mut().find(|(s, _)| *s == st) {
+                        Some((_, a)) => *a += r.amount,
+                        None => parts.push((st, r.amount)),
+                    }
+                }
+                parts.retain(|(_, a)| !a.is_zero());
+                let main = parts
+                    .iter()
+                    .max_by_key(|(_, a)| *a)
+                    .map_or(0, |(s, _)| s.to_proto());
+                let by_status: Vec<ev::StatusAmount> = parts
+                    .iter()
+                    .map(|(s, a)| ev::StatusAmount {
+                        status: s.to_proto(),
+                        amount: Some(money(*a)),
+                    })
+                    .collect();
                 let payload = if r.kind == Kind::Adjustment.as_str() {
                     Payload::EarningAdjusted(ev::EarningAdjusted {
                         line_id: r.line_id.to_string(),
                         rep_id: r.rep_id.clone(),
                         period: Some(ctx.period_pb(kind, &post_key)),
                         adjusts_period: Some(ctx.period_pb(kind, &key)),
-                        amount: Some(money(r.amount)),
+                        amount: Some(money(amount)),
                         reason: r.summary.clone(),
                         explanation_json: r.explanation.to_string(),
                         period_total: Some(money(total)),
+                        by_status,
                     })
                 } else {
                     Payload::EarningPosted(ev::EarningPosted {
@@ -417,15 +442,15 @@ pub async fn recompute_many(
                         rep_id: r.rep_id.clone(),
                         period: Some(ctx.period_pb(kind, &key)),
                         kind: Kind::parse(&r.kind).map_or(0, Kind::to_proto),
-                        status: crate::domain::compute::Status::parse(&r.status)
-                            .map_or(0, |s| s.to_proto()),
-                        amount: Some(money(r.amount)),
+                        status: main,
+                        amount: Some(money(amount)),
                         deal_id: r.deal_id.clone(),
                         plan_id: r.plan_id.clone(),
                         plan_version: u32::try_from(r.plan_version).unwrap_or(0),
                         summary: r.summary.clone(),
                         explanation_json: r.explanation.to_string(),
                         period_total: Some(money(total)),
+                        by_status,
                     })
                 };
                 let cause = causes.get(&r.rep_id).unwrap_or(&no_cause);
@@ -446,6 +471,24 @@ pub async fn recompute_many(
         }
     }
     Ok(report)
+}
+
+/// Postings of one round grouped by line (and by posted vs adjusted), in posting order:
+/// each group is one earnings event.
+fn by_line(rows: &[LedgerRow]) -> Vec<Vec<&LedgerRow>> {
+    let mut groups: Vec<Vec<&LedgerRow>> = Vec::new();
+    let mut at: HashMap<(Uuid, bool), usize> = HashMap::new();
+    for r in rows {
+        let k = (r.line_id, r.kind == Kind::Adjustment.as_str());
+        match at.get(&k) {
+            Some(&i) => groups[i].push(r),
+            None => {
+                at.insert(k, groups.len());
+                groups.push(vec![r]);
+            }
+        }
+    }
+    groups
 }
 
 /// The stable id of a statement line.

@@ -64,6 +64,27 @@ fn money(m: Option<&spm_proto::common::v1::Money>) -> String {
         .unwrap_or_default()
 }
 
+/// How a rep reads an earning status.
+fn status_word(s: i32) -> &'static str {
+    match ev::EarningStatus::try_from(s).unwrap_or(ev::EarningStatus::Unspecified) {
+        ev::EarningStatus::Earned => "earned (payable as the customer pays)",
+        ev::EarningStatus::Payable => "payable",
+        ev::EarningStatus::Held => "held",
+        ev::EarningStatus::Paid => "paid",
+        ev::EarningStatus::Reversed => "reversed",
+        ev::EarningStatus::Unspecified => "recorded",
+    }
+}
+
+/// "500.00 EUR payable, 500.00 EUR earned (payable as the customer pays)".
+fn parts(by_status: &[ev::StatusAmount]) -> String {
+    by_status
+        .iter()
+        .map(|p| format!("{} {}", money(p.amount.as_ref()), status_word(p.status)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn pct(s: &str) -> String {
     s.parse::<Decimal>()
         .map(|d| format!("{}%", (d * Decimal::ONE_HUNDRED).round_dp(1).normalize()))
@@ -106,21 +127,40 @@ pub fn drafts(e: &ev::EventEnvelope, org: &Org) -> Vec<Draft> {
             } else {
                 format!("You earned {amount} ({what})")
             };
-            let mut body = format!("{}. Your {} total is now {}.", p.summary, period(p.period.as_ref()), money(p.period_total.as_ref()));
+            let mut body = format!(
+                "{}. Your {} total is now {}.",
+                p.summary,
+                period(p.period.as_ref()),
+                money(p.period_total.as_ref())
+            );
             let next = if held {
                 expl["gates"]
                     .as_array()
-                    .and_then(|g| g.iter().find(|x| x["applied"] == true && x["action"] == "hold"))
-                    .map(|g| format!(" Next: bring {} to at least {} to release it.", g["metric"].as_str().unwrap_or("the metric"), g["threshold"].as_str().unwrap_or("")))
+                    .and_then(|g| {
+                        g.iter()
+                            .find(|x| x["applied"] == true && x["action"] == "hold")
+                    })
+                    .map(|g| {
+                        format!(
+                            " Next: bring {} to at least {} to release it.",
+                            g["metric"].as_str().unwrap_or("the metric"),
+                            g["threshold"].as_str().unwrap_or("")
+                        )
+                    })
             } else {
                 expl["next_tier"].as_object().map(|n| {
                     format!(
                         " Next: {} more revenue reaches the {} tier.",
-                        n.get("revenue_needed").and_then(Value::as_str).unwrap_or("?"),
+                        n.get("revenue_needed")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?"),
                         pct(n.get("rate").and_then(Value::as_str).unwrap_or("0"))
                     )
                 })
             };
+            if p.by_status.len() > 1 {
+                body.push_str(&format!(" Of it: {}.", parts(&p.by_status)));
+            }
             body.push_str(&next.unwrap_or_default());
             out.push(Draft {
                 recipient: p.rep_id.clone(),
@@ -160,23 +200,68 @@ pub fn drafts(e: &ev::EventEnvelope, org: &Org) -> Vec<Draft> {
                 });
             }
         }
-        Some(Payload::EarningAdjusted(a)) => out.push(Draft {
-            recipient: a.rep_id.clone(),
-            rule: "commission_earned",
-            title: format!("Earnings adjusted by {}", money(a.amount.as_ref())),
-            body: format!(
-                "{}. Your {} total is now {}. Open the statement line to see every posting.",
+        Some(Payload::EarningAdjusted(a)) => {
+            let net = a
+                .amount
+                .as_ref()
+                .and_then(|m| m.amount.parse::<Decimal>().ok())
+                .unwrap_or_default();
+            // Money moving between statuses (a payment making commission payable) changes
+            // no total: say where it went, not "adjusted by 0".
+            let moved = a.by_status.iter().find(|p| {
+                p.amount
+                    .as_ref()
+                    .and_then(|m| m.amount.parse::<Decimal>().ok())
+                    .is_some_and(|x| x > Decimal::ZERO)
+            });
+            let title = match moved {
+                Some(p) if net.is_zero() => {
+                    format!(
+                        "{} is now {}",
+                        money(p.amount.as_ref()),
+                        status_word(p.status)
+                    )
+                }
+                _ if net.is_zero() => return out,
+                _ => format!("Earnings adjusted by {}", money(a.amount.as_ref())),
+            };
+            let mut body = format!(
+                "{}. Your {} total is now {}.",
                 a.reason,
                 period(a.period.as_ref()),
                 money(a.period_total.as_ref())
-            ),
-            data: json!({"line_id": a.line_id, "amount": a.amount.as_ref().map(|m| &m.amount), "adjusts_period": period(a.adjusts_period.as_ref())}),
-        }),
+            );
+            if a.by_status.len() > 1 {
+                body.push_str(&format!(" Moved: {}.", parts(&a.by_status)));
+            }
+            body.push_str(" Open the statement line to see every posting.");
+            out.push(Draft {
+                recipient: a.rep_id.clone(),
+                rule: "commission_earned",
+                title,
+                body,
+                data: json!({"line_id": a.line_id, "amount": a.amount.as_ref().map(|m| &m.amount), "adjusts_period": period(a.adjusts_period.as_ref()),
+                             "by_status": a.by_status.iter().map(|p| json!({"status": status_word(p.status), "amount": p.amount.as_ref().map(|m| &m.amount)})).collect::<Vec<_>>()}),
+            });
+        }
         Some(Payload::GoalMilestoneReached(g)) => {
-            let recipient = if g.rep_id.is_empty() { org.team_manager.clone() } else { g.rep_id.clone() };
+            let recipient = if g.rep_id.is_empty() {
+                org.team_manager.clone()
+            } else {
+                g.rep_id.clone()
+            };
             if !recipient.is_empty() {
-                let subject = if g.rep_id.is_empty() { format!("Team {}", g.team_id) } else { "You".to_owned() };
-                let remaining = g.target.parse::<Decimal>().ok().zip(g.value.parse::<Decimal>().ok()).map(|(t, v)| (t - v).max(Decimal::ZERO));
+                let subject = if g.rep_id.is_empty() {
+                    format!("Team {}", g.team_id)
+                } else {
+                    "You".to_owned()
+                };
+                let remaining = g
+                    .target
+                    .parse::<Decimal>()
+                    .ok()
+                    .zip(g.value.parse::<Decimal>().ok())
+                    .map(|(t, v)| (t - v).max(Decimal::ZERO));
                 out.push(Draft {
                     recipient,
                     rule: "goal_milestone",
@@ -198,7 +283,11 @@ pub fn drafts(e: &ev::EventEnvelope, org: &Org) -> Vec<Draft> {
             }
         }
         Some(Payload::ProcessAlertRaised(a)) => {
-            let manager = if a.manager_id.is_empty() { org.rep_manager.clone() } else { a.manager_id.clone() };
+            let manager = if a.manager_id.is_empty() {
+                org.rep_manager.clone()
+            } else {
+                a.manager_id.clone()
+            };
             if !manager.is_empty() {
                 out.push(Draft {
                     recipient: manager,
@@ -220,7 +309,11 @@ pub fn drafts(e: &ev::EventEnvelope, org: &Org) -> Vec<Draft> {
             }
         }
         Some(Payload::AwardGranted(a)) => {
-            let what = if a.kind == ev::AwardKind::PromotionEligibility as i32 { "Eligible for promotion" } else { "Badge earned" };
+            let what = if a.kind == ev::AwardKind::PromotionEligibility as i32 {
+                "Eligible for promotion"
+            } else {
+                "Badge earned"
+            };
             out.push(Draft {
                 recipient: a.rep_id.clone(),
                 rule: "award_granted",
@@ -308,6 +401,85 @@ mod tests {
             payload: Some(p),
             ..Default::default()
         }
+    }
+
+    fn eur(a: &str) -> Option<spm_proto::common::v1::Money> {
+        Some(spm_proto::common::v1::Money {
+            amount: a.into(),
+            currency: "EUR".into(),
+        })
+    }
+
+    fn part(s: ev::EarningStatus, a: &str) -> ev::StatusAmount {
+        ev::StatusAmount {
+            status: s as i32,
+            amount: eur(a),
+        }
+    }
+
+    #[test]
+    fn a_line_split_across_statuses_is_one_notification_of_the_whole() {
+        let p = ev::EarningPosted {
+            line_id: "l1".into(),
+            rep_id: "r1".into(),
+            kind: ev::EarningKind::Commission as i32,
+            status: ev::EarningStatus::Earned as i32,
+            amount: eur("1000.00"),
+            by_status: vec![
+                part(ev::EarningStatus::Earned, "500.00"),
+                part(ev::EarningStatus::Payable, "500.00"),
+            ],
+            summary: "10% of 10000 EUR".into(),
+            ..Default::default()
+        };
+        let d = drafts(&env(Payload::EarningPosted(p)), &Org::default());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].title, "You earned 1000.00 EUR (Commission)");
+        assert!(
+            d[0].body.contains(
+                "Of it: 500.00 EUR earned (payable as the customer pays), 500.00 EUR payable."
+            ),
+            "{}",
+            d[0].body
+        );
+    }
+
+    #[test]
+    fn money_becoming_payable_says_so_instead_of_adjusted_by_zero() {
+        let a = ev::EarningAdjusted {
+            line_id: "l1".into(),
+            rep_id: "r1".into(),
+            amount: eur("0.00"),
+            by_status: vec![
+                part(ev::EarningStatus::Earned, "-250.00"),
+                part(ev::EarningStatus::Payable, "250.00"),
+            ],
+            reason: "recomputed: 10% of 10000 EUR".into(),
+            period_total: eur("1000.00"),
+            ..Default::default()
+        };
+        let d = drafts(&env(Payload::EarningAdjusted(a.clone())), &Org::default());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].title, "250.00 EUR is now payable");
+        assert!(
+            d[0].body.contains("Moved: -250.00 EUR earned"),
+            "{}",
+            d[0].body
+        );
+        // A real change keeps its amount.
+        let changed = ev::EarningAdjusted {
+            amount: eur("-40.00"),
+            by_status: vec![part(ev::EarningStatus::Payable, "-40.00")],
+            ..a.clone()
+        };
+        let d = drafts(&env(Payload::EarningAdjusted(changed)), &Org::default());
+        assert_eq!(d[0].title, "Earnings adjusted by -40.00 EUR");
+        // Nothing moved anywhere: nothing to say.
+        let nothing = ev::EarningAdjusted {
+            by_status: vec![],
+            ..a
+        };
+        assert!(drafts(&env(Payload::EarningAdjusted(nothing)), &Org::default()).is_empty());
     }
 
     #[test]
