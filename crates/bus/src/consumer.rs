@@ -764,7 +764,7 @@ impl AssignState {
 struct StallWatch {
     probe: Arc<BaseConsumer>,
     topics: Vec<String>,
-    seen: BTreeMap<(String, i32), (i64, Instant)>,
+    stalls: Stalls,
 }
 
 impl StallWatch {
@@ -772,12 +772,12 @@ impl StallWatch {
         Ok(Self {
             probe: Arc::new(cfg.consumer_config(group).create()?),
             topics: topics.to_vec(),
-            seen: BTreeMap::new(),
+            stalls: Stalls::default(),
         })
     }
 
     fn reset(&mut self) {
-        self.seen.clear();
+        self.stalls = Stalls::default();
     }
 
     /// The first partition nobody has consumed for `after`, if this member has also been
@@ -787,7 +787,26 @@ impl StallWatch {
         let positions = tokio::task::spawn_blocking(move || unread(&probe, &topics))
             .await
             .map_err(|e| Error::Join(e.to_string()))??;
-        let now = Instant::now();
+        Ok(self.stalls.observe(positions, Instant::now(), after, idle))
+    }
+}
+
+/// The stall rule, apart from the I/O: a partition is stalled when it has records past the
+/// group's committed offset and that offset has not moved for `after`, while this member has
+/// held no partition for `after` either.
+#[derive(Debug, Default)]
+struct Stalls {
+    seen: BTreeMap<(String, i32), (i64, Instant)>,
+}
+
+impl Stalls {
+    fn observe(
+        &mut self,
+        positions: Vec<Position>,
+        now: Instant,
+        after: Duration,
+        idle: Duration,
+    ) -> Option<String> {
         let mut stalled = None;
         let mut next = BTreeMap::new();
         for (key, committed, high) in positions {
@@ -809,7 +828,7 @@ impl StallWatch {
             next.insert(key, (committed, since));
         }
         self.seen = next;
-        Ok(stalled)
+        stalled
     }
 }
 
@@ -886,5 +905,56 @@ impl ConsumerContext for LoopContext {
             self.assigned.set(tpl.count());
             tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(p: i32, committed: i64, high: i64) -> Position {
+        (("t.deals".to_owned(), p), committed, high)
+    }
+
+    #[test]
+    fn a_partition_is_stalled_only_when_unread_unmoved_and_this_member_idle_long_enough() {
+        let after = Duration::from_secs(40);
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut w = Stalls::default();
+        // Caught up partitions never count; an unread one starts its clock.
+        assert_eq!(
+            w.observe(vec![at(0, 5, 5), at(1, 3, 9)], s(0), after, after),
+            None
+        );
+        // Not yet long enough.
+        assert_eq!(
+            w.observe(vec![at(0, 5, 5), at(1, 3, 9)], s(39), after, after),
+            None
+        );
+        // 40 s without the committed offset moving, and idle as long: stalled.
+        let got = w.observe(vec![at(0, 5, 5), at(1, 3, 9)], s(40), after, after);
+        assert_eq!(got.as_deref(), Some("t.deals[1] at 3 of 9 for 40s"));
+
+        // Somebody consumes it (the offset moves): the clock restarts.
+        let mut w = Stalls::default();
+        w.observe(vec![at(1, 3, 9)], s(0), after, after);
+        assert_eq!(w.observe(vec![at(1, 4, 9)], s(30), after, after), None);
+        assert_eq!(w.observe(vec![at(1, 4, 9)], s(60), after, after), None);
+        assert!(w.observe(vec![at(1, 4, 9)], s(70), after, after).is_some());
+
+        // This member only just lost its partitions: not yet its business.
+        let mut w = Stalls::default();
+        w.observe(vec![at(1, 3, 9)], s(0), after, Duration::from_secs(1));
+        assert_eq!(
+            w.observe(vec![at(1, 3, 9)], s(50), after, Duration::from_secs(10)),
+            None
+        );
+
+        // A partition that catches up is forgotten.
+        let mut w = Stalls::default();
+        w.observe(vec![at(1, 3, 9)], s(0), after, after);
+        w.observe(vec![at(1, 9, 9)], s(20), after, after);
+        assert_eq!(w.observe(vec![at(1, 9, 12)], s(45), after, after), None);
     }
 }
