@@ -653,6 +653,28 @@ async fn late_events_land_in_their_period_ties_share_ranks_and_rebuild_is_identi
     assert!(before.iter().all(|(_, r)| !r.is_empty()));
     w.scoring.terminate(Duration::from_secs(20)).await;
     let bin = spm_testkit::process::binary("spm-scoring");
+    // Pointed at topics that hold nothing (a wrong prefix, a broker that lost its data),
+    // a rebuild refuses instead of wiping the projections.
+    let refused = tokio::process::Command::new(&bin)
+        .arg("rebuild")
+        .env("DATABASE_URL", &w.env.db_url)
+        .env("KAFKA_BROKERS", &w.env.stack.brokers)
+        .env("KAFKA_TOPIC_PREFIX", format!("{}nothing.", w.env.prefix))
+        .env("SPM_GRPC_ADDR", "127.0.0.1:0")
+        .env("SPM_HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .await
+        .expect("run rebuild");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("refusing to rebuild"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(pool.clone()).await,
+        before,
+        "a refused rebuild changes nothing"
+    );
     let out = tokio::process::Command::new(bin)
         .arg("rebuild")
         .env("DATABASE_URL", &w.env.db_url)

@@ -203,6 +203,13 @@ pub enum Error {
     Kafka(#[from] KafkaError),
     #[error("a replay worker failed: {0}")]
     Join(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(
+        "the topics hold no records but {0} events were applied here: refusing to rebuild \
+         (is KAFKA_BROKERS/KAFKA_TOPIC_PREFIX right? did the broker lose its data?)"
+    )]
+    NothingToRebuildFrom(i64),
 }
 
 impl ConsumerLoop {
@@ -276,7 +283,7 @@ impl ConsumerLoop {
         tracing::info!(group = %self.group, topics = ?topics, "consumer subscribed");
 
         let stall_after = self.cfg.session_timeout() * 2;
-        let mut watch = StallWatch::new(&self.cfg, &self.group, &self.topics)?;
+        let mut watch = StallWatch::new(&self.cfg, &self.group, &self.topics);
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rejoin = false;
@@ -363,6 +370,29 @@ impl ConsumerLoop {
     /// records read. No consumer group offsets are committed (rebuilds, new projections).
     pub async fn replay(self, cancel: CancellationToken) -> Result<u64, Error> {
         self.replay_with(1, cancel).await
+    }
+
+    /// Rebuilds projections from scratch: empties `projections` (and the inbox among them,
+    /// if listed) and replays every topic from offset 0 with `workers` readers. Refuses
+    /// when the topics hold nothing but events were applied here: a broker that lost its
+    /// topics (a restarted in-memory broker, a wrong KAFKA_TOPIC_PREFIX) would turn the
+    /// rebuild into a wipe.
+    pub async fn rebuild(
+        self,
+        projections: &[&str],
+        workers: usize,
+        cancel: CancellationToken,
+    ) -> Result<u64, Error> {
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(&self.pool)
+            .await?;
+        if applied > 0 && self.records_available()? == 0 {
+            return Err(Error::NothingToRebuildFrom(applied));
+        }
+        sqlx::query(&format!("TRUNCATE {}", projections.join(", ")))
+            .execute(&self.pool)
+            .await?;
+        self.replay_with(workers, cancel).await
     }
 
     /// Records the topics hold now (high minus low watermark, all partitions).
@@ -725,55 +755,54 @@ struct LoopContext {
 
 /// How many partitions this member holds, and since when it has held none.
 #[derive(Debug)]
-struct AssignState {
-    count: std::sync::atomic::AtomicUsize,
-    since: std::sync::Mutex<Instant>,
-}
+struct AssignState(std::sync::Mutex<(usize, Instant)>);
 
 impl Default for AssignState {
     fn default() -> Self {
-        Self {
-            count: std::sync::atomic::AtomicUsize::new(0),
-            since: std::sync::Mutex::new(Instant::now()),
-        }
+        Self(std::sync::Mutex::new((0, Instant::now())))
     }
 }
 
 impl AssignState {
     fn set(&self, n: usize) {
-        let before = self.count.swap(n, std::sync::atomic::Ordering::SeqCst);
-        if n == 0 && before != 0 {
-            *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if n == 0 && s.0 != 0 {
+            s.1 = Instant::now();
         }
+        s.0 = n;
     }
 
     /// How long this member has held no partition (zero while it holds some).
     fn idle_for(&self) -> Duration {
-        if self.count.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            return Duration::ZERO;
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0 > 0 {
+            Duration::ZERO
+        } else {
+            s.1.elapsed()
         }
-        self.since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
     }
 }
 
 /// Finds partitions with records past the group's committed offset whose committed offset
-/// has not moved for a while, reading offsets as the group without joining it.
+/// has not moved for a while, reading offsets as the group without joining it. The probe
+/// client is only created once this member is idle.
 struct StallWatch {
-    probe: Arc<BaseConsumer>,
+    cfg: KafkaConfig,
+    group: String,
     topics: Vec<String>,
+    probe: Option<Arc<BaseConsumer>>,
     stalls: Stalls,
 }
 
 impl StallWatch {
-    fn new(cfg: &KafkaConfig, group: &str, topics: &[String]) -> Result<Self, KafkaError> {
-        Ok(Self {
-            probe: Arc::new(cfg.consumer_config(group).create()?),
+    fn new(cfg: &KafkaConfig, group: &str, topics: &[String]) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            group: group.to_owned(),
             topics: topics.to_vec(),
+            probe: None,
             stalls: Stalls::default(),
-        })
+        }
     }
 
     fn reset(&mut self) {
@@ -783,7 +812,16 @@ impl StallWatch {
     /// The first partition nobody has consumed for `after`, if this member has also been
     /// `idle` (without partitions) that long.
     async fn check(&mut self, after: Duration, idle: Duration) -> Result<Option<String>, Error> {
-        let (probe, topics) = (self.probe.clone(), self.topics.clone());
+        let probe = match &self.probe {
+            Some(p) => p.clone(),
+            None => {
+                let p: Arc<BaseConsumer> =
+                    Arc::new(self.cfg.consumer_config(&self.group).create()?);
+                self.probe = Some(p.clone());
+                p
+            }
+        };
+        let topics = self.topics.clone();
         let positions = tokio::task::spawn_blocking(move || unread(&probe, &topics))
             .await
             .map_err(|e| Error::Join(e.to_string()))??;

@@ -538,24 +538,8 @@ pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
                     })
                     .unwrap_or_default(),
             ),
-            Cell::new(
-                spm_proto::events::v1::EarningKind::try_from(p.kind)
-                    .map(|k| {
-                        k.as_str_name()
-                            .trim_start_matches("EARNING_KIND_")
-                            .to_lowercase()
-                    })
-                    .unwrap_or_default(),
-            ),
-            Cell::new(
-                spm_proto::events::v1::EarningStatus::try_from(p.status)
-                    .map(|k| {
-                        k.as_str_name()
-                            .trim_start_matches("EARNING_STATUS_")
-                            .to_lowercase()
-                    })
-                    .unwrap_or_default(),
-            ),
+            Cell::new(kind_name(p.kind)),
+            Cell::new(status_name(p.status)),
             num(&p.amount),
             Cell::new(format!(
                 "{} (posted in {}; {})",
@@ -590,32 +574,11 @@ pub fn print_statement(s: &incentive::Statement, limit: Option<usize>) {
     ));
     let mut t = table(&["line", "kind", "amount", "status", "how"]);
     for l in s.lines.iter().take(limit.unwrap_or(usize::MAX)) {
-        let kind = spm_proto::events::v1::EarningKind::try_from(l.kind)
-            .map(|k| {
-                k.as_str_name()
-                    .trim_start_matches("EARNING_KIND_")
-                    .to_lowercase()
-            })
-            .unwrap_or_default();
-        let status: Vec<String> = l
-            .by_status
-            .iter()
-            .map(|x| {
-                let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
-                    .map(|k| {
-                        k.as_str_name()
-                            .trim_start_matches("EARNING_STATUS_")
-                            .to_lowercase()
-                    })
-                    .unwrap_or_default();
-                format!("{st} {}", x.amount)
-            })
-            .collect();
         t.add_row(vec![
             Cell::new(&l.key),
-            Cell::new(kind),
+            Cell::new(kind_name(l.kind)),
             num(&l.amount),
-            Cell::new(status.join(", ")),
+            Cell::new(statuses(&l.by_status)),
             Cell::new(crate::demo::trim(&l.summary, 70)),
         ]);
     }
@@ -629,23 +592,40 @@ pub fn print_statement(s: &incentive::Statement, limit: Option<usize>) {
             s.rep_id
         ));
     }
-    let totals: Vec<String> = s
-        .totals_by_status
-        .iter()
-        .map(|x| {
-            let st = spm_proto::events::v1::EarningStatus::try_from(x.status)
-                .map(|k| {
-                    k.as_str_name()
-                        .trim_start_matches("EARNING_STATUS_")
-                        .to_lowercase()
-                })
-                .unwrap_or_default();
-            format!("{st} {}", x.amount)
-        })
-        .collect();
     note(&format!(
         "by status: {}; a line's calculation trace: spm statement {} --line KEY",
-        totals.join(", "),
+        statuses(&s.totals_by_status),
         s.rep_id
     ));
+}
+
+/// "commission", "clawback", ... for an `EarningKind`.
+fn kind_name(k: i32) -> String {
+    spm_proto::events::v1::EarningKind::try_from(k)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("EARNING_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// "earned 100.00, payable 100.00".
+fn statuses(parts: &[spm_proto::incentive::v1::StatusAmount]) -> String {
+    parts
+        .iter()
+        .map(|x| format!("{} {}", status_name(x.status), x.amount))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "earned", "payable", ... for an `EarningStatus`.
+fn status_name(s: i32) -> String {
+    spm_proto::events::v1::EarningStatus::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("EARNING_STATUS_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
 }

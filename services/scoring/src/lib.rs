@@ -188,22 +188,12 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
         }),
     )
     .max_batch(REBUILD_BATCH);
-    // A broker that lost its topics (a restarted in-memory broker, a wrong
-    // KAFKA_TOPIC_PREFIX) would turn a rebuild into a wipe: refuse.
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
-        .fetch_one(&pool)
-        .await?;
-    let available = l.records_available()?;
-    anyhow::ensure!(
-        applied == 0 || available > 0,
-        "the topics hold no records but {applied} events were applied here: refusing to rebuild \
-         (is KAFKA_BROKERS/KAFKA_TOPIC_PREFIX right? did the broker lose its data?)"
-    );
-    sqlx::query(&format!("TRUNCATE {}", PROJECTIONS.join(", ")))
-        .execute(&pool)
-        .await?;
     let read = l
-        .replay_with(REBUILD_WORKERS, spm_server::shutdown::on_signal())
+        .rebuild(
+            PROJECTIONS,
+            REBUILD_WORKERS,
+            spm_server::shutdown::on_signal(),
+        )
         .await?;
     let replayed = started.elapsed();
     // Every rep-period touched, scored once from its final cells.
