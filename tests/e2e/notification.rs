@@ -203,7 +203,15 @@ async fn webhook_retries_until_accepted_and_a_hanging_endpoint_delays_nobody() {
     assert_eq!(rx.bad_signatures.load(Ordering::SeqCst), 0);
     assert_eq!(rx.accepted()[0].body["rule"], "commission_earned");
 
-    let delivered = deliveries(&w.notification, &w.key, "delivered").await;
+    // The log records the outcome just after the receiver has answered.
+    let delivered = eventually(Duration::from_secs(10), "the delivery logged", || {
+        let (n, key) = (&w.notification, w.key.clone());
+        async move {
+            let d = deliveries(n, &key, "delivered").await;
+            d.iter().any(|d| d.channel == "webhook").then_some(d)
+        }
+    })
+    .await;
     let hooked: Vec<&pb::Delivery> = delivered
         .iter()
         .filter(|d| d.channel == "webhook")
@@ -265,11 +273,22 @@ async fn email_goes_through_a_real_smtp_server() {
         msg.contains("multipart/alternative") && msg.contains("text/html"),
         "plain text and HTML: {msg}"
     );
-    let d = deliveries(&w.notification, &w.key, "delivered").await;
-    assert!(
-        d.iter()
-            .any(|x| x.channel == "email" && x.target == "r1@example.com")
-    );
+    // Logged as delivered once the SMTP server has accepted it.
+    eventually(
+        Duration::from_secs(10),
+        "the e-mail delivery logged",
+        || {
+            let (n, key) = (&w.notification, w.key.clone());
+            async move {
+                deliveries(n, &key, "delivered")
+                    .await
+                    .iter()
+                    .any(|x| x.channel == "email" && x.target == "r1@example.com")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     drop(w.ingest);
 }
 
