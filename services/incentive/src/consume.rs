@@ -14,6 +14,7 @@ use spm_proto::events::v1::event_envelope::Payload;
 use sqlx::PgConnection;
 
 use crate::engine::{self, Cause, Ctx, Mode};
+use crate::store;
 
 pub struct IncentiveHandler {
     /// False when rebuilding: recomputations still post differences but announce nothing.
@@ -93,7 +94,12 @@ impl IncentiveHandler {
         let mut causes: HashMap<String, Cause> = HashMap::new();
         let mut org_changed: BTreeSet<String> = BTreeSet::new();
 
-        for inc in events {
+        // 1. Read the batch: credits and score snapshots are written together below (one
+        // statement each, not one per event); what they touch is settled in event order.
+        let mut credits: Vec<store::NewCredit> = Vec::new();
+        let mut kpis: BTreeMap<(String, PeriodKind, String), store::NewKpi> = BTreeMap::new();
+        let mut touches: Vec<Touch> = Vec::new();
+        for (pos, inc) in events.iter().enumerate() {
             let e = &inc.envelope;
             let cal = e
                 .tenant_context
@@ -116,17 +122,30 @@ impl IncentiveHandler {
                 }
                 continue;
             }
-            let mut touch = |rep: &str, month: &str, quarter: &str| {
-                pairs.insert((rep.to_owned(), PeriodKind::Month, month.to_owned()));
-                pairs.insert((rep.to_owned(), PeriodKind::Quarter, quarter.to_owned()));
-                let c = causes.entry(rep.to_owned()).or_default();
-                c.span = Some(inc.span.clone());
-                c.causation.clone_from(&e.causation_id);
-                c.events.push(e.causation_id.clone());
-            };
             let month = cal.period(PeriodKind::Month, at).key;
             let quarter = cal.period(PeriodKind::Quarter, at).key;
             let local = cal.local_date(at);
+            let mut credit = |kind: &'static str, rep: &str, deal: &str, amount, lines, full| {
+                credits.push(store::NewCredit {
+                    rep: rep.to_owned(),
+                    event_id: inc.event_id,
+                    source: if e.causation_id.is_empty() {
+                        inc.event_id.to_string()
+                    } else {
+                        e.causation_id.clone()
+                    },
+                    kind,
+                    deal: deal.to_owned(),
+                    at,
+                    local,
+                    month: month.clone(),
+                    quarter: quarter.clone(),
+                    amount,
+                    lines,
+                    full,
+                    currency: base.code().to_owned(),
+                });
+            };
             match &e.payload {
                 Some(Payload::DealCredited(d)) => {
                     let fx = parse_decimal(&d.fx_rate).unwrap_or(Decimal::ONE);
@@ -135,101 +154,139 @@ impl IncentiveHandler {
                         .iter()
                         .map(|l| (l.product_id.clone(), base.round(dec(&l.amount) * fx)))
                         .collect();
-                    insert_credit(
-                        conn,
-                        tenant,
-                        inc,
+                    credit(
                         "deal",
                         &d.rep_id,
                         &d.deal_id,
-                        &month,
-                        &quarter,
-                        local,
                         dec(&d.credited_base_amount),
-                        &lines,
+                        lines,
                         false,
-                        base,
-                    )
-                    .await?;
-                    touch(&d.rep_id, &month, &quarter);
+                    );
+                    touches.push(Touch::Period {
+                        pos,
+                        rep: d.rep_id.clone(),
+                        month,
+                        quarter,
+                    });
                 }
                 Some(Payload::PaymentCredited(p)) => {
-                    insert_credit(
-                        conn,
-                        tenant,
-                        inc,
+                    credit(
                         "payment",
                         &p.rep_id,
                         &p.deal_id,
-                        &month,
-                        &quarter,
-                        local,
                         dec(&p.credited_base_amount),
-                        &[],
+                        Vec::new(),
                         false,
-                        base,
-                    )
-                    .await?;
-                    if let Some((m, q)) = deal_keys(conn, tenant, &p.rep_id, &p.deal_id).await? {
-                        touch(&p.rep_id, &m, &q);
-                    }
+                    );
+                    touches.push(Touch::Deal {
+                        pos,
+                        rep: p.rep_id.clone(),
+                        deal: p.deal_id.clone(),
+                    });
                 }
                 Some(Payload::DealReversalCredited(r)) => {
-                    insert_credit(
-                        conn,
-                        tenant,
-                        inc,
+                    credit(
                         "reversal",
                         &r.rep_id,
                         &r.deal_id,
-                        &month,
-                        &quarter,
-                        local,
                         dec(&r.credited_base_amount),
-                        &[],
+                        Vec::new(),
                         r.full,
-                        base,
-                    )
-                    .await?;
-                    if let Some((m, q)) = deal_keys(conn, tenant, &r.rep_id, &r.deal_id).await? {
-                        touch(&r.rep_id, &m, &q);
-                    }
+                    );
+                    touches.push(Touch::Deal {
+                        pos,
+                        rep: r.rep_id.clone(),
+                        deal: r.deal_id.clone(),
+                    });
                 }
-                Some(Payload::ScoreChanged(s)) => {
-                    let Some(p) = &s.period else { continue };
+                Some(Payload::ScoreChanged(sc)) => {
+                    let Some(p) = &sc.period else { continue };
                     let kind = match common::PeriodKind::try_from(p.kind) {
                         Ok(common::PeriodKind::Month) => PeriodKind::Month,
                         Ok(common::PeriodKind::Quarter) => PeriodKind::Quarter,
                         _ => continue,
                     };
-                    let score: Option<Decimal> = parse_decimal(&s.score).ok();
-                    let changed = sqlx::query(
-                        "INSERT INTO kpis (tenant_id, rep_id, period_kind, period_key, metrics, score, occurred_at, event_id)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                         ON CONFLICT (tenant_id, rep_id, period_kind, period_key) DO UPDATE SET
-                           metrics = EXCLUDED.metrics, score = EXCLUDED.score, occurred_at = EXCLUDED.occurred_at,
-                           event_id = EXCLUDED.event_id
-                         WHERE (kpis.occurred_at, kpis.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)",
-                    )
-                    .bind(tenant)
-                    .bind(&s.rep_id)
-                    .bind(kind.as_str())
-                    .bind(&p.key)
-                    .bind(sqlx::types::Json(&s.metrics))
-                    .bind(score)
-                    .bind(at)
-                    .bind(inc.event_id)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                    if changed > 0 {
-                        pairs.insert((s.rep_id.clone(), kind, p.key.clone()));
-                        let c = causes.entry(s.rep_id.clone()).or_default();
-                        c.span = Some(inc.span.clone());
-                        c.causation.clone_from(&e.causation_id);
+                    let row = store::NewKpi {
+                        pos,
+                        metrics: serde_json::to_value(&sc.metrics).unwrap_or_default(),
+                        score: parse_decimal(&sc.score).ok(),
+                        at,
+                        event_id: inc.event_id,
+                    };
+                    // The latest snapshot of a rep-period in the batch is the one that counts.
+                    let k = (sc.rep_id.clone(), kind, p.key.clone());
+                    if kpis
+                        .get(&k)
+                        .is_none_or(|old| (old.at, old.event_id) < (row.at, row.event_id))
+                    {
+                        kpis.insert(k, row);
                     }
                 }
                 _ => {}
+            }
+        }
+
+        // 2. Write them: one statement for the credits, one for the snapshots (returning
+        // the rep-periods whose snapshot moved forward), one for the deals' periods.
+        store::insert_credits(conn, tenant, &credits).await?;
+        for (rep, kind, key) in store::upsert_kpis(conn, tenant, &kpis).await? {
+            let pos = kpis[&(rep.clone(), kind, key.clone())].pos;
+            touches.push(Touch::Score {
+                pos,
+                rep,
+                kind,
+                key,
+            });
+        }
+        let linked: Vec<(String, String)> = touches
+            .iter()
+            .filter_map(|t| match t {
+                Touch::Deal { rep, deal, .. } => Some((rep.clone(), deal.clone())),
+                _ => None,
+            })
+            .collect();
+        let deal_periods = store::deal_periods(conn, tenant, &linked).await?;
+
+        // 3. What they touch, in event order (the last event of a rep is its cause).
+        touches.sort_by_key(Touch::pos);
+        for t in touches {
+            let inc = events[t.pos()];
+            let e = &inc.envelope;
+            let cause = |causes: &mut HashMap<String, Cause>, rep: &str| {
+                let c = causes.entry(rep.to_owned()).or_default();
+                c.span = Some(inc.span.clone());
+                c.causation.clone_from(&e.causation_id);
+            };
+            match t {
+                Touch::Period {
+                    rep,
+                    month,
+                    quarter,
+                    ..
+                } => {
+                    touch(&mut pairs, &rep, &month, &quarter);
+                    cause(&mut causes, &rep);
+                    causes
+                        .entry(rep)
+                        .or_default()
+                        .events
+                        .push(e.causation_id.clone());
+                }
+                Touch::Deal { rep, deal, .. } => {
+                    if let Some((month, quarter)) = deal_periods.get(&(rep.clone(), deal)) {
+                        touch(&mut pairs, &rep, month, quarter);
+                        cause(&mut causes, &rep);
+                        causes
+                            .entry(rep)
+                            .or_default()
+                            .events
+                            .push(e.causation_id.clone());
+                    }
+                }
+                Touch::Score { rep, kind, key, .. } => {
+                    pairs.insert((rep.clone(), kind, key));
+                    cause(&mut causes, &rep);
+                }
             }
         }
 
@@ -269,70 +326,45 @@ impl IncentiveHandler {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_credit(
-    conn: &mut PgConnection,
-    tenant: &str,
-    inc: &Incoming,
-    kind: &str,
+/// A rep-period pair and its month and quarter.
+fn touch(
+    pairs: &mut BTreeSet<(String, PeriodKind, String)>,
     rep: &str,
-    deal: &str,
     month: &str,
     quarter: &str,
-    local: chrono::NaiveDate,
-    amount: Decimal,
-    lines: &[(String, Decimal)],
-    full: bool,
-    currency: Currency,
-) -> Result<(), sqlx::Error> {
-    let at = inc
-        .envelope
-        .occurred_at
-        .as_ref()
-        .and_then(spm_proto::ext::datetime)
-        .unwrap_or_default();
-    let source = if inc.envelope.causation_id.is_empty() {
-        inc.event_id.to_string()
-    } else {
-        inc.envelope.causation_id.clone()
-    };
-    sqlx::query(
-        "INSERT INTO credits (tenant_id, rep_id, event_id, source_event_id, kind, deal_id, occurred_at, local_date, month_key,
-                              quarter_key, amount, lines, full_reversal, currency)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(rep)
-    .bind(inc.event_id)
-    .bind(source)
-    .bind(kind)
-    .bind(deal)
-    .bind(at)
-    .bind(local)
-    .bind(month)
-    .bind(quarter)
-    .bind(amount)
-    .bind(sqlx::types::Json(lines))
-    .bind(full)
-    .bind(currency.code())
-    .execute(conn)
-    .await?;
-    Ok(())
+) {
+    pairs.insert((rep.to_owned(), PeriodKind::Month, month.to_owned()));
+    pairs.insert((rep.to_owned(), PeriodKind::Quarter, quarter.to_owned()));
 }
 
-/// The (month, quarter) a rep's deal closed in, once its credit is known.
-async fn deal_keys(
-    conn: &mut PgConnection,
-    tenant: &str,
-    rep: &str,
-    deal: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT month_key, quarter_key FROM credits WHERE tenant_id = $1 AND rep_id = $2 AND deal_id = $3 AND kind = 'deal' LIMIT 1",
-    )
-    .bind(tenant)
-    .bind(rep)
-    .bind(deal)
-    .fetch_optional(conn)
-    .await
+/// What an event of the batch touches, settled once the batch is written.
+enum Touch {
+    /// A deal: its own month and quarter.
+    Period {
+        pos: usize,
+        rep: String,
+        month: String,
+        quarter: String,
+    },
+    /// A payment or reversal: the periods its deal closed in, once the deal is known.
+    Deal {
+        pos: usize,
+        rep: String,
+        deal: String,
+    },
+    /// A score snapshot that moved forward.
+    Score {
+        pos: usize,
+        rep: String,
+        kind: PeriodKind,
+        key: String,
+    },
+}
+
+impl Touch {
+    fn pos(&self) -> usize {
+        match self {
+            Self::Period { pos, .. } | Self::Deal { pos, .. } | Self::Score { pos, .. } => *pos,
+        }
+    }
 }

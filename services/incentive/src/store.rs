@@ -23,6 +23,135 @@ pub async fn plans(conn: &mut PgConnection, tenant: &str) -> Result<Vec<Plan>, s
     Ok(rows.into_iter().map(|r| r.0.0).collect())
 }
 
+/// A credit to store (deal, payment or reversal of a rep).
+pub struct NewCredit {
+    pub rep: String,
+    pub event_id: Uuid,
+    pub source: String,
+    pub kind: &'static str,
+    pub deal: String,
+    pub at: DateTime<Utc>,
+    pub local: NaiveDate,
+    pub month: String,
+    pub quarter: String,
+    pub amount: Decimal,
+    pub lines: Vec<(String, Decimal)>,
+    pub full: bool,
+    pub currency: String,
+}
+
+/// Stores credits (one statement; an event stored before is skipped).
+pub async fn insert_credits(
+    conn: &mut PgConnection,
+    tenant: &str,
+    credits: &[NewCredit],
+) -> Result<(), sqlx::Error> {
+    if credits.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&NewCredit) -> String| credits.iter().map(f).collect::<Vec<String>>();
+    let lines: Vec<serde_json::Value> = credits
+        .iter()
+        .map(|c| serde_json::to_value(&c.lines).unwrap_or_default())
+        .collect();
+    sqlx::query(
+        "INSERT INTO credits (tenant_id, rep_id, event_id, source_event_id, kind, deal_id, occurred_at, local_date,
+                              month_key, quarter_key, amount, lines, full_reversal, currency)
+         SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+                                  $8::date[], $9::text[], $10::text[], $11::numeric[], $12::jsonb[], $13::bool[], $14::text[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(col(|c| c.rep.clone()))
+    .bind(credits.iter().map(|c| c.event_id).collect::<Vec<_>>())
+    .bind(col(|c| c.source.clone()))
+    .bind(col(|c| c.kind.to_owned()))
+    .bind(col(|c| c.deal.clone()))
+    .bind(credits.iter().map(|c| c.at).collect::<Vec<_>>())
+    .bind(credits.iter().map(|c| c.local).collect::<Vec<_>>())
+    .bind(col(|c| c.month.clone()))
+    .bind(col(|c| c.quarter.clone()))
+    .bind(credits.iter().map(|c| c.amount).collect::<Vec<_>>())
+    .bind(lines)
+    .bind(credits.iter().map(|c| c.full).collect::<Vec<_>>())
+    .bind(col(|c| c.currency.clone()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A score snapshot of a rep-period.
+pub struct NewKpi {
+    /// Position of its event in the batch.
+    pub pos: usize,
+    pub metrics: serde_json::Value,
+    pub score: Option<Decimal>,
+    pub at: DateTime<Utc>,
+    pub event_id: Uuid,
+}
+
+/// Stores the snapshots that are newer than what is stored (one statement); returns the
+/// rep-periods whose snapshot changed.
+pub async fn upsert_kpis(
+    conn: &mut PgConnection,
+    tenant: &str,
+    kpis: &BTreeMap<(String, PeriodKind, String), NewKpi>,
+) -> Result<Vec<(String, PeriodKind, String)>, sqlx::Error> {
+    if kpis.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "INSERT INTO kpis (tenant_id, rep_id, period_kind, period_key, metrics, score, occurred_at, event_id)
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::numeric[], $7::timestamptz[], $8::uuid[])
+         ON CONFLICT (tenant_id, rep_id, period_kind, period_key) DO UPDATE SET
+           metrics = EXCLUDED.metrics, score = EXCLUDED.score, occurred_at = EXCLUDED.occurred_at,
+           event_id = EXCLUDED.event_id
+         WHERE (kpis.occurred_at, kpis.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)
+         RETURNING rep_id, period_kind, period_key",
+    )
+    .bind(tenant)
+    .bind(kpis.keys().map(|k| k.0.clone()).collect::<Vec<_>>())
+    .bind(kpis.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+    .bind(kpis.keys().map(|k| k.2.clone()).collect::<Vec<_>>())
+    .bind(kpis.values().map(|v| v.metrics.clone()).collect::<Vec<_>>())
+    .bind(kpis.values().map(|v| v.score).collect::<Vec<_>>())
+    .bind(kpis.values().map(|v| v.at).collect::<Vec<_>>())
+    .bind(kpis.values().map(|v| v.event_id).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(rep, kind, key)| Some((rep, kind.parse().ok()?, key)))
+        .collect())
+}
+
+/// The (month, quarter) each (rep, deal) closed in, for the deals whose credit is known.
+pub async fn deal_periods(
+    conn: &mut PgConnection,
+    tenant: &str,
+    pairs: &[(String, String)],
+) -> Result<std::collections::HashMap<(String, String), (String, String)>, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (c.rep_id, c.deal_id) c.rep_id, c.deal_id, c.month_key, c.quarter_key
+           FROM credits c JOIN UNNEST($2::text[], $3::text[]) AS p(rep_id, deal_id)
+             ON c.rep_id = p.rep_id AND c.deal_id = p.deal_id
+          WHERE c.tenant_id = $1 AND c.kind = 'deal'
+          ORDER BY c.rep_id, c.deal_id",
+    )
+    .bind(tenant)
+    .bind(pairs.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
+    .bind(pairs.iter().map(|p| p.1.clone()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(r, d, m, q)| ((r, d), (m, q)))
+        .collect())
+}
+
 #[derive(sqlx::FromRow)]
 struct CreditRow {
     rep_id: String,

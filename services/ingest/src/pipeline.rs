@@ -53,7 +53,7 @@ const REP_CACHE: usize = 1_000_000;
 pub const MAX_COALESCED: usize = 1000;
 
 /// Batches of one tenant in flight at once; further requests wait and combine.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 /// A request waiting to be accepted.
 struct Job {

@@ -133,6 +133,8 @@ pub async fn totals_of(
 }
 
 /// Facts of (rep, deal) pairs already stored, for linking payments/reversals and deals.
+/// (`deal_id <> ''` lets Postgres use the partial index `facts_deal`; without it the
+/// lookup scanned the rep's facts, 3.5 ms a batch and growing.)
 pub async fn linked_facts(
     conn: &mut PgConnection,
     tenant: &str,
@@ -147,7 +149,7 @@ pub async fn linked_facts(
                 f.amount, f.score, f.due_month_key, f.full_reversal
            FROM facts f JOIN UNNEST($2::text[], $3::text[]) AS p(rep_id, deal_id)
              ON f.rep_id = p.rep_id AND f.deal_id = p.deal_id
-          WHERE f.tenant_id = $1",
+          WHERE f.tenant_id = $1 AND f.deal_id <> ''",
     )
     .bind(tenant)
     .bind(&reps)
