@@ -44,3 +44,22 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     }
     Ok(())
 }
+
+/// Deletes every SPM topic of `cfg`'s prefix (test and benchmark clean-up: a broker that
+/// keeps every topic in memory slows down as they pile up). Missing topics are fine.
+pub async fn delete_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = cfg.admin_config().create()?;
+    let names: Vec<String> = spm_core::topics::ALL
+        .iter()
+        .map(|(name, _)| cfg.topic(name))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&names, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}

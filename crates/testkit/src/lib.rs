@@ -367,6 +367,7 @@ impl Drop for TestEnv {
         }
         let url = self.stack.admin_db_url.clone();
         let db = self.db_name.clone();
+        let kafka = self.kafka();
         // Drop is synchronous: use a private runtime on a plain thread.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -374,6 +375,13 @@ impl Drop for TestEnv {
                 .build()
                 .ok()?;
             rt.block_on(async {
+                // The broker keeps every topic in memory and slows down as they pile up
+                // over a suite or a benchmark: this environment's go with it.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    spm_bus::admin::delete_topics(&kafka),
+                )
+                .await;
                 let mut c = PgConnection::connect(&url).await.ok()?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                     .execute(&mut c)
