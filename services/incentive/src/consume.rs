@@ -257,36 +257,32 @@ impl IncentiveHandler {
                 c.span = Some(inc.span.clone());
                 c.causation.clone_from(&e.causation_id);
             };
-            match t {
+            // A credit touches its deal's month and quarter (a payment or reversal only once
+            // its deal is known) and is one of the rep's causing events.
+            let credited = match t {
                 Touch::Period {
                     rep,
                     month,
                     quarter,
                     ..
-                } => {
-                    touch(&mut pairs, &rep, &month, &quarter);
-                    cause(&mut causes, &rep);
-                    causes
-                        .entry(rep)
-                        .or_default()
-                        .events
-                        .push(e.causation_id.clone());
-                }
-                Touch::Deal { rep, deal, .. } => {
-                    if let Some((month, quarter)) = deal_periods.get(&(rep.clone(), deal)) {
-                        touch(&mut pairs, &rep, month, quarter);
-                        cause(&mut causes, &rep);
-                        causes
-                            .entry(rep)
-                            .or_default()
-                            .events
-                            .push(e.causation_id.clone());
-                    }
-                }
+                } => Some((rep, month, quarter)),
+                Touch::Deal { rep, deal, .. } => deal_periods
+                    .get(&(rep.clone(), deal))
+                    .map(|(m, q)| (rep, m.clone(), q.clone())),
                 Touch::Score { rep, kind, key, .. } => {
                     pairs.insert((rep.clone(), kind, key));
                     cause(&mut causes, &rep);
+                    None
                 }
+            };
+            if let Some((rep, month, quarter)) = credited {
+                touch(&mut pairs, &rep, &month, &quarter);
+                cause(&mut causes, &rep);
+                causes
+                    .entry(rep)
+                    .or_default()
+                    .events
+                    .push(e.causation_id.clone());
             }
         }
 
