@@ -223,20 +223,26 @@ pub async fn create(
             .bind(&key)
             .fetch_one(&mut *conn)
             .await?;
-            if !summary_exists {
-                let sid = Uuid::new_v4();
-                sqlx::query(
+            // Two consumer groups (scores, earnings) may fold for one person at once: the
+            // summary's dedupe key makes the second wait for the first and then do nothing.
+            let created: Option<Uuid> = if summary_exists {
+                None
+            } else {
+                sqlx::query_scalar(
                     "INSERT INTO notifications (tenant_id, notification_id, recipient, rule, title, body, data, dedupe_key)
-                     VALUES ($1, $2, $3, 'summary', $4, $5, '{}', $6)",
+                     VALUES ($1, $2, $3, 'summary', $4, $5, '{}', $6)
+                     ON CONFLICT (tenant_id, dedupe_key) DO NOTHING RETURNING notification_id",
                 )
                 .bind(tenant)
-                .bind(sid)
+                .bind(Uuid::new_v4())
                 .bind(&draft.recipient)
                 .bind("Summary of your recent updates")
                 .bind("Several updates arrived in a short time; they are folded into this summary.")
                 .bind(format!("summary:{key}"))
-                .execute(&mut *conn)
-                .await?;
+                .fetch_optional(&mut *conn)
+                .await?
+            };
+            if let Some(sid) = created {
                 insert_delivery(
                     conn,
                     tenant,
