@@ -16,8 +16,17 @@ use tracing::info_span;
 
 use crate::{Producer, Record};
 
-/// Advisory lock id of the relay (any constant; scoped to the database).
-const RELAY_LOCK: i64 = 0x5350_4d5f_5245_4c41; // "SPM_RELA"
+/// Advisory lock class of the relay (any constant). Advisory locks are scoped to the
+/// database, and services may share one database with a schema each: the second key is the
+/// schema's hash, so only relays of the same schema (instances of one service) exclude each
+/// other. (With one key for all, scoring's relay held off incentive's for up to the poll
+/// interval, 500 ms, and that was the webhook's p99.)
+const RELAY_LOCK: i32 = 0x5350_4d52; // "SPMR"
+
+/// While another instance's relay holds the lock, try again this often (its round may have
+/// started before our rows were committed), for up to [`BUSY_RETRIES`] times.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
+const BUSY_RETRIES: u32 = 50;
 
 /// Rows published per round.
 const ROUND: i64 = 1000;
@@ -106,21 +115,34 @@ impl Relay {
         }
     }
 
-    /// Publishes rounds until the outbox is empty (or another relay holds the lock).
+    /// Publishes rounds until the outbox is empty (or another instance's relay keeps the
+    /// lock for longer than the busy retries).
     async fn drain(&self) -> Result<(), RoundError> {
-        while self.round().await? == ROUND as usize {}
-        Ok(())
+        let mut busy = 0;
+        loop {
+            match self.round().await? {
+                Some(n) if n == ROUND as usize => busy = 0,
+                Some(_) => return Ok(()),
+                None if busy < BUSY_RETRIES => {
+                    busy += 1;
+                    tokio::time::sleep(BUSY_RETRY).await;
+                }
+                None => return Ok(()),
+            }
+        }
     }
 
     /// One round: lock, read up to ROUND rows, publish them all, delete them, commit.
-    async fn round(&self) -> Result<usize, RoundError> {
+    /// `None` when another relay of this schema holds the lock.
+    async fn round(&self) -> Result<Option<usize>, RoundError> {
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))")
+                .bind(RELAY_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
         if !locked {
-            return Ok(0);
+            return Ok(None);
         }
         let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value)> = sqlx::query_as(
             "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1",
@@ -129,7 +151,7 @@ impl Relay {
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let mut spans = Vec::with_capacity(rows.len());
         let records: Vec<Record> = rows
@@ -192,7 +214,7 @@ impl Relay {
         tx.commit().await?;
         match first_err {
             Some(e) => Err(e.into()),
-            None => Ok(rows.len()),
+            None => Ok(Some(rows.len())),
         }
     }
 
