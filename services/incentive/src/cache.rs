@@ -34,7 +34,8 @@ pub type Period = (Option<(i32, String)>, bool);
 struct Entry {
     expires: Instant,
     size: usize,
-    statement: pb::Statement,
+    /// Shared: a hit takes a reference under the lock and copies outside it.
+    statement: std::sync::Arc<pb::Statement>,
 }
 
 #[derive(Default)]
@@ -87,13 +88,18 @@ pub struct Ticket(u64, u64);
 
 impl Statements {
     pub fn get(&self, key: &Key) -> Option<pb::Statement> {
-        let inner = self.inner.lock().expect("statement cache");
-        inner
-            .entries
-            .get(&(key.0.clone(), key.1.clone()))
-            .and_then(|m| m.get(&key.2))
-            .filter(|e| Instant::now() < e.expires)
-            .map(|e| e.statement.clone())
+        let shared = {
+            let inner = self.inner.lock().expect("statement cache");
+            inner
+                .entries
+                .get(&(key.0.clone(), key.1.clone()))
+                .and_then(|m| m.get(&key.2))
+                .filter(|e| Instant::now() < e.expires)
+                .map(|e| e.statement.clone())
+        };
+        // The copy (hundreds of lines) is made after the lock is released: concurrent
+        // readers of a busy cache do not queue behind each other's copies.
+        shared.map(|s| (*s).clone())
     }
 
     /// The load lock of `key`; hold it while loading, then call [`Self::loaded`].
@@ -145,7 +151,7 @@ impl Statements {
             Entry {
                 expires,
                 size,
-                statement: s,
+                statement: std::sync::Arc::new(s),
             },
         );
         inner.bytes += size;
