@@ -12,10 +12,7 @@ use crate::KafkaConfig;
 /// Creates every SPM topic that is missing (compacted ones with `cleanup.policy=compact`).
 pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = cfg.admin_config().create()?;
-    let names: Vec<(String, bool)> = spm_core::topics::ALL
-        .iter()
-        .map(|(name, compacted)| (cfg.topic(name), *compacted))
-        .collect();
+    let names = topic_names(cfg);
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|(name, compacted)| {
@@ -49,11 +46,8 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
 /// keeps every topic in memory slows down as they pile up). Missing topics are fine.
 pub async fn delete_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = cfg.admin_config().create()?;
-    let names: Vec<String> = spm_core::topics::ALL
-        .iter()
-        .map(|(name, _)| cfg.topic(name))
-        .collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let names = topic_names(cfg);
+    let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.delete_topics(&names, &opts).await? {
         match result {
@@ -62,4 +56,12 @@ pub async fn delete_topics(cfg: &KafkaConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// Every SPM topic under `cfg`'s prefix, and whether it is compacted.
+fn topic_names(cfg: &KafkaConfig) -> Vec<(String, bool)> {
+    spm_core::topics::ALL
+        .iter()
+        .map(|(name, compacted)| (cfg.topic(name), *compacted))
+        .collect()
 }
