@@ -156,11 +156,16 @@ impl KafkaConfig {
                 (self.session_timeout_ms / 3).clamp(100, 2000).to_string(),
             )
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
-            // Prefetch bounded to a few MiB (librdkafka defaults to 64 MiB and 100k
-            // messages): batches are 1,000 records, so more buys no throughput, only memory.
-            .set("queued.max.messages.kbytes", "8192")
-            .set("queued.min.messages", "10000")
-            .set("fetch.max.bytes", "8388608")
+            // Prefetch bounded per partition (librdkafka defaults to 64 MiB and 100k
+            // messages, and applies both to every assigned partition): batches are 1,000
+            // records, so more buys no throughput, only memory. With 10,000 (the previous
+            // setting) a backlog on 6 partitions kept ~60k messages and ~26 MiB queued.
+            .set("queued.max.messages.kbytes", "2048")
+            .set("queued.min.messages", "1000")
+            // One fetch response is decompressed whole on top of the queue above: 1 MiB
+            // (256 KiB a partition) still brings thousands of records per round trip.
+            .set("fetch.max.bytes", "1048576")
+            .set("max.partition.fetch.bytes", "262144")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("statistics.interval.ms", "5000");
         self.with_extra(c)

@@ -130,34 +130,43 @@ impl Outbox {
     }
 
     /// Writes the collected rows into the outbox table through `conn` (inside the caller's
-    /// transaction) and clears them.
+    /// transaction) and clears them: one insert per [`OUTBOX_CHUNK_BYTES`] of payload, so a
+    /// batch that emits thousands of events does not build (and leave the connection
+    /// holding) one statement of many MiB.
     pub async fn write(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if self.rows.is_empty() {
-            return Ok(());
+        let mut rows = self.rows.drain(..).peekable();
+        while rows.peek().is_some() {
+            let mut topics = Vec::new();
+            let mut keys = Vec::new();
+            let mut payloads = Vec::new();
+            let mut headers = Vec::new();
+            let mut bytes = 0;
+            while bytes < OUTBOX_CHUNK_BYTES
+                && let Some(r) = rows.next()
+            {
+                bytes += r.payload.len() + r.key.len();
+                topics.push(r.topic);
+                keys.push(r.key);
+                payloads.push(r.payload);
+                headers.push(serde_json::to_value(&r.headers).expect("headers serialize"));
+            }
+            sqlx::query(
+                "INSERT INTO outbox (topic, key, payload, headers)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[])",
+            )
+            .bind(&topics)
+            .bind(&keys)
+            .bind(&payloads)
+            .bind(&headers)
+            .execute(&mut *conn)
+            .await?;
         }
-        let mut topics = Vec::with_capacity(self.rows.len());
-        let mut keys = Vec::with_capacity(self.rows.len());
-        let mut payloads = Vec::with_capacity(self.rows.len());
-        let mut headers = Vec::with_capacity(self.rows.len());
-        for r in self.rows.drain(..) {
-            topics.push(r.topic);
-            keys.push(r.key);
-            payloads.push(r.payload);
-            headers.push(serde_json::to_value(&r.headers).expect("headers serialize"));
-        }
-        sqlx::query(
-            "INSERT INTO outbox (topic, key, payload, headers)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[])",
-        )
-        .bind(&topics)
-        .bind(&keys)
-        .bind(&payloads)
-        .bind(&headers)
-        .execute(conn)
-        .await?;
         Ok(())
     }
 }
+
+/// Payload bytes per outbox insert (see [`Outbox::write`]).
+const OUTBOX_CHUNK_BYTES: usize = 256 << 10;
 
 /// A service's business logic plugged into the loop.
 #[async_trait]
@@ -637,7 +646,8 @@ impl ConsumerLoop {
 
     /// Inbox + handler + outbox in one transaction.
     async fn apply_in_tx(&self, events: &[&Incoming]) -> Result<Applied, HandlerError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
         let partitions: Vec<i32> = events.iter().map(|e| e.partition).collect();
@@ -683,6 +693,9 @@ impl ConsumerLoop {
         let outbox_rows = out.len();
         out.write(&mut tx).await?;
         tx.commit().await?;
+        // A large batch grows the connection's socket buffers to its largest statement or
+        // result, and sqlx keeps that capacity for the connection's life: give it back.
+        sqlx::Connection::shrink_buffers(&mut *conn);
         Ok(Applied {
             new_ids: fresh,
             outbox_rows,
