@@ -848,4 +848,40 @@ async fn cached_statements_follow_changes_made_anywhere() {
         async move { statement(&b, &key, "r1", None).await.closed.then_some(()) }
     })
     .await;
+
+    // Statements are served from encoded replies: the errors and isolation still hold.
+    let ask = |rep: &str, key: Option<&str>| {
+        let req = pb::GetStatementRequest {
+            with_explanations: false,
+            rep_id: rep.into(),
+            period: None,
+        };
+        let (mut a, key) = (a.clone(), key.map(str::to_owned));
+        async move {
+            match key {
+                Some(k) => a.get_statement(authed(req, &k)).await,
+                None => a.get_statement(req).await,
+            }
+        }
+    };
+    let bad = ask("", Some(&w.key)).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert_eq!(
+        bad.get_details_bad_request().unwrap().field_violations[0].field,
+        "rep_id"
+    );
+    let anon = ask("r1", None).await.unwrap_err();
+    assert_eq!(anon.code(), Code::Unauthenticated, "{anon:?}");
+    let other_tenant = create_tenant(&w.env, &w.ingest, "globex").await;
+    wait_key_known(&w.incentive, &other_tenant.admin_key).await;
+    let theirs = ask("r1", Some(&other_tenant.admin_key))
+        .await
+        .expect("statement of another tenant's r1")
+        .into_inner()
+        .statement
+        .unwrap();
+    assert!(
+        theirs.lines.is_empty() && !theirs.closed,
+        "a key of another tenant sees its own (empty) r1, not acme's cached one: {theirs:?}"
+    );
 }

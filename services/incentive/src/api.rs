@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use prost::Message as _;
+use prost::bytes::Bytes;
 use rust_decimal::Decimal;
 use spm_bus::{KafkaConfig, Outbox};
 use spm_core::money::{Money, parse_decimal};
@@ -264,7 +265,7 @@ impl Api {
         tenant: &str,
         r: &pb::GetStatementRequest,
         cache_key: crate::cache::Key,
-    ) -> Result<pb::Statement, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         let ticket = self.statements.ticket(tenant);
         let ctx = self.ctx(tenant).await?;
         let default = self.rep_kind(&ctx, &r.rep_id).await?;
@@ -273,8 +274,43 @@ impl Api {
         let s = self
             .statement(&ctx, &r.rep_id, kind, &key, r.with_explanations)
             .await?;
-        self.statements.put(cache_key, ticket, s.clone());
-        Ok(s)
+        let reply = Bytes::from(pb::GetStatementResponse { statement: Some(s) }.encode_to_vec());
+        self.statements.put(cache_key, ticket, reply.clone());
+        Ok(reply)
+    }
+
+    /// The encoded `GetStatementResponse` of `r`: from the cache, or loaded (one load per
+    /// statement at a time; who waited finds it cached).
+    pub async fn statement_reply(
+        &self,
+        req: Request<pb::GetStatementRequest>,
+    ) -> Result<Bytes, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        if r.rep_id.is_empty() {
+            return Err(ApiError::invalid("rep_id", "is required").into());
+        }
+        let asked = r.period.as_ref().map(|p| (p.kind, p.key.clone()));
+        let cache_key = (
+            c.tenant_id.clone(),
+            r.rep_id.clone(),
+            (asked, r.with_explanations),
+        );
+        if let Some(reply) = self.statements.get(&cache_key) {
+            return Ok(reply);
+        }
+        let lock = self.statements.load_lock(&cache_key);
+        let guard = lock.lock().await;
+        let loaded = match self.statements.get(&cache_key) {
+            Some(reply) => Ok(reply),
+            None => {
+                self.load_statement(&c.tenant_id, &r, cache_key.clone())
+                    .await
+            }
+        };
+        drop(guard);
+        self.statements.loaded(&cache_key, &lock);
+        Ok(loaded?)
     }
 
     fn forget_ctx(&self, tenant: &str) {
@@ -355,41 +391,16 @@ const DISPUTE_COLUMNS: &str = "dispute_id, line_id, rep_id, reason, opened_by, s
 
 #[tonic::async_trait]
 impl IncentiveService for Api {
+    /// Served by [`StatementRoute`] from encoded replies; this path (the generated
+    /// dispatcher's) decodes the same reply.
     async fn get_statement(
         &self,
         req: Request<pb::GetStatementRequest>,
     ) -> Result<Response<pb::GetStatementResponse>, Status> {
-        let c = caller(&req)?;
-        let r = req.into_inner();
-        if r.rep_id.is_empty() {
-            return Err(ApiError::invalid("rep_id", "is required").into());
-        }
-        let asked = r.period.as_ref().map(|p| (p.kind, p.key.clone()));
-        let cache_key = (
-            c.tenant_id.clone(),
-            r.rep_id.clone(),
-            (asked, r.with_explanations),
-        );
-        if let Some(s) = self.statements.get(&cache_key) {
-            return Ok(Response::new(pb::GetStatementResponse {
-                statement: Some(s),
-            }));
-        }
-        // One load per statement at a time; who waited finds it cached.
-        let lock = self.statements.load_lock(&cache_key);
-        let guard = lock.lock().await;
-        let loaded = match self.statements.get(&cache_key) {
-            Some(s) => Ok(s),
-            None => {
-                self.load_statement(&c.tenant_id, &r, cache_key.clone())
-                    .await
-            }
-        };
-        drop(guard);
-        self.statements.loaded(&cache_key, &lock);
-        Ok(Response::new(pb::GetStatementResponse {
-            statement: Some(loaded?),
-        }))
+        let reply = self.statement_reply(req).await?;
+        pb::GetStatementResponse::decode(reply)
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("cached statement: {e}")))
     }
 
     async fn explain_line(

@@ -5,12 +5,16 @@
 //! every instance forgets exactly what went stale, at commit. A reconnected listener may
 //! have missed notifications and forgets everything. A read that overlaps a change is not
 //! cached (generation check), and nothing is kept longer than [`TTL`] in any case.
+//!
+//! Entries are the encoded `GetStatementResponse`: a hit is served by copying bytes into
+//! the reply frame (no copy of hundreds of decoded lines, no re-encoding per request), and
+//! kept in a third of the memory the decoded form takes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use spm_proto::incentive::v1 as pb;
+use prost::bytes::Bytes;
 use sqlx::PgConnection;
 
 /// The NOTIFY channel of ledger changes.
@@ -33,14 +37,13 @@ pub type Period = (Option<(i32, String)>, bool);
 
 struct Entry {
     expires: Instant,
-    size: usize,
-    /// Shared: a hit takes a reference under the lock and copies outside it.
-    statement: std::sync::Arc<pb::Statement>,
+    /// The encoded reply (a hit takes a reference; the bytes are shared).
+    reply: Bytes,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// By (tenant, rep), then by the period asked for: (expiry, statement).
+    /// By (tenant, rep), then by the period asked for.
     entries: HashMap<(String, String), HashMap<Period, Entry>>,
     /// Encoded size of every entry.
     bytes: usize,
@@ -64,7 +67,7 @@ impl Inner {
         };
         if let Some(m) = self.entries.get_mut(&k) {
             if let Some(e) = m.remove(&p) {
-                self.bytes -= e.size;
+                self.bytes -= e.reply.len();
             }
             if m.is_empty() {
                 self.entries.remove(&k);
@@ -87,19 +90,14 @@ pub struct Statements {
 pub struct Ticket(u64, u64);
 
 impl Statements {
-    pub fn get(&self, key: &Key) -> Option<pb::Statement> {
-        let shared = {
-            let inner = self.inner.lock().expect("statement cache");
-            inner
-                .entries
-                .get(&(key.0.clone(), key.1.clone()))
-                .and_then(|m| m.get(&key.2))
-                .filter(|e| Instant::now() < e.expires)
-                .map(|e| e.statement.clone())
-        };
-        // The copy (hundreds of lines) is made after the lock is released: concurrent
-        // readers of a busy cache do not queue behind each other's copies.
-        shared.map(|s| (*s).clone())
+    pub fn get(&self, key: &Key) -> Option<Bytes> {
+        let inner = self.inner.lock().expect("statement cache");
+        inner
+            .entries
+            .get(&(key.0.clone(), key.1.clone()))
+            .and_then(|m| m.get(&key.2))
+            .filter(|e| Instant::now() < e.expires)
+            .map(|e| e.reply.clone())
     }
 
     /// The load lock of `key`; hold it while loading, then call [`Self::loaded`].
@@ -129,8 +127,8 @@ impl Statements {
         )
     }
 
-    /// Keeps `s` unless the tenant changed since `ticket` was taken.
-    pub fn put(&self, key: Key, ticket: Ticket, s: pb::Statement) {
+    /// Keeps `reply` unless the tenant changed since `ticket` was taken.
+    pub fn put(&self, key: Key, ticket: Ticket, reply: Bytes) {
         let mut inner = self.inner.lock().expect("statement cache");
         let now = Ticket(
             inner.epoch,
@@ -139,23 +137,20 @@ impl Statements {
         if now != ticket {
             return;
         }
-        let size = prost::Message::encoded_len(&s);
+        let size = reply.len();
         if size > MAX_BYTES / 8 {
             return;
         }
         while inner.bytes + size > MAX_BYTES && inner.evict_one() {}
         let expires = Instant::now() + TTL.mul_f64(jitter(&key));
         let (tenant, rep, period) = key;
-        let old = inner.entries.entry((tenant, rep)).or_default().insert(
-            period,
-            Entry {
-                expires,
-                size,
-                statement: std::sync::Arc::new(s),
-            },
-        );
+        let old = inner
+            .entries
+            .entry((tenant, rep))
+            .or_default()
+            .insert(period, Entry { expires, reply });
         inner.bytes += size;
-        inner.bytes -= old.map_or(0, |e| e.size);
+        inner.bytes -= old.map_or(0, |e| e.reply.len());
     }
 
     /// Applies one NOTIFY payload ("" = forget everything).
@@ -177,7 +172,7 @@ impl Statements {
             Some(reps) => {
                 for rep in reps.iter().filter_map(|r| r.as_str()) {
                     if let Some(m) = inner.entries.remove(&(tenant.clone(), rep.to_owned())) {
-                        inner.bytes -= m.values().map(|e| e.size).sum::<usize>();
+                        inner.bytes -= m.values().map(|e| e.reply.len()).sum::<usize>();
                     }
                 }
             }
@@ -186,7 +181,7 @@ impl Statements {
                 inner.entries.retain(|k, m| {
                     let keep = k.0 != tenant;
                     if !keep {
-                        gone += m.values().map(|e| e.size).sum::<usize>();
+                        gone += m.values().map(|e| e.reply.len()).sum::<usize>();
                     }
                     keep
                 });
@@ -238,11 +233,12 @@ mod tests {
         (t.into(), r.into(), (None, false))
     }
 
-    fn st(total: &str) -> pb::Statement {
-        pb::Statement {
-            total: total.into(),
-            ..Default::default()
-        }
+    fn st(total: &str) -> Bytes {
+        Bytes::copy_from_slice(total.as_bytes())
+    }
+
+    fn total(b: Bytes) -> String {
+        String::from_utf8(b.to_vec()).expect("utf-8")
     }
 
     #[test]
@@ -256,11 +252,8 @@ mod tests {
         c.put(key("other", "r1"), t, st("2"));
         c.invalidate(r#"{"tenant":"acme","reps":["r1"]}"#);
         assert!(c.get(&key("acme", "r1")).is_none());
-        assert_eq!(c.get(&key("acme", "r2")).map(|s| s.total), Some("1".into()));
-        assert_eq!(
-            c.get(&key("other", "r1")).map(|s| s.total),
-            Some("2".into())
-        );
+        assert_eq!(c.get(&key("acme", "r2")).map(total), Some("1".into()));
+        assert_eq!(c.get(&key("other", "r1")).map(total), Some("2".into()));
         c.invalidate(r#"{"tenant":"acme"}"#);
         assert!(c.get(&key("acme", "r2")).is_none());
         assert!(c.get(&key("other", "r1")).is_some());
@@ -279,10 +272,7 @@ mod tests {
         let t = c.ticket("acme");
         c.invalidate(r#"{"tenant":"other"}"#);
         c.put(key("acme", "r1"), t, st("fresh"));
-        assert_eq!(
-            c.get(&key("acme", "r1")).map(|s| s.total),
-            Some("fresh".into())
-        );
+        assert_eq!(c.get(&key("acme", "r1")).map(total), Some("fresh".into()));
         // A lost listener (resync) blocks every read in flight.
         let t = c.ticket("acme");
         c.invalidate("");

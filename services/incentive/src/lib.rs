@@ -7,13 +7,13 @@ pub mod cache;
 pub mod consume;
 pub mod domain;
 pub mod engine;
+pub mod route;
 pub mod store;
 
 use std::sync::Arc;
 
 use spm_core::topics;
 use spm_proto::incentive::v1::incentive_admin_service_server::IncentiveAdminServiceServer;
-use spm_proto::incentive::v1::incentive_service_server::IncentiveServiceServer;
 use spm_server::grpc::GrpcServer;
 use spm_server::{App, ServiceConfig};
 
@@ -88,16 +88,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let max = app.config.max_message_bytes();
     let mut grpc = GrpcServer::new(app.keys.clone());
-    grpc.add_service(
-        IncentiveServiceServer::new(api.clone())
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-    )
-    .add_service(
-        IncentiveAdminServiceServer::new(api)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-    );
+    grpc.add_service(route::StatementRoute::new(api.clone(), max))
+        .add_service(
+            IncentiveAdminServiceServer::new(api)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
     app.serve(grpc, axum::Router::new()).await
 }
 
