@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod listen;
 pub mod org;
+pub mod process;
 pub mod shutdown;
 
 pub use app::App;

@@ -1,6 +1,6 @@
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    spm_incentive::run(spm_incentive::Config::parse()).await
+fn main() -> anyhow::Result<()> {
+    let config = spm_incentive::Config::parse();
+    spm_server::process::run(|| spm_incentive::run(config))
 }

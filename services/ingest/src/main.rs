@@ -1,6 +1,6 @@
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    spm_ingest::run(spm_ingest::Config::parse()).await
+fn main() -> anyhow::Result<()> {
+    let config = spm_ingest::Config::parse();
+    spm_server::process::run(|| spm_ingest::run(config))
 }

@@ -1,6 +1,6 @@
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    spm_notification::run(spm_notification::Config::parse()).await
+fn main() -> anyhow::Result<()> {
+    let config = spm_notification::Config::parse();
+    spm_server::process::run(|| spm_notification::run(config))
 }

@@ -1,6 +1,6 @@
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    spm_scoring::run(spm_scoring::Config::parse()).await
+fn main() -> anyhow::Result<()> {
+    let config = spm_scoring::Config::parse();
+    spm_server::process::run(|| spm_scoring::run(config))
 }
