@@ -109,6 +109,17 @@ impl App {
 
     /// Runs a consumer loop for group `group` over base topics `topics`.
     pub fn consume(&mut self, group: &str, topics: &[&str], handler: Arc<dyn Handler>) {
+        self.consume_with(group, topics, handler, |l| l);
+    }
+
+    /// [`Self::consume`] with the loop's settings adjusted by `tune`.
+    pub fn consume_with(
+        &mut self,
+        group: &str,
+        topics: &[&str],
+        handler: Arc<dyn Handler>,
+        tune: impl FnOnce(ConsumerLoop) -> ConsumerLoop,
+    ) {
         let l = ConsumerLoop::new(
             &self.config.kafka,
             group,
@@ -118,6 +129,7 @@ impl App {
             handler,
         )
         .wake_relay(self.relay_wake.clone());
+        let l = tune(l);
         let cancel = self.cancel.clone();
         self.consumers.spawn(async move {
             if let Err(e) = l.run(cancel.clone()).await {

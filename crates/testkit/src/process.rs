@@ -68,6 +68,13 @@ impl Service {
                 std::env::var("SPM_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             ),
         ];
+        // Settings an operator would tune, passed through from the caller's environment
+        // (benchmark experiments), below anything the caller sets explicitly.
+        for k in ["KAFKA_CONFIG", "MALLOC_ARENA_MAX"] {
+            if let Ok(v) = std::env::var(k) {
+                vars.push((k.into(), v));
+            }
+        }
         for (k, v) in extra {
             vars.retain(|(x, _)| x != k);
             vars.push(((*k).to_owned(), (*v).to_owned()));
