@@ -156,15 +156,14 @@ impl KafkaConfig {
                 (self.session_timeout_ms / 3).clamp(100, 2000).to_string(),
             )
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
-            // Prefetch bounded per partition (librdkafka defaults to 64 MiB and 100k
-            // messages, and applies both to every assigned partition): batches are 1,000
-            // records, so more buys no throughput, only memory. With 10,000 (the previous
-            // setting) a backlog on 6 partitions kept ~60k messages and ~26 MiB queued.
-            .set("queued.max.messages.kbytes", "2048")
-            .set("queued.min.messages", "1000")
+            // Prefetch bounded to a few MiB (librdkafka defaults to 64 MiB and 100k
+            // messages): enough to keep replays and backlogs fed. A loop whose batches are
+            // slow anyway can keep less (`ConsumerLoop::prefetch`).
+            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.min.messages", "10000")
             // Large fetches: per-request overhead at the broker is what limits a backlog's
             // replay (scoring applied 17.5k events/s with 8 MiB, 13k with 1 MiB). A loop
-            // whose batches are slow anyway can ask for less (`ConsumerLoop::fetch_max_bytes`).
+            // whose batches are slow anyway can ask for less (`ConsumerLoop::prefetch`).
             .set("fetch.max.bytes", "8388608")
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("statistics.interval.ms", "5000");

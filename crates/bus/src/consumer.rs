@@ -200,8 +200,8 @@ pub struct ConsumerLoop {
     handler: Arc<dyn Handler>,
     dlq: Dlq,
     relay_wake: Option<Arc<Notify>>,
-    /// Overrides `fetch.max.bytes` of the live loop (not of replays).
-    fetch_max_bytes: Option<u32>,
+    /// Overrides the prefetch of the live loop (not of replays): records, fetch bytes.
+    prefetch: Option<(u32, u32)>,
     max_batch: usize,
 }
 
@@ -243,16 +243,17 @@ impl ConsumerLoop {
             handler,
             relay_wake: None,
             max_batch: 1000,
-            fetch_max_bytes: None,
+            prefetch: None,
         }
     }
 
-    /// Fetches at most `bytes` per request (a quarter of it per partition) instead of the
-    /// default 8 MiB: a fetch response is decompressed whole, so a loop whose batches take
-    /// long anyway (incentive recomputes rep-periods) holds less memory at no cost in
-    /// throughput. Replays keep large fetches.
-    pub fn fetch_max_bytes(mut self, bytes: u32) -> Self {
-        self.fetch_max_bytes = Some(bytes);
+    /// Keeps about `records` records queued and fetches at most `fetch_bytes` per request
+    /// (a quarter of it per partition) instead of 10,000 records and 8 MiB: a fetch
+    /// response is decompressed whole, so a loop whose batches take long anyway (incentive
+    /// recomputes rep-periods) holds less memory at no cost in throughput. Replays keep
+    /// the large defaults. Settings in `KAFKA_CONFIG` win.
+    pub fn prefetch(mut self, records: u32, fetch_bytes: u32) -> Self {
+        self.prefetch = Some((records.max(1), fetch_bytes));
         self
     }
 
@@ -296,13 +297,20 @@ impl ConsumerLoop {
             assigned: assigned.clone(),
         };
         let mut config = self.cfg.consumer_config(&self.group);
-        if let Some(bytes) = self.fetch_max_bytes
-            && !self.cfg.sets("fetch.max.bytes")
-        {
-            config.set("fetch.max.bytes", bytes.to_string()).set(
-                "max.partition.fetch.bytes",
-                (bytes / 4).max(65_536).to_string(),
-            );
+        if let Some((records, bytes)) = self.prefetch {
+            for (k, v) in [
+                ("queued.min.messages", records.to_string()),
+                ("queued.max.messages.kbytes", (2 * bytes / 1024).to_string()),
+                ("fetch.max.bytes", bytes.to_string()),
+                (
+                    "max.partition.fetch.bytes",
+                    (bytes / 4).max(65_536).to_string(),
+                ),
+            ] {
+                if !self.cfg.sets(k) {
+                    config.set(k, v);
+                }
+            }
         }
         let consumer: StreamConsumer<LoopContext> = config.create_with_context(ctx)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
