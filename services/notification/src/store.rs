@@ -216,32 +216,22 @@ pub async fn create(
                 false,
             )
             .await?;
-            let summary_exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE tenant_id = $1 AND summary_key = $2 AND is_summary)",
+            // One summary per key: the first fold creates it (its dedupe key), later ones
+            // find it there and do nothing. Two consumer groups (scores, earnings) folding
+            // for one person at once: the second waits for the first, then does nothing.
+            let created: Option<Uuid> = sqlx::query_scalar(
+                "INSERT INTO notifications (tenant_id, notification_id, recipient, rule, title, body, data, dedupe_key)
+                 VALUES ($1, $2, $3, 'summary', $4, $5, '{}', $6)
+                 ON CONFLICT (tenant_id, dedupe_key) DO NOTHING RETURNING notification_id",
             )
             .bind(tenant)
-            .bind(&key)
-            .fetch_one(&mut *conn)
+            .bind(Uuid::new_v4())
+            .bind(&draft.recipient)
+            .bind("Summary of your recent updates")
+            .bind("Several updates arrived in a short time; they are folded into this summary.")
+            .bind(format!("summary:{key}"))
+            .fetch_optional(&mut *conn)
             .await?;
-            // Two consumer groups (scores, earnings) may fold for one person at once: the
-            // summary's dedupe key makes the second wait for the first and then do nothing.
-            let created: Option<Uuid> = if summary_exists {
-                None
-            } else {
-                sqlx::query_scalar(
-                    "INSERT INTO notifications (tenant_id, notification_id, recipient, rule, title, body, data, dedupe_key)
-                     VALUES ($1, $2, $3, 'summary', $4, $5, '{}', $6)
-                     ON CONFLICT (tenant_id, dedupe_key) DO NOTHING RETURNING notification_id",
-                )
-                .bind(tenant)
-                .bind(Uuid::new_v4())
-                .bind(&draft.recipient)
-                .bind("Summary of your recent updates")
-                .bind("Several updates arrived in a short time; they are folded into this summary.")
-                .bind(format!("summary:{key}"))
-                .fetch_optional(&mut *conn)
-                .await?
-            };
             if let Some(sid) = created {
                 insert_delivery(
                     conn,
