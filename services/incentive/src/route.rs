@@ -33,11 +33,12 @@ pub struct StatementRoute {
 
 impl StatementRoute {
     pub fn new(api: Api, max_message_bytes: usize) -> Self {
+        let api = Arc::new(api);
         Self {
-            inner: IncentiveServiceServer::new(api.clone())
+            inner: IncentiveServiceServer::from_arc(api.clone())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
-            api: Arc::new(api),
+            api,
             max_message_bytes,
         }
     }
