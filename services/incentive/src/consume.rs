@@ -13,6 +13,7 @@ use spm_proto::common::v1 as common;
 use spm_proto::events::v1::event_envelope::Payload;
 use sqlx::PgConnection;
 
+use crate::domain::plan::Plan;
 use crate::engine::{self, Cause, Ctx, Mode};
 use crate::store;
 
@@ -91,6 +92,9 @@ impl IncentiveHandler {
             .find_map(|e| e.envelope.tenant_context.clone())
             .unwrap_or_default();
         let mut pairs: BTreeSet<(String, PeriodKind, String)> = BTreeSet::new();
+        // Rep-periods touched only by a new score snapshot: recomputed only if a plan of
+        // the tenant depends on KPIs (below), since otherwise nothing they pay can move.
+        let mut scored: BTreeSet<(String, PeriodKind, String)> = BTreeSet::new();
         let mut causes: HashMap<String, Cause> = HashMap::new();
         let mut org_changed: BTreeSet<String> = BTreeSet::new();
 
@@ -270,7 +274,7 @@ impl IncentiveHandler {
                     .get(&(rep.clone(), deal))
                     .map(|(m, q)| (rep, m.clone(), q.clone())),
                 Touch::Score { rep, kind, key, .. } => {
-                    pairs.insert((rep.clone(), kind, key));
+                    scored.insert((rep.clone(), kind, key));
                     cause(&mut causes, &rep);
                     None
                 }
@@ -286,7 +290,7 @@ impl IncentiveHandler {
             }
         }
 
-        if pairs.is_empty() && org_changed.is_empty() {
+        if pairs.is_empty() && scored.is_empty() && org_changed.is_empty() {
             return Ok(());
         }
         // A rep moving team may change plan: recompute its open periods with results.
@@ -313,9 +317,17 @@ impl IncentiveHandler {
                 .or_insert_with(|| (ctx_pb.clone(), BTreeSet::new()));
             entry.0 = ctx_pb;
             entry.1.extend(pairs);
+            entry.1.extend(scored);
             return Ok(());
         }
-        let ctx = Ctx::load(conn, tenant, ctx_pb, self.emit).await?;
+        let plans = store::plans(conn, tenant).await?;
+        if plans.iter().any(Plan::depends_on_kpis) {
+            pairs.extend(scored);
+        }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let ctx = Ctx::with_plans(conn, tenant, ctx_pb, self.emit, plans).await?;
         let pairs: Vec<(String, PeriodKind, String)> = pairs.into_iter().collect();
         engine::recompute_many(conn, &ctx, &pairs, &causes, Mode::Normal, out).await?;
         Ok(())

@@ -42,13 +42,25 @@ impl Ctx {
         context: common::TenantContext,
         emit: bool,
     ) -> Result<Self, sqlx::Error> {
+        let plans = store::plans(conn, tenant).await?;
+        Self::with_plans(conn, tenant, context, emit, plans).await
+    }
+
+    /// [`Ctx::load`] with the tenant's plans already read.
+    pub async fn with_plans(
+        conn: &mut PgConnection,
+        tenant: &str,
+        context: common::TenantContext,
+        emit: bool,
+        plans: Vec<Plan>,
+    ) -> Result<Self, sqlx::Error> {
         let calendar =
             Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
         let currency = Currency::new(&context.base_currency)
             .unwrap_or_else(|_| Currency::new("EUR").expect("EUR"));
         Ok(Self {
             tenant: tenant.to_owned(),
-            plans: store::plans(conn, tenant).await?,
+            plans,
             teams: org::teams(conn, tenant).await?,
             context,
             calendar,

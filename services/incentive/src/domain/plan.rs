@@ -132,6 +132,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether scoring's KPIs change what this plan pays: a gate on a metric, a bonus by
+    /// score band, or a promotion rule (which reads the periods' scores at close).
+    pub fn depends_on_kpis(&self) -> bool {
+        !self.gates.is_empty() || !self.score_bonus.is_empty() || self.promotion.is_some()
+    }
+
     /// The rep's quota (attainment basis) or 1 (amount basis: positions are amounts).
     pub fn quota_for(&self, rep: &str) -> Decimal {
         match &self.commission {
@@ -745,6 +751,25 @@ pub(crate) mod tests {
             .into_iter()
             .map(|v| v.field)
             .collect()
+    }
+
+    #[test]
+    fn kpi_dependence_is_gates_score_bands_or_promotion() {
+        let gated = from_proto(&proto_plan()).unwrap();
+        assert!(gated.depends_on_kpis());
+        let mut plain = gated.clone();
+        plain.gates.clear();
+        assert!(!plain.depends_on_kpis());
+        let mut banded = plain.clone();
+        banded.score_bonus = vec![(Decimal::from(90), Decimal::from(500))];
+        assert!(banded.depends_on_kpis());
+        let mut promoted = plain.clone();
+        promoted.promotion = Some(Promotion {
+            periods: 2,
+            min_attainment: Decimal::ONE,
+            min_score: Decimal::ZERO,
+        });
+        assert!(promoted.depends_on_kpis());
     }
 
     #[test]
