@@ -12,7 +12,7 @@ use spm_proto::events::v1::event_envelope::Payload as Out;
 use spm_proto::incentive::v1 as pb;
 use spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient;
 use spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient;
-use spm_testkit::events::{deal, money, payment, rep};
+use spm_testkit::events::{deal, money, payment, rep, team};
 use spm_testkit::kafka::read_topic;
 use spm_testkit::{Service, TestEnv, authed, create_tenant, eventually, wait_key_known};
 use tonic::Code;
@@ -884,4 +884,95 @@ async fn cached_statements_follow_changes_made_anywhere() {
         theirs.lines.is_empty() && !theirs.closed,
         "a key of another tenant sees its own (empty) r1, not acme's cached one: {theirs:?}"
     );
+}
+
+/// A plan assigned to a team governs the reps of that team and of its sub-teams; a rep
+/// who moves team is recomputed under the plan of the new team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_plans_follow_the_hierarchy_and_a_team_move() {
+    let (w, _) = world("incentive-teams", false).await;
+    let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
+    let mut emea = plan();
+    emea.plan_id = "emea".into();
+    emea.name = "EMEA".into();
+    emea.assignment = Some(pb::PlanAssignment {
+        team_ids: vec!["emea".into()],
+        ..Default::default()
+    });
+    if let Some(c) = emea.commission.as_mut() {
+        c.tiers[0].rate = "0.1".into();
+    }
+    for p in [plan(), emea] {
+        adm.put_plan(authed(pb::PutPlanRequest { plan: Some(p) }, &w.key))
+            .await
+            .unwrap();
+    }
+    submit(
+        &w.ingest,
+        &w.key,
+        vec![
+            team("emea", "", ""),
+            team("emea-north", "emea", ""),
+            team("us", "", ""),
+            rep("r1", "emea-north", ""),
+            rep("r2", "us", ""),
+        ],
+    )
+    .await;
+    // Deals after incentive knows the org (org and deals travel on different topics).
+    let pool = w.env.pool("incentive").await;
+    eventually(Duration::from_secs(30), "the org in incentive", || {
+        let pool = pool.clone();
+        async move {
+            let (teams, reps): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM org_teams), (SELECT count(*) FROM org_reps)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (teams == 3 && reps == 2).then_some(())
+        }
+    })
+    .await;
+    submit(
+        &w.ingest,
+        &w.key,
+        vec![
+            deal("t-1", "1000.00", &[("r1", "100")]),
+            deal("t-2", "1000.00", &[("r2", "100")]),
+        ],
+    )
+    .await;
+    let inc = IncentiveServiceClient::new(w.incentive.channel().await);
+    let expect =
+        |rep: &'static str, plan: &'static str, total: &'static str, what: &'static str| {
+            let (inc, key) = (inc.clone(), w.key.clone());
+            eventually(Duration::from_secs(30), what, move || {
+                let (inc, key) = (inc.clone(), key.clone());
+                async move {
+                    let s = statement(&inc, &key, rep, None).await;
+                    (s.plan_id == plan && s.total == total).then_some(())
+                }
+            })
+        };
+    // r1's team is under emea: 10% of 1,000; r2 has the tenant's default: 5%.
+    expect(
+        "r1",
+        "emea",
+        "100.00",
+        "r1 under the emea plan through its parent team",
+    )
+    .await;
+    expect("r2", "ae", "50.00", "r2 under the default plan").await;
+    // r1 moves to us: its open period is recomputed under the default plan.
+    submit(&w.ingest, &w.key, vec![rep("r1", "us", "")]).await;
+    expect(
+        "r1",
+        "ae",
+        "50.00",
+        "r1 under the default plan after its move",
+    )
+    .await;
+    let s = statement(&inc, &w.key, "r1", None).await;
+    assert_eq!(line(&s, "commission:t-1").amount, "50.00", "{s:?}");
 }

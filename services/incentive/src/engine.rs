@@ -60,8 +60,12 @@ impl Ctx {
             .unwrap_or_else(|_| Currency::new("EUR").expect("EUR"));
         Ok(Self {
             tenant: tenant.to_owned(),
+            teams: if plan::assigns_by_team(&plans) {
+                org::teams(conn, tenant).await?
+            } else {
+                HashMap::new()
+            },
             plans,
-            teams: org::teams(conn, tenant).await?,
             context,
             calendar,
             currency,
@@ -131,11 +135,15 @@ impl Ctx {
         let last_day = self
             .calendar
             .local_date(period.end - chrono::Duration::seconds(1));
-        let team = org::reps(conn, &self.tenant, &[rep.to_owned()])
-            .await?
-            .remove(rep)
-            .map(|r| r.team_id)
-            .unwrap_or_default();
+        let team = if plan::assigns_by_team(&self.plans) {
+            org::reps(conn, &self.tenant, &[rep.to_owned()])
+                .await?
+                .remove(rep)
+                .map(|r| r.team_id)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let chain = org::chain(&team, &self.teams);
         Ok(plan::select(&self.plans, rep, &chain, last_day).filter(|p| p.period_kind == kind))
     }
@@ -263,6 +271,16 @@ pub async fn recompute_many(
             rounds.push((period.clone(), chunk.to_vec()));
         }
     }
+    // Reps' teams do not depend on the period: read once for every round, and only if a
+    // plan is assigned by team.
+    let org_reps = if plan::assigns_by_team(&ctx.plans) {
+        let mut everyone: Vec<String> = pairs.iter().map(|(rep, _, _)| rep.clone()).collect();
+        everyone.sort();
+        everyone.dedup();
+        org::reps(conn, &ctx.tenant, &everyone).await?
+    } else {
+        HashMap::new()
+    };
     for ((kind, key), reps) in rounds {
         let Ok(period) = ctx.calendar.parse_key(kind, &key) else {
             continue;
@@ -270,7 +288,6 @@ pub async fn recompute_many(
         let last_day = ctx
             .calendar
             .local_date(period.end - chrono::Duration::seconds(1));
-        let org_reps = org::reps(conn, &ctx.tenant, &reps).await?;
         let plans: HashMap<&str, Plan> = reps
             .iter()
             .filter_map(|r| {
@@ -307,10 +324,15 @@ pub async fn recompute_many(
             key.clone()
         };
         let late = post_key != key;
-        let with_deal: std::collections::HashSet<String> =
-            store::reps_with_deals(conn, &ctx.tenant, &live).await?;
-        let granted: std::collections::HashSet<(String, String, String)> =
-            store::awards_of(conn, &ctx.tenant, &live).await?;
+        // What badges granted during a period need, read only if a plan here has one.
+        let (with_deal, granted) = if plans.values().any(awards::any_during) {
+            (
+                store::reps_with_deals(conn, &ctx.tenant, &live).await?,
+                store::awards_of(conn, &ctx.tenant, &live).await?,
+            )
+        } else {
+            Default::default()
+        };
 
         let mut rows: Vec<LedgerRow> = Vec::new();
         let mut results = Vec::new();

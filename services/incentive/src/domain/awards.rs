@@ -30,6 +30,13 @@ pub struct PeriodResult {
     pub score: Option<Decimal>,
 }
 
+/// Whether the plan has badges that [`during`] can grant (first deal, attainment club).
+pub fn any_during(plan: &Plan) -> bool {
+    plan.badges
+        .iter()
+        .any(|b| matches!(b.kind, BadgeKind::FirstDeal | BadgeKind::AttainmentClub))
+}
+
 /// Awards earned as the period progresses: first deal, attainment clubs.
 pub fn during(plan: &Plan, has_deal: bool, current: &PeriodResult) -> Vec<Award> {
     let mut out = Vec::new();
@@ -189,6 +196,18 @@ mod tests {
             .collect();
         assert_eq!(got, ["first", "club-120"]);
         assert!(during(&plan(), false, &r("2026-11", dec!(1.1), dec!(80))).is_empty());
+    }
+
+    #[test]
+    fn only_first_deal_and_club_badges_are_granted_during_a_period() {
+        let mut p = plan();
+        assert!(any_during(&p));
+        // A streak is settled at close: a plan with only streaks grants nothing during.
+        p.badges.retain(|b| b.kind == BadgeKind::Streak);
+        assert!(!any_during(&p));
+        assert!(during(&p, true, &r("2026-11", dec!(2), dec!(100))).is_empty());
+        p.badges.clear();
+        assert!(!any_during(&p));
     }
 
     #[test]

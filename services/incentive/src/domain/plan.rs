@@ -664,6 +664,12 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
 /// The plan governing a rep for a period ending on `last_day`: of every plan, the latest
 /// version effective by then; a plan naming the rep beats one for a team (nearest team in
 /// `team_chain` first), which beats the tenant default; ties go to the lowest plan id.
+/// Whether any of `plans` is assigned to teams: only then does selecting a rep's plan
+/// need the rep's team and the team hierarchy.
+pub fn assigns_by_team(plans: &[Plan]) -> bool {
+    plans.iter().any(|p| !p.assignment.teams.is_empty())
+}
+
 pub fn select<'a>(
     plans: &'a [Plan],
     rep: &str,
@@ -860,5 +866,40 @@ mod select_tests {
             select(&plans, "r2", &[], d("2026-11-30")).unwrap().version,
             1
         );
+        assert!(assigns_by_team(&plans));
+    }
+
+    #[test]
+    fn without_team_assignments_the_team_chain_changes_nothing() {
+        let plans = vec![
+            plan(
+                "base",
+                1,
+                "2026-01-01",
+                Assignment {
+                    tenant_default: true,
+                    ..Default::default()
+                },
+            ),
+            plan(
+                "vip",
+                1,
+                "2026-01-01",
+                Assignment {
+                    reps: vec!["r1".into()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        assert!(!assigns_by_team(&plans));
+        let d = "2026-11-30".parse::<NaiveDate>().unwrap();
+        let chain = vec!["emea-north".to_owned(), "emea".to_owned()];
+        for rep in ["r1", "r2"] {
+            assert_eq!(
+                select(&plans, rep, &chain, d).map(|p| &p.plan_id),
+                select(&plans, rep, &[], d).map(|p| &p.plan_id)
+            );
+        }
+        assert_eq!(select(&plans, "r1", &[], d).unwrap().plan_id, "vip");
     }
 }
