@@ -887,7 +887,8 @@ async fn cached_statements_follow_changes_made_anywhere() {
 }
 
 /// A plan assigned to a team governs the reps of that team and of its sub-teams; a rep
-/// who moves team is recomputed under the plan of the new team.
+/// who moves team, or whose team moves in the hierarchy, is recomputed under the plan
+/// that now governs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn team_plans_follow_the_hierarchy_and_a_team_move() {
     let (w, _) = world("incentive-teams", false).await;
@@ -916,6 +917,7 @@ async fn team_plans_follow_the_hierarchy_and_a_team_move() {
             team("us", "", ""),
             rep("r1", "emea-north", ""),
             rep("r2", "us", ""),
+            rep("r3", "emea-north", ""),
         ],
     )
     .await;
@@ -930,7 +932,7 @@ async fn team_plans_follow_the_hierarchy_and_a_team_move() {
             .fetch_one(&pool)
             .await
             .unwrap();
-            (teams == 3 && reps == 2).then_some(())
+            (teams == 3 && reps == 3).then_some(())
         }
     })
     .await;
@@ -940,6 +942,7 @@ async fn team_plans_follow_the_hierarchy_and_a_team_move() {
         vec![
             deal("t-1", "1000.00", &[("r1", "100")]),
             deal("t-2", "1000.00", &[("r2", "100")]),
+            deal("t-3", "1000.00", &[("r3", "100")]),
         ],
     )
     .await;
@@ -975,4 +978,15 @@ async fn team_plans_follow_the_hierarchy_and_a_team_move() {
     .await;
     let s = statement(&inc, &w.key, "r1", None).await;
     assert_eq!(line(&s, "commission:t-1").amount, "50.00", "{s:?}");
+    // r3 stayed in emea-north; then emea-north leaves emea: r3 falls to the default plan.
+    expect("r3", "emea", "100.00", "r3 under the emea plan").await;
+    submit(&w.ingest, &w.key, vec![team("emea-north", "", "")]).await;
+    expect(
+        "r3",
+        "ae",
+        "50.00",
+        "r3 under the default plan once its team left emea",
+    )
+    .await;
+    expect("r2", "ae", "50.00", "r2 untouched").await;
 }

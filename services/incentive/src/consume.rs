@@ -97,6 +97,7 @@ impl IncentiveHandler {
         let mut scored: BTreeSet<(String, PeriodKind, String)> = BTreeSet::new();
         let mut causes: HashMap<String, Cause> = HashMap::new();
         let mut org_changed: BTreeSet<String> = BTreeSet::new();
+        let mut teams_changed: BTreeSet<String> = BTreeSet::new();
 
         // 1. Read the batch: credits and score snapshots are written together below (one
         // statement each, not one per event); what they touch is settled in event order.
@@ -121,9 +122,10 @@ impl IncentiveHandler {
                 .and_then(spm_proto::ext::datetime)
                 .unwrap_or_default();
             if let Some(change) = spm_server::org::apply(conn, inc.event_id, e).await? {
-                if let spm_server::org::Change::Rep(r) = change {
-                    org_changed.insert(r);
-                }
+                match change {
+                    spm_server::org::Change::Rep(r) => org_changed.insert(r),
+                    spm_server::org::Change::Team(t) => teams_changed.insert(t),
+                };
                 continue;
             }
             let month = cal.period(PeriodKind::Month, at).key;
@@ -290,23 +292,49 @@ impl IncentiveHandler {
             }
         }
 
-        if pairs.is_empty() && scored.is_empty() && org_changed.is_empty() {
+        if pairs.is_empty()
+            && scored.is_empty()
+            && org_changed.is_empty()
+            && teams_changed.is_empty()
+        {
             return Ok(());
         }
-        // A rep moving team may change plan: recompute its open periods with results.
-        for rep in org_changed {
-            let periods: Vec<(String, String)> = sqlx::query_as(
-                "SELECT r.period_kind, r.period_key FROM period_results r
-                   LEFT JOIN periods p ON p.tenant_id = r.tenant_id AND p.period_kind = r.period_kind AND p.period_key = r.period_key
-                  WHERE r.tenant_id = $1 AND r.rep_id = $2 AND p.closed_at IS NULL",
+        // A team moving in the hierarchy moves the reps of its whole subtree.
+        if !teams_changed.is_empty() {
+            let teams = spm_server::org::teams(conn, tenant).await?;
+            let subtree: Vec<String> = teams
+                .keys()
+                .filter(|t| {
+                    spm_server::org::chain(t, &teams)
+                        .iter()
+                        .any(|c| teams_changed.contains(c))
+                })
+                .cloned()
+                .collect();
+            let reps: Vec<String> = sqlx::query_scalar(
+                "SELECT rep_id FROM org_reps WHERE tenant_id = $1 AND team_id = ANY($2)",
             )
             .bind(tenant)
-            .bind(&rep)
+            .bind(&subtree)
             .fetch_all(&mut *conn)
             .await?;
-            for (k, key) in periods {
+            org_changed.extend(reps);
+        }
+        // A rep moving team may change plan: recompute its open periods with results.
+        if !org_changed.is_empty() {
+            let moved: Vec<String> = org_changed.into_iter().collect();
+            let periods: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT r.rep_id, r.period_kind, r.period_key FROM period_results r
+                   LEFT JOIN periods p ON p.tenant_id = r.tenant_id AND p.period_kind = r.period_kind AND p.period_key = r.period_key
+                  WHERE r.tenant_id = $1 AND r.rep_id = ANY($2) AND p.closed_at IS NULL",
+            )
+            .bind(tenant)
+            .bind(&moved)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (rep, k, key) in periods {
                 if let Ok(kind) = k.parse::<PeriodKind>() {
-                    pairs.insert((rep.clone(), kind, key));
+                    pairs.insert((rep, kind, key));
                 }
             }
         }
