@@ -49,13 +49,38 @@ struct Due {
     notification_id: Uuid,
     channel: String,
     target: String,
-    webhook_id: Option<Uuid>,
     attempts: i32,
     is_summary: bool,
     summary_key: Option<String>,
+    // The notification and the webhook's secret, read with the claim (absent: deleted).
+    recipient: Option<String>,
+    rule: Option<String>,
+    title: Option<String>,
+    body: Option<String>,
+    data: Option<serde_json::Value>,
+    source_event_id: Option<String>,
+    trace: Option<serde_json::Value>,
+    created_at: Option<DateTime<Utc>>,
+    secret: Option<String>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+impl Due {
+    /// The notification read with the claim, if it still exists.
+    fn take_note(&mut self) -> Option<Note> {
+        Some(Note {
+            recipient: self.recipient.take()?,
+            rule: self.rule.take()?,
+            title: self.title.take()?,
+            body: self.body.take()?,
+            data: self.data.take()?,
+            source_event_id: self.source_event_id.take()?,
+            trace: self.trace.take()?,
+            created_at: self.created_at.take()?,
+        })
+    }
+}
+
+#[derive(Debug)]
 struct Note {
     recipient: String,
     rule: String,
@@ -107,37 +132,35 @@ impl Worker {
         }
     }
 
+    /// Leases up to `n` due deliveries, with their notification and webhook secret (one
+    /// statement: nothing more is read before sending).
     async fn claim(&self, n: i64) -> Result<Vec<Due>, sqlx::Error> {
         sqlx::query_as(
-            "UPDATE deliveries d SET lease_until = clock_timestamp() + interval '60 seconds'
-               FROM (SELECT delivery_id FROM deliveries
-                      WHERE status IN ('pending', 'deferred') AND next_attempt_at <= clock_timestamp()
-                        AND (lease_until IS NULL OR lease_until < clock_timestamp())
-                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
-              WHERE d.delivery_id = due.delivery_id
-          RETURNING d.delivery_id, d.tenant_id, d.notification_id, d.channel, d.target, d.webhook_id, d.attempts,
-                    d.is_summary, d.summary_key",
+            "WITH claimed AS (
+               UPDATE deliveries d SET lease_until = clock_timestamp() + interval '60 seconds'
+                 FROM (SELECT delivery_id FROM deliveries
+                        WHERE status IN ('pending', 'deferred') AND next_attempt_at <= clock_timestamp()
+                          AND (lease_until IS NULL OR lease_until < clock_timestamp())
+                        ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+                WHERE d.delivery_id = due.delivery_id
+            RETURNING d.delivery_id, d.tenant_id, d.notification_id, d.channel, d.target, d.webhook_id, d.attempts,
+                      d.is_summary, d.summary_key)
+             SELECT c.delivery_id, c.tenant_id, c.notification_id, c.channel, c.target, c.attempts,
+                    c.is_summary, c.summary_key, n.recipient, n.rule, n.title, n.body, n.data, n.source_event_id, n.trace, n.created_at,
+                    w.secret
+               FROM claimed c
+               LEFT JOIN notifications n ON n.tenant_id = c.tenant_id AND n.notification_id = c.notification_id
+               LEFT JOIN webhooks w ON w.tenant_id = c.tenant_id AND w.webhook_id = c.webhook_id",
         )
         .bind(n)
         .fetch_all(&self.pool)
         .await
     }
 
-    async fn attempt(&self, d: Due) {
-        let note: Note = match sqlx::query_as(
-            "SELECT recipient, rule, title, body, data, source_event_id, trace, created_at FROM notifications
-              WHERE tenant_id = $1 AND notification_id = $2",
-        )
-        .bind(&d.tenant_id)
-        .bind(d.notification_id)
-        .fetch_one(&self.pool)
-        .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(delivery = %d.delivery_id, error = %e, "delivery without notification");
-                return;
-            }
+    async fn attempt(&self, mut d: Due) {
+        let Some(note) = d.take_note() else {
+            tracing::warn!(delivery = %d.delivery_id, "delivery without notification");
+            return;
         };
         let stored: Vec<(String, String)> =
             serde_json::from_value(note.trace.clone()).unwrap_or_default();
@@ -216,30 +239,22 @@ impl Worker {
         if status == "dead" {
             tracing::warn!(parent: &span, delivery = %d.delivery_id, target = %d.target, attempts = attempt, error = %error, "delivery dead");
         }
-        let res = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("INSERT INTO attempts (delivery_id, attempt, code, error, duration_ms) VALUES ($1, $2, $3, $4, $5)")
-                .bind(d.delivery_id)
-                .bind(attempt)
-                .bind(i32::try_from(code).unwrap_or(0))
-                .bind(&error)
-                .bind(i32::try_from(ms).unwrap_or(i32::MAX))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE deliveries SET attempts = $2, status = $3, next_attempt_at = $4, lease_until = NULL, last_error = $5,
-                        delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() END
-                  WHERE delivery_id = $1",
-            )
-            .bind(d.delivery_id)
-            .bind(attempt)
-            .bind(status)
-            .bind(next)
-            .bind(&error)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
-        }
+        // The attempt and the delivery's new state in one statement (atomic on its own).
+        let res = sqlx::query(
+            "WITH recorded AS (
+               INSERT INTO attempts (delivery_id, attempt, code, error, duration_ms) VALUES ($1, $2, $6, $5, $7))
+             UPDATE deliveries SET attempts = $2, status = $3, next_attempt_at = $4, lease_until = NULL, last_error = $5,
+                    delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() END
+              WHERE delivery_id = $1",
+        )
+        .bind(d.delivery_id)
+        .bind(attempt)
+        .bind(status)
+        .bind(next)
+        .bind(&error)
+        .bind(i32::try_from(code).unwrap_or(0))
+        .bind(i32::try_from(ms).unwrap_or(i32::MAX))
+        .execute(&self.pool)
         .await;
         if let Err(e) = res {
             tracing::warn!(delivery = %d.delivery_id, error = %e, "could not record delivery attempt; the lease expiry retries it");
@@ -276,16 +291,7 @@ impl Worker {
     }
 
     async fn webhook(&self, d: &Due, note: &Note, title: &str, body: &str) -> Outcome {
-        let secret: Option<String> = sqlx::query_scalar(
-            "SELECT secret FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2",
-        )
-        .bind(&d.tenant_id)
-        .bind(d.webhook_id)
-        .fetch_optional(&self.pool)
-        .await
-        .ok()
-        .flatten();
-        let Some(secret) = secret else {
+        let Some(secret) = d.secret.as_deref() else {
             return Outcome::Failed(0, "webhook no longer exists".into());
         };
         let payload = serde_json::json!({
@@ -306,7 +312,7 @@ impl Worker {
             .header("x-spm-timestamp", ts.to_string())
             .header(
                 "x-spm-signature",
-                spm_core::signature::sign(&secret, ts, &bytes),
+                spm_core::signature::sign(secret, ts, &bytes),
             )
             .header("x-spm-delivery-id", d.delivery_id.to_string())
             .header("x-spm-rule", note.rule.as_str())
