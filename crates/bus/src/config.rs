@@ -157,8 +157,7 @@ impl KafkaConfig {
             )
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             // Prefetch bounded to a few MiB (librdkafka defaults to 64 MiB and 100k
-            // messages): enough to keep replays and backlogs fed. A loop whose batches are
-            // slow anyway can keep less (`ConsumerLoop::prefetch`).
+            // messages): enough to keep replays and backlogs fed.
             .set("queued.max.messages.kbytes", "8192")
             .set("queued.min.messages", "10000")
             // Large fetches: per-request overhead at the broker is what limits a backlog's

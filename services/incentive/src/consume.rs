@@ -300,25 +300,8 @@ impl IncentiveHandler {
             return Ok(());
         }
         // A team moving in the hierarchy moves the reps of its whole subtree.
-        if !teams_changed.is_empty() {
-            let teams = spm_server::org::teams(conn, tenant).await?;
-            let subtree: Vec<String> = teams
-                .keys()
-                .filter(|t| {
-                    spm_server::org::chain(t, &teams)
-                        .iter()
-                        .any(|c| teams_changed.contains(c))
-                })
-                .cloned()
-                .collect();
-            let reps: Vec<String> = sqlx::query_scalar(
-                "SELECT rep_id FROM org_reps WHERE tenant_id = $1 AND team_id = ANY($2)",
-            )
-            .bind(tenant)
-            .bind(&subtree)
-            .fetch_all(&mut *conn)
-            .await?;
-            org_changed.extend(reps);
+        for team in teams_changed.iter().filter(|t| !t.is_empty()) {
+            org_changed.extend(spm_server::org::team_members(conn, tenant, team).await?);
         }
         // A rep moving team may change plan: recompute its open periods with results.
         if !org_changed.is_empty() {
