@@ -57,7 +57,8 @@ pub fn envelope_record_with(
     envelope: &spm_proto::events::v1::EventEnvelope,
     trace: &[(String, String)],
 ) -> Record {
-    let mut headers = trace.to_vec();
+    let mut headers = Vec::with_capacity(trace.len() + 4);
+    headers.extend_from_slice(trace);
     headers.push((headers::EVENT_TYPE.into(), envelope.event_type().into()));
     headers.push((
         headers::SCHEMA_VERSION.into(),

@@ -55,6 +55,9 @@ pub const MAX_COALESCED: usize = 1000;
 /// Batches of one tenant in flight at once; further requests wait and combine.
 const IN_FLIGHT: usize = 2;
 
+/// SHA-256 of an event's protobuf encoding: what a duplicate must match.
+type Hash = [u8; 32];
+
 /// A request waiting to be accepted.
 struct Job {
     tenant: Tenant,
@@ -236,13 +239,16 @@ impl Pipeline {
         let mut acks: Vec<Option<EventAck>> = vec![None; events.len()];
 
         // 1. Stateless validation; repeated ids within the request are settled at the end.
-        let mut candidates: Vec<(usize, ValidEvent, Vec<u8>)> = Vec::new();
-        let mut first_of: HashMap<Uuid, usize> = HashMap::new();
-        let mut repeats: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+        let mut candidates: Vec<(usize, ValidEvent, Hash)> = Vec::with_capacity(events.len());
+        let mut first_of: HashMap<Uuid, usize> = HashMap::with_capacity(events.len());
+        let mut repeats: Vec<(usize, usize, Hash)> = Vec::new();
+        let mut encoded = Vec::new();
         for (i, e) in events.iter().enumerate() {
             match validate_event(e, now, &self.limits) {
                 Ok(v) => {
-                    let hash = Sha256::digest(e.encode_to_vec()).to_vec();
+                    encoded.clear();
+                    e.encode(&mut encoded).expect("a Vec grows to fit");
+                    let hash: Hash = Sha256::digest(&encoded).into();
                     if let Some(&first) = first_of.get(&v.client_id) {
                         repeats.push((i, first, hash));
                     } else {
@@ -281,14 +287,14 @@ impl Pipeline {
     async fn accept(
         &self,
         tenant: &Tenant,
-        candidates: &[(usize, ValidEvent, Vec<u8>)],
+        candidates: &[(usize, ValidEvent, Hash)],
         acks: &mut [Option<EventAck>],
         now: chrono::DateTime<Utc>,
         origin: &[usize],
         spans: &[tracing::Span],
     ) -> Result<(), ApiError> {
         let ids: Vec<Uuid> = candidates.iter().map(|(_, v, _)| v.client_id).collect();
-        let hashes: Vec<Vec<u8>> = candidates.iter().map(|(.., h)| h.clone()).collect();
+        let hashes: Vec<&[u8]> = candidates.iter().map(|(.., h)| h.as_slice()).collect();
 
         let mut tx = self.pool.begin().await?;
         let claimed: std::collections::HashSet<Uuid> =
@@ -307,7 +313,7 @@ impl Pipeline {
             let earlier = store::existing(&mut tx, &tenant.tenant_id, &seen).await?;
             for (i, v, hash) in candidates {
                 if let Some((h, at, published)) = earlier.get(&v.client_id) {
-                    acks[*i] = Some(if h == hash {
+                    acks[*i] = Some(if h.as_slice() == hash.as_slice() {
                         EventAck {
                             event_id: v.client_id.to_string(),
                             status: AckStatus::Duplicate as i32,
@@ -324,7 +330,7 @@ impl Pipeline {
         }
 
         // 3. Accept the new ones against what ingest knows.
-        let fresh: Vec<&(usize, ValidEvent, Vec<u8>)> = candidates
+        let fresh: Vec<&(usize, ValidEvent, Hash)> = candidates
             .iter()
             .filter(|(_, v, _)| claimed.contains(&v.client_id))
             .collect();
@@ -336,17 +342,17 @@ impl Pipeline {
         let mut deals = BTreeSet::new();
         let mut currencies = BTreeSet::new();
         for (_, v, _) in &fresh {
-            reps.extend(v.payload.reps().into_iter().map(str::to_owned));
-            deals.extend(v.payload.deal_id().map(str::to_owned));
-            currencies.extend(v.payload.currency().map(str::to_owned));
+            reps.extend(v.payload.reps());
+            deals.extend(v.payload.deal_id());
+            currencies.extend(v.payload.currency());
         }
-        let (cached, unknown): (Vec<String>, Vec<String>) = {
+        let (cached, unknown): (Vec<&str>, Vec<&str>) = {
             let cache = self.known_reps.lock().expect("rep cache");
             let known = cache.get(&tenant.tenant_id);
             reps.into_iter()
-                .partition(|r| known.is_some_and(|k| k.contains(r)))
+                .partition(|r| known.is_some_and(|k| k.contains(*r)))
         };
-        let (deals, currencies): (Vec<String>, Vec<String>) = (
+        let (deals, currencies): (Vec<&str>, Vec<&str>) = (
             deals.into_iter().collect(),
             currencies.into_iter().collect(),
         );
@@ -355,7 +361,7 @@ impl Pipeline {
         for r in cached {
             state
                 .reps
-                .entry(r)
+                .entry(r.to_owned())
                 .or_insert(crate::domain::RepState { active: true });
         }
 
@@ -401,13 +407,13 @@ impl Pipeline {
             })
             .collect();
         let records: Vec<spm_bus::Record> = outgoing
-            .iter()
+            .iter_mut()
             .flat_map(|(i, _, out)| {
                 let headers = &publish[origin.get(*i).copied().unwrap_or(0)].1;
-                out.iter().map(move |o| {
+                out.iter_mut().map(move |o| {
                     spm_bus::envelope_record_with(
                         self.kafka.topic(o.topic),
-                        o.key.clone(),
+                        std::mem::take(&mut o.key),
                         &o.envelope,
                         headers,
                     )

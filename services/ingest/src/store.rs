@@ -58,7 +58,8 @@ pub async fn webhook_secrets(
 
 /// The key of a client event's idempotency record.
 pub fn record_id(tenant_id: &str, event_id: Uuid) -> Uuid {
-    spm_core::derived_id(&[tenant_id, &event_id.to_string()])
+    let mut buf = Uuid::encode_buffer();
+    spm_core::derived_id(&[tenant_id, event_id.hyphenated().encode_lower(&mut buf)])
 }
 
 /// Inserts idempotency records for `ids` (content hashes alongside); returns the ids that
@@ -68,7 +69,7 @@ pub async fn claim(
     conn: &mut PgConnection,
     tenant_id: &str,
     ids: &[Uuid],
-    hashes: &[Vec<u8>],
+    hashes: &[&[u8]],
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     let keys: Vec<Uuid> = ids.iter().map(|id| record_id(tenant_id, *id)).collect();
@@ -147,9 +148,9 @@ pub async fn settle(
 pub async fn load_state(
     conn: &mut PgConnection,
     tenant_id: &str,
-    reps: &[String],
-    deals: &[String],
-    currencies: &[String],
+    reps: &[&str],
+    deals: &[&str],
+    currencies: &[&str],
 ) -> Result<IngestState, sqlx::Error> {
     let mut state = IngestState::default();
     if !reps.is_empty() {
@@ -176,7 +177,7 @@ pub async fn load_state(
         state.deals = rows.into_iter().map(|(d, s)| (d, s.0)).collect();
     }
     // A full reversal names no amount: its currency is the deal's.
-    let mut currencies: Vec<String> = currencies.to_vec();
+    let mut currencies: Vec<String> = currencies.iter().map(|c| (*c).to_owned()).collect();
     currencies.extend(state.deals.values().map(|d| d.currency.clone()));
     currencies.sort();
     currencies.dedup();
