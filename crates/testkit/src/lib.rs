@@ -305,6 +305,14 @@ impl TestEnv {
             .execute(&mut conn)
             .await
             .expect("create test database");
+        let keep = std::env::var("SPM_KEEP_TEST_DB").is_ok();
+        if let Some(tag) = owner_tag(keep) {
+            sqlx::query(&format!("COMMENT ON DATABASE {db_name} IS '{tag}'"))
+                .execute(&mut conn)
+                .await
+                .expect("tag test database");
+            sweep_abandoned(&mut conn).await;
+        }
         let db_url = match stack.admin_db_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{db_name}"),
             None => panic!("SPM_TEST_DATABASE_URL has no database part"),
@@ -390,6 +398,83 @@ impl Drop for TestEnv {
             })
         })
         .join();
+    }
+}
+
+/// The comment a test database gets: who created it, so that a later run can tell a
+/// database whose process died (killed, interrupted) from one in use. A database kept on
+/// purpose (`SPM_KEEP_TEST_DB`) says so and is never swept.
+fn owner_tag(keep: bool) -> Option<String> {
+    let host = hostname()?;
+    let pid = std::process::id();
+    let start = process_start(pid)?;
+    let keep = if keep { " keep" } else { "" };
+    Some(format!(
+        "spm-test host={host} pid={pid} start={start}{keep}"
+    ))
+}
+
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim();
+    // The tag goes into SQL text: only plain host names.
+    (!h.is_empty()
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+    .then(|| h.to_owned())
+}
+
+/// When process `pid` started (clock ticks since boot), or `None` if there is no such
+/// process. Together with the pid it names one process even after the pid is reused.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a test database tagged `tag` was left on this host by a process that is gone.
+/// Untagged databases, kept ones and other hosts' are never abandoned.
+fn abandoned(tag: &str, host: &str) -> bool {
+    let mut words = tag.split_whitespace();
+    if words.next() != Some("spm-test") {
+        return false;
+    }
+    let (mut tag_host, mut pid, mut start) = (None, None, None);
+    for w in words {
+        match w.split_once('=') {
+            Some(("host", v)) => tag_host = Some(v),
+            Some(("pid", v)) => pid = v.parse::<u32>().ok(),
+            Some(("start", v)) => start = v.parse::<u64>().ok(),
+            _ if w == "keep" => return false,
+            _ => {}
+        }
+    }
+    match (tag_host, pid, start) {
+        (Some(h), Some(pid), Some(start)) if h == host => process_start(pid) != Some(start),
+        _ => false,
+    }
+}
+
+/// Drops the test databases that runs killed before their end left behind (their topics
+/// went with the broker's memory); each database's comment names its creator.
+async fn sweep_abandoned(conn: &mut PgConnection) {
+    let Some(host) = hostname() else { return };
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        r"SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE 'spm\_t\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    for (db, tag) in rows {
+        if tag.is_some_and(|t| abandoned(&t, &host)) {
+            let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .execute(&mut *conn)
+                .await;
+            if dropped.is_ok() {
+                eprintln!("dropped test database {db}: the run that created it is gone");
+            }
+        }
     }
 }
 
@@ -496,4 +581,39 @@ pub async fn wait_key_known(svc: &Service, key: &str) {
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_is_abandoned_only_when_its_creator_is_gone() {
+        let host = hostname().expect("host name");
+        let me = owner_tag(false).expect("own tag");
+        assert!(!abandoned(&me, &host), "the running process owns {me}");
+
+        let pid = std::process::id();
+        let start = process_start(pid).expect("own start time");
+        // The same pid with another start time: the pid was reused, the creator is gone.
+        let reused = format!("spm-test host={host} pid={pid} start={}", start + 1);
+        assert!(abandoned(&reused, &host));
+        // A child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let child_pid = child.id();
+        child.wait().expect("wait");
+        let dead = format!("spm-test host={host} pid={child_pid} start=1");
+        assert!(abandoned(&dead, &host));
+
+        // Kept on purpose, another host's, untagged or garbled: never swept.
+        assert!(!abandoned(&format!("{reused} keep"), &host));
+        assert!(!abandoned(&owner_tag(true).unwrap(), &host));
+        assert!(!abandoned(&reused, "elsewhere"));
+        assert!(!abandoned("", &host));
+        assert!(!abandoned("made by hand", &host));
+        assert!(!abandoned(
+            &format!("spm-test host={host} pid=x start=1"),
+            &host
+        ));
+    }
 }
