@@ -32,6 +32,9 @@ pub struct Ctx {
     pub currency: Currency,
     pub emit: bool,
     pub plans: Vec<Plan>,
+    /// Whether a plan is assigned by team ([`plan::assigns_by_team`]): only then are
+    /// reps' teams read and `teams` loaded.
+    pub by_team: bool,
     pub teams: HashMap<String, Team>,
 }
 
@@ -58,13 +61,15 @@ impl Ctx {
             Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
         let currency = Currency::new(&context.base_currency)
             .unwrap_or_else(|_| Currency::new("EUR").expect("EUR"));
+        let by_team = plan::assigns_by_team(&plans);
         Ok(Self {
             tenant: tenant.to_owned(),
-            teams: if plan::assigns_by_team(&plans) {
+            teams: if by_team {
                 org::teams(conn, tenant).await?
             } else {
                 HashMap::new()
             },
+            by_team,
             plans,
             context,
             calendar,
@@ -135,7 +140,7 @@ impl Ctx {
         let last_day = self
             .calendar
             .local_date(period.end - chrono::Duration::seconds(1));
-        let team = if plan::assigns_by_team(&self.plans) {
+        let team = if self.by_team {
             org::reps(conn, &self.tenant, &[rep.to_owned()])
                 .await?
                 .remove(rep)
@@ -273,7 +278,7 @@ pub async fn recompute_many(
     }
     // Reps' teams do not depend on the period: read once for every round, and only if a
     // plan is assigned by team.
-    let org_reps = if plan::assigns_by_team(&ctx.plans) {
+    let org_reps = if ctx.by_team {
         let mut everyone: Vec<String> = pairs.iter().map(|(rep, _, _)| rep.clone()).collect();
         everyone.sort();
         everyone.dedup();

@@ -661,15 +661,15 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
     }
 }
 
-/// The plan governing a rep for a period ending on `last_day`: of every plan, the latest
-/// version effective by then; a plan naming the rep beats one for a team (nearest team in
-/// `team_chain` first), which beats the tenant default; ties go to the lowest plan id.
 /// Whether any of `plans` is assigned to teams: only then does selecting a rep's plan
 /// need the rep's team and the team hierarchy.
 pub fn assigns_by_team(plans: &[Plan]) -> bool {
     plans.iter().any(|p| !p.assignment.teams.is_empty())
 }
 
+/// The plan governing a rep for a period ending on `last_day`: of every plan, the latest
+/// version effective by then; a plan naming the rep beats one for a team (nearest team in
+/// `team_chain` first), which beats the tenant default; ties go to the lowest plan id.
 pub fn select<'a>(
     plans: &'a [Plan],
     rep: &str,
