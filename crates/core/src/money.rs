@@ -66,6 +66,52 @@ impl Currency {
         r
     }
 
+    /// `num / den` rounded half-even to the minor unit, exactly: the quotient is not first
+    /// cut to 28 digits, so a true midpoint (29.665) goes to the even cent and a value a
+    /// hair off one (29.66500…01, as a repeating quotient may be) does not. The check is
+    /// done with products, which are exact while `num` and `den` × the result stay within
+    /// 28 significant digits (amounts up to about 10^11 at 4 decimals). `den` must not be 0.
+    pub fn round_ratio(&self, num: Decimal, den: Decimal) -> Decimal {
+        assert!(!den.is_zero(), "round_ratio by zero");
+        let (num, den) = if den.is_sign_negative() {
+            (-num, -den)
+        } else {
+            (num, den)
+        };
+        let unit = self.unit();
+        let half = unit / Decimal::TWO;
+        let mut r = self.round(num / den);
+        // Move r until num/den lies in [r - half, r + half]; on a bound, the even neighbour.
+        loop {
+            let lo = (r - half) * den;
+            let hi = (r + half) * den;
+            if num < lo {
+                r -= unit;
+            } else if num > hi {
+                r += unit;
+            } else {
+                let even = ((r / unit).trunc() % Decimal::TWO).is_zero();
+                if num == lo && !even {
+                    r -= unit;
+                } else if num == hi && !even {
+                    r += unit;
+                }
+                break;
+            }
+        }
+        r.rescale(self.minor_units());
+        r
+    }
+
+    /// The largest amount of whole minor units not above `amount` (a cap given with more
+    /// decimals than the currency has is never exceeded).
+    pub fn floor(&self, amount: Decimal) -> Decimal {
+        let mut r =
+            amount.round_dp_with_strategy(self.minor_units(), RoundingStrategy::ToNegativeInfinity);
+        r.rescale(self.minor_units());
+        r
+    }
+
     /// The smallest amount of the currency (0.01 for EUR).
     pub fn unit(&self) -> Decimal {
         Decimal::new(1, self.minor_units())
@@ -440,6 +486,25 @@ mod tests {
         assert!(Money::parse("100.5", "JPY").is_err());
         assert_eq!(Money::parse_non_negative("-1", "USD"), Err(Error::Negative));
         assert_eq!(Money::parse("7", "EUR").unwrap().to_string(), "7.00 EUR");
+    }
+
+    #[test]
+    fn ratios_round_half_even_exactly() {
+        let eur = Currency::new("EUR").unwrap();
+        // 29.665 as a quotient: a true midpoint, to the even cent.
+        assert_eq!(eur.round_ratio(dec!(59.33), dec!(2)), dec!(29.66));
+        assert_eq!(eur.round_ratio(dec!(29.675), dec!(1)), dec!(29.68));
+        // 2% of 1,483.25 reached through a division that does not terminate.
+        let num = dec!(1483.25) * dec!(0.02) * dec!(3);
+        assert_eq!(eur.round_ratio(num, dec!(3)), dec!(29.66));
+        // 1/3 and 2/3 of a cent, and negatives.
+        assert_eq!(eur.round_ratio(dec!(1), dec!(3)), dec!(0.33));
+        assert_eq!(eur.round_ratio(dec!(2), dec!(3)), dec!(0.67));
+        assert_eq!(eur.round_ratio(dec!(-0.125), dec!(1)), dec!(-0.12));
+        assert_eq!(eur.round_ratio(dec!(0.125), dec!(-1)), dec!(-0.12));
+        assert_eq!(eur.round_ratio(dec!(8024), dec!(300)), dec!(26.75));
+        assert_eq!(eur.floor(dec!(15000.009)), dec!(15000.00));
+        assert_eq!(eur.floor(dec!(-0.001)), dec!(-0.01));
     }
 
     #[test]

@@ -218,6 +218,39 @@ fn rate_at(tiers: &[(Decimal, Decimal)], pos: Decimal) -> (usize, Decimal) {
     (idx, tiers.get(idx).map_or(Decimal::ZERO, |t| t.1))
 }
 
+/// An amount as computed from a line's inputs, before rounding: a decimal, or a quotient
+/// (a commission spread over a deal's credited amount) that need not terminate.
+#[derive(Debug, Clone, Copy)]
+enum Exact {
+    Dec(Decimal),
+    Ratio(Decimal, Decimal),
+}
+
+impl Exact {
+    /// Half-even to the currency's minor unit, once, from the exact value.
+    fn round(self, cur: Currency) -> Decimal {
+        match self {
+            Self::Dec(d) => cur.round(d),
+            Self::Ratio(n, d) => cur.round_ratio(n, d),
+        }
+    }
+
+    /// "29.665", or "8024 / 300" when the quotient does not terminate.
+    fn show(self) -> String {
+        match self {
+            Self::Dec(d) => money(d),
+            Self::Ratio(n, d) => {
+                let q = n / d;
+                if q * d == n {
+                    money(q)
+                } else {
+                    format!("{} / {}", money(n), money(d))
+                }
+            }
+        }
+    }
+}
+
 fn money(d: Decimal) -> String {
     d.normalize().to_string()
 }
@@ -227,12 +260,12 @@ fn pct(d: Decimal) -> String {
 }
 
 /// Splits `amount` into statuses: held, or payable at close + payable on collection
-/// (in proportion to `collected`), the rest earned; payable becomes paid once the period
-/// is paid. `amount` is already rounded; the parts sum to it exactly.
+/// (in proportion `collected` = (paid, due)), the rest earned; payable becomes paid once
+/// the period is paid. `amount` is already rounded; the parts sum to it exactly.
 fn split(
     amount: Decimal,
     at_close_pct: Decimal,
-    collected: Decimal,
+    (collected, due): (Decimal, Decimal),
     cur: Currency,
     held: bool,
     paid: bool,
@@ -245,7 +278,11 @@ fn split(
     }
     let at_close = cur.round(amount * at_close_pct / Decimal::ONE_HUNDRED);
     let on_collection = amount - at_close;
-    let collected_part = cur.round(on_collection * collected.clamp(Decimal::ZERO, Decimal::ONE));
+    let collected_part = if collected >= due {
+        on_collection
+    } else {
+        cur.round_ratio(on_collection * collected, due)
+    };
     let payable = at_close + collected_part;
     let earned = amount - payable;
     let payable_status = if paid { Status::Paid } else { Status::Payable };
@@ -320,109 +357,133 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
         v.extend(d.reversals.iter().map(|r| r.event_id.clone()));
         v
     };
-    let collected_of = |d: &DealIn| -> Decimal {
+    // (paid, due): commission on collection is payable in this proportion.
+    let collected_of = |d: &DealIn| -> (Decimal, Decimal) {
         let reversed: Decimal = d.reversals.iter().map(|r| r.amount).sum();
         let due = d.credited - reversed;
         let paid: Decimal = d.payments.iter().map(|p| p.amount).sum();
         if due <= Decimal::ZERO {
-            Decimal::ONE
+            (Decimal::ONE, Decimal::ONE)
         } else {
-            paid / due
+            (paid.max(Decimal::ZERO), due)
         }
     };
 
     if let Some(c) = &plan.commission {
-        let pos = |amount: Decimal| {
-            if c.basis == Basis::Attainment {
-                amount / quota
-            } else {
-                amount
-            }
-        };
+        // Everything in revenue, not in attainment positions: a tier boundary is its
+        // fraction of quota times quota, so slices are exact and a line is computed from
+        // its inputs without a division.
         let unit = if c.basis == Basis::Attainment {
             quota
         } else {
             Decimal::ONE
         };
-        let total_pos = pos(revenue);
-        let below = total_pos < c.threshold;
-        let (reached_tier, retro_rate) = rate_at(&c.tiers, total_pos);
+        let bounds: Vec<(Decimal, Decimal)> = c
+            .tiers
+            .iter()
+            .map(|(from, rate)| (*from * unit, *rate))
+            .collect();
+        let position = |amount: Decimal| {
+            if c.basis == Basis::Attainment {
+                ratio(amount / quota)
+            } else {
+                amount
+            }
+        };
+        let below = revenue < c.threshold * unit;
+        let (reached_tier, retro_rate) = rate_at(&bounds, revenue);
         let next_tier = c.tiers.get(reached_tier + 1).map(|(from, rate)| {
-            json!({ "from": money(*from), "rate": money(*rate), "revenue_needed": money(cur.round((*from - total_pos) * unit)) })
+            json!({ "from": money(*from), "rate": money(*rate), "revenue_needed": money(cur.round(*from * unit - revenue)) })
         });
+        let deal_cap = c.per_deal_cap.map(|v| cur.floor(v));
+        let period_cap = c.period_cap.map(|v| cur.floor(v));
         let mut cum = Decimal::ZERO;
+        // Net commission of the deals so far, as their lines were rounded.
         let mut period_paid = Decimal::ZERO;
         for (d, (clawed, net)) in deals.iter().zip(&nets) {
-            let start = pos(cum);
-            let end = pos(cum + net);
+            let (start, end) = (cum, cum + net);
+            cum += net;
             let mut slices = Vec::new();
-            let (mut comm_net, eff_rate) = if below {
+            let (comm, rate_here) = if below {
                 (Decimal::ZERO, Decimal::ZERO)
             } else {
                 match c.mode {
                     Mode::Marginal => {
                         let mut total = Decimal::ZERO;
-                        for (i, (from, rate)) in c.tiers.iter().enumerate() {
-                            let to = c.tiers.get(i + 1).map(|t| t.0);
+                        for (i, (from, rate)) in bounds.iter().enumerate() {
+                            let to = bounds.get(i + 1).map(|t| t.0);
                             let lo = start.max(*from);
                             let hi = to.map_or(end, |t| end.min(t));
                             if hi > lo {
-                                let base = (hi - lo) * unit;
+                                let base = hi - lo;
                                 total += base * rate;
-                                slices.push(json!({"tier": i + 1, "from": money(*from), "to": to.map(money), "rate": money(*rate), "base": money(cur.round(base))}));
+                                slices.push(json!({"tier": i + 1, "from": money(c.tiers[i].0), "to": c.tiers.get(i + 1).map(|t| money(t.0)), "rate": money(*rate), "base": money(base), "amount": money(base * rate)}));
                             }
                         }
-                        let eff = if net.is_zero() {
-                            rate_at(&c.tiers, start).1
-                        } else {
-                            total / net
-                        };
-                        (total, eff)
+                        (total, rate_at(&bounds, start).1)
                     }
                     Mode::Retroactive => {
-                        slices.push(json!({"tier": reached_tier + 1, "rate": money(retro_rate), "base": money(*net)}));
+                        slices.push(json!({"tier": reached_tier + 1, "rate": money(retro_rate), "base": money(*net), "amount": money(*net * retro_rate)}));
                         (*net * retro_rate, retro_rate)
                     }
                 }
             };
-            // Caps bound net commission; the gross line and its clawback scale with it.
-            let uncapped = comm_net;
+            // Gates multiply before caps, so that no factor lifts a line over a cap.
+            let comm = comm * factor;
+            // The deal's commission line is its net commission spread over its credited
+            // amount; the clawback line is the reversed part's share. With no net revenue
+            // left (all of it clawed back) both are the credited amount at the rate where
+            // the deal sits.
+            let (mut gross_exact, mut claw_exact) = if net.is_zero() {
+                let r = rate_here * factor;
+                let g = d.credited * r;
+                let g = deal_cap.map_or(g, |cap| g.min(cap));
+                (Exact::Dec(g), Exact::Dec(g.min(*clawed * r)))
+            } else {
+                (
+                    Exact::Ratio(comm * d.credited, *net),
+                    Exact::Ratio(comm * *clawed, *net),
+                )
+            };
+            let mut gross = gross_exact.round(cur);
+            let mut claw = claw_exact.round(cur);
+            // Caps hold to the cent: the line that reaches one takes what is left under it,
+            // given the other lines as rounded, so the lines shown sum to the cap exactly.
             let mut caps = Vec::new();
-            if let Some(cap) = c.per_deal_cap
-                && comm_net > cap
-            {
-                caps.push(json!({"cap": "per_deal", "limit": money(cap), "before": money(cur.round(comm_net))}));
-                comm_net = cap;
-            }
-            if let Some(cap) = c.period_cap {
-                let room = (cap - period_paid).max(Decimal::ZERO);
-                if comm_net > room {
-                    caps.push(json!({"cap": "period", "limit": money(cap), "before": money(cur.round(comm_net))}));
-                    comm_net = room;
+            let mut remainder = false;
+            if !net.is_zero() {
+                let mut limit: Option<Decimal> = None;
+                if let Some(cap) = deal_cap
+                    && (comm > cap || gross - claw > cap)
+                {
+                    caps.push(
+                        json!({"cap": "per_deal", "limit": money(cap), "before": money(comm)}),
+                    );
+                    limit = Some(cap);
+                }
+                if let Some(cap) = period_cap {
+                    let room = (cap - period_paid).max(Decimal::ZERO);
+                    let so_far = limit.map_or(gross - claw, |l| l);
+                    if comm.min(limit.unwrap_or(comm)) > room || so_far > room {
+                        caps.push(json!({"cap": "period", "limit": money(cap), "room": money(room), "before": money(comm)}));
+                        limit = Some(room);
+                    }
+                }
+                if let Some(l) = limit {
+                    claw_exact = Exact::Ratio(l * *clawed, *net);
+                    claw = claw_exact.round(cur);
+                    gross = l + claw;
+                    gross_exact = Exact::Ratio(l * d.credited, *net);
+                    remainder = true;
                 }
             }
-            period_paid += comm_net;
-            let scale = if uncapped > Decimal::ZERO {
-                comm_net / uncapped
+            period_paid += gross - claw;
+            let eff = if d.credited.is_zero() {
+                rate_here * factor
             } else {
-                Decimal::ONE
+                gross / d.credited
             };
-            let mut eff = eff_rate * scale * factor;
-            if net.is_zero()
-                && let Some(cap) = c.per_deal_cap
-                && d.credited * eff > cap
-                && d.credited > Decimal::ZERO
-            {
-                eff = cap / d.credited;
-            }
-            cum += net;
-            let gross = cur.round(d.credited * eff);
-            let claw = if clawed.is_zero() {
-                Decimal::ZERO
-            } else {
-                cur.round(*clawed * eff)
-            };
-            let collected = collected_of(d);
+            let (paid, due) = collected_of(d);
             let summary = {
                 let mut s = if slices.len() > 1 {
                     format!(
@@ -438,7 +499,7 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                 if below {
                     s = format!(
                         "nothing: period attainment {} is below the {} threshold",
-                        money(ratio(total_pos)),
+                        money(position(revenue)),
                         money(c.threshold)
                     );
                 }
@@ -453,24 +514,44 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                 }
                 s
             };
+            let rounding = if remainder {
+                format!(
+                    "capped: the cap less the other lines as rounded ({} {}); otherwise half-even to {} {} per line",
+                    money(gross - claw),
+                    cur,
+                    cur.unit(),
+                    cur
+                )
+            } else {
+                format!("half-even to {} {} per line", cur.unit(), cur)
+            };
             let explanation = json!({
                 "inputs": inputs_of(d),
                 "plan": {"id": plan.plan_id, "version": plan.version},
                 "basis": format!("{:?}", c.basis), "mode": format!("{:?}", c.mode),
                 "quota": money(quota), "credited": money(d.credited), "net": money(*net), "clawed": money(*clawed),
-                "position": {"from": money(ratio(start)), "to": money(ratio(end))},
+                "position": {"from": money(position(start)), "to": money(position(end))},
                 "threshold": {"value": money(c.threshold), "met": !below},
-                "slices": slices, "effective_rate": money(ratio(eff)),
+                "slices": slices, "commission_on_net": money(comm), "effective_rate": money(ratio(eff)),
                 "gates": gate_notes, "factor": money(factor), "caps": caps,
-                "payout": {"at_close_percent": money(plan.at_close_percent), "collected_fraction": money(ratio(collected.min(Decimal::ONE)))},
+                "amount": {"exact": gross_exact.show(), "rounded": money(gross)},
+                "clawback": {"exact": claw_exact.show(), "rounded": money(claw)},
+                "payout": {"at_close_percent": money(plan.at_close_percent), "collected_fraction": money(ratio(if due.is_zero() { Decimal::ONE } else { (paid / due).min(Decimal::ONE) }))},
                 "next_tier": next_tier,
-                "rounding": format!("half-even to {} {} per line", cur.unit(), cur),
+                "rounding": rounding,
             });
             lines.push(Line {
                 key: format!("commission:{}", d.deal_id),
                 kind: Kind::Commission,
                 deal_id: d.deal_id.clone(),
-                amounts: split(gross, plan.at_close_percent, collected, cur, held, rp.paid),
+                amounts: split(
+                    gross,
+                    plan.at_close_percent,
+                    (paid, due),
+                    cur,
+                    held,
+                    rp.paid,
+                ),
                 summary,
                 explanation: explanation.clone(),
                 inputs: inputs_of(d),
@@ -559,7 +640,7 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                 inputs: inputs_of(d),
             });
             if !clawed.is_zero() && d.credited > Decimal::ZERO {
-                let claw = cur.round(amount * *clawed / d.credited);
+                let claw = cur.round_ratio(amount * *clawed, d.credited);
                 if !claw.is_zero() {
                     lines.push(Line {
                         key: format!("spiff-clawback:{}:{}", s.spiff_id, d.deal_id),
@@ -632,6 +713,7 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use proptest::prelude::*;
     use rust_decimal_macros::dec;
     use spm_proto::incentive::v1 as pb;
 
@@ -945,5 +1027,237 @@ pub(crate) mod tests {
             eur(),
         );
         assert_eq!(o.total(), dec!(300.00));
+    }
+
+    #[test]
+    fn an_exact_half_cent_goes_to_the_even_cent() {
+        // A first tier of 2%: the second deal's line is 29.665 exactly (it was computed as
+        // credited x commission / net over attainment positions and came out 29.67).
+        let plan = plan_with(|p| {
+            let c = p.commission.as_mut().unwrap();
+            c.tiers[0].rate = "0.02".into();
+        });
+        let o = compute(
+            &plan,
+            &period(vec![
+                deal("d0", "2026-11-01", dec!(3333.33)),
+                deal("d1", "2026-11-02", dec!(1483.25)),
+            ]),
+            eur(),
+        );
+        let l = line(&o, "commission:d1");
+        assert_eq!(l.total(), dec!(29.66));
+        assert_eq!(l.explanation["amount"]["exact"], "29.665");
+        assert_eq!(l.explanation["amount"]["rounded"], "29.66");
+        assert!(l.summary.starts_with("2% of 1483.25"), "{}", l.summary);
+    }
+
+    #[test]
+    fn a_period_cap_is_met_to_the_cent_by_the_line_that_reaches_it() {
+        // 5% of many odd amounts: the unrounded room would leave the total a cent off.
+        let plan = plan_with(|p| {
+            let c = p.commission.as_mut().unwrap();
+            c.period_cap = "15000".into();
+            c.quota = "1000000".into();
+        });
+        let deals: Vec<DealIn> = (0..40)
+            .map(|i| {
+                deal(
+                    &format!("d{i:02}"),
+                    &format!("2026-11-{:02}", 1 + i % 28),
+                    dec!(9876.54) + Decimal::from(i) * dec!(0.33),
+                )
+            })
+            .collect();
+        let o = compute(&plan, &period(deals), eur());
+        assert_eq!(o.total(), dec!(15000.00));
+        let capped: Vec<&Line> = o
+            .lines
+            .iter()
+            .filter(|l| {
+                l.explanation["caps"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+            })
+            .collect();
+        assert_eq!(capped.len(), 1, "deals past the cap have no line");
+        assert!(
+            capped[0].explanation["rounding"]
+                .as_str()
+                .unwrap()
+                .starts_with("capped")
+        );
+    }
+
+    #[test]
+    fn a_capped_deal_with_a_clawback_nets_exactly_its_cap() {
+        let plan = plan_with(|p| p.commission.as_mut().unwrap().per_deal_cap = "333.33".into());
+        let mut d = deal("d1", "2026-11-02", dec!(9999.99));
+        d.reversals.push(Linked {
+            event_id: "r1".into(),
+            at: at("2026-11-20"),
+            amount: dec!(1234.57),
+            full: false,
+        });
+        let o = compute(&plan, &period(vec![d]), eur());
+        let net = line(&o, "commission:d1").total() + line(&o, "clawback:d1").total();
+        assert_eq!(net, dec!(333.33));
+    }
+
+    #[test]
+    fn a_gate_factor_above_one_does_not_lift_a_line_over_its_cap() {
+        let plan = plan_with(|p| {
+            let c = p.commission.as_mut().unwrap();
+            c.per_deal_cap = "300".into();
+            p.gates[0].op = pb::GateOp::AtLeast as i32;
+            p.gates[0].factor = "1.5".into();
+        });
+        let mut rp = period(vec![deal("d1", "2026-11-02", dec!(5000))]);
+        rp.metrics.insert("collection_rate".into(), dec!(0.9));
+        let o = compute(&plan, &rp, eur());
+        assert_eq!(line(&o, "commission:d1").total(), dec!(300.00));
+    }
+
+    fn money_strategy(max_cents: i64) -> impl Strategy<Value = Decimal> {
+        (1..max_cents).prop_map(|c| Decimal::new(c, 2))
+    }
+
+    fn scenario() -> impl Strategy<Value = (Plan, RepPeriod)> {
+        let one = (
+            money_strategy(2_000_000),
+            0u32..28,
+            prop::option::of(0u32..100),
+            prop::option::of(0u32..100),
+        );
+        (
+            prop::collection::vec(one, 1..25),
+            any::<bool>(),
+            prop::option::of(money_strategy(300_000)),
+            prop::option::of(money_strategy(2_000_000)),
+            prop::sample::select(vec!["1", "0.5", "1.25", "0.333"]),
+            prop::sample::select(vec!["0.05", "0.0333", "0.02", "0.125"]),
+            prop::sample::select(vec!["10000", "33333.33", "7777"]),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(deals, retro, deal_cap, period_cap, factor, rate, quota, low_collection)| {
+                    let plan = plan_with(|p| {
+                        let c = p.commission.as_mut().unwrap();
+                        c.mode = if retro {
+                            pb::TierMode::Retroactive
+                        } else {
+                            pb::TierMode::Marginal
+                        } as i32;
+                        c.per_deal_cap = deal_cap.map(|d| d.to_string()).unwrap_or_default();
+                        c.period_cap = period_cap.map(|d| d.to_string()).unwrap_or_default();
+                        c.tiers[0].rate = rate.into();
+                        c.quota = quota.into();
+                        p.gates[0].factor = factor.into();
+                        p.payout = Some(pb::PayoutSplit {
+                            at_close_percent: "30".into(),
+                            on_collection_percent: "70".into(),
+                        });
+                    });
+                    let deals = deals
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (amount, day, paid_pct, rev_pct))| {
+                            let mut d = deal(
+                                &format!("d{i:02}"),
+                                &format!("2026-11-{:02}", day + 1),
+                                amount,
+                            );
+                            if let Some(pct) = paid_pct {
+                                d.payments.push(Linked {
+                                    event_id: format!("p{i}"),
+                                    at: at("2026-11-28"),
+                                    amount: (amount * Decimal::from(pct) / Decimal::ONE_HUNDRED)
+                                        .round_dp(2),
+                                    full: false,
+                                });
+                            }
+                            if let Some(pct) = rev_pct {
+                                d.reversals.push(Linked {
+                                    event_id: format!("r{i}"),
+                                    at: at("2026-11-29"),
+                                    amount: (amount * Decimal::from(pct) / Decimal::ONE_HUNDRED)
+                                        .round_dp(2),
+                                    full: pct == 100,
+                                });
+                            }
+                            d
+                        })
+                        .collect();
+                    let mut rp = period(deals);
+                    if low_collection {
+                        rp.metrics.insert("collection_rate".into(), dec!(0.5));
+                    }
+                    (plan, rp)
+                },
+            )
+    }
+
+    fn dec_of(v: &serde_json::Value) -> Decimal {
+        v.as_str().unwrap().parse().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Every line is its exact amount rounded half-even once, except the line that
+        /// reaches a cap, which takes what is left under it; caps are never exceeded and a
+        /// capped period totals its cap; status parts sum to their line.
+        #[test]
+        fn lines_are_exact_and_caps_hold_to_the_cent((plan, rp) in scenario()) {
+            let cur = eur();
+            let o = compute(&plan, &rp, cur);
+            let c = plan.commission.as_ref().unwrap();
+            let mut net_commission = Decimal::ZERO;
+            let mut period_capped = false;
+            for l in &o.lines {
+                prop_assert_eq!(l.amounts.iter().map(|(_, a)| *a).sum::<Decimal>(), l.total());
+                prop_assert!(l.total().scale() <= 2);
+                if l.kind != Kind::Commission {
+                    continue;
+                }
+                let e = &l.explanation;
+                let d = rp.deals.iter().find(|d| d.deal_id == l.deal_id).unwrap();
+                let claw = o.lines.iter().find(|k| k.key == format!("clawback:{}", l.deal_id)).map_or(Decimal::ZERO, Line::total);
+                let net = dec_of(&e["net"]);
+                let slices: Decimal = e["slices"].as_array().unwrap().iter().map(|s| dec_of(&s["amount"])).sum();
+                let comm = dec_of(&e["commission_on_net"]);
+                let factor = dec_of(&e["factor"]);
+                if e["threshold"]["met"].as_bool().unwrap() {
+                    prop_assert_eq!(slices * factor, comm);
+                }
+                let caps = e["caps"].as_array().unwrap();
+                net_commission += l.total() + claw;
+                if caps.is_empty() {
+                    if !net.is_zero() {
+                        prop_assert_eq!(l.total(), cur.round_ratio(comm * d.credited, net));
+                        prop_assert_eq!(-claw, cur.round_ratio(comm * dec_of(&e["clawed"]), net));
+                    }
+                } else {
+                    for cap in caps {
+                        let limit = dec_of(&cap["limit"]);
+                        if cap["cap"] == "per_deal" && caps.len() == 1 {
+                            prop_assert_eq!(l.total() + claw, limit);
+                        }
+                        if cap["cap"] == "period" {
+                            period_capped = true;
+                            prop_assert_eq!(l.total() + claw, dec_of(&cap["room"]));
+                        }
+                    }
+                }
+                if let Some(cap) = c.per_deal_cap {
+                    prop_assert!(l.total() + claw <= cap);
+                }
+            }
+            if let Some(cap) = c.period_cap {
+                prop_assert!(net_commission <= cap);
+                if period_capped {
+                    prop_assert_eq!(net_commission, cur.floor(cap));
+                }
+            }
+        }
     }
 }
