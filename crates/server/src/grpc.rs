@@ -74,13 +74,32 @@ impl GrpcServer {
     ) -> Result<(SocketAddr, BoxFuture<Result<(), tonic::transport::Error>>), std::io::Error> {
         let (reporter, health) = tonic_health::server::health_reporter();
         set_all(&reporter, &self.names, ServingStatus::Serving).await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(spm_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
+        // Both reflection versions (many clients still ask v1alpha), each listing only what
+        // this port serves: its services, health and reflection.
+        let reflection = || {
+            let b = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(spm_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+                .include_reflection_service(false);
+            self.names
+                .iter()
+                .copied()
+                .chain(INFRA_SERVICES)
+                .fold(b, tonic_reflection::server::Builder::with_service_name)
+        };
+        let v1 = reflection().build_v1().expect("descriptor sets are valid");
+        let v1alpha = reflection()
+            .build_v1alpha()
             .expect("descriptor sets are valid");
         let mut routes = self.routes;
-        routes.add_service(health).add_service(reflection);
+        routes
+            .add_service(health)
+            .add_service(v1)
+            .add_service(v1alpha);
         let routes: Routes = routes.routes();
 
         let incoming = TcpIncoming::bind(addr)?.with_nodelay(Some(true));
@@ -97,6 +116,13 @@ impl GrpcServer {
         Ok((bound, Box::pin(server)))
     }
 }
+
+/// What every port serves besides its own services.
+const INFRA_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 async fn set_all(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
     reporter.set_service_status("", status).await;
