@@ -7,5 +7,7 @@ mod incentive;
 mod ingest;
 mod notification;
 mod ops;
+mod order;
+mod reflection;
 mod scoring;
 mod spine;

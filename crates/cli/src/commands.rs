@@ -160,6 +160,149 @@ pub async fn tenant(cli: &Cli, cmd: &TenantCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum ParkedCmd {
+    /// What waits (and what could not be applied), oldest first.
+    List {
+        /// `rep`, `deal`, `rep:<rep_id>` or `deal:<deal_id>`.
+        #[arg(long, default_value = "")]
+        waiting_for: String,
+        /// Only events parked at least this long ago: `90s`, `15m`, `2h`, `3d`.
+        #[arg(long)]
+        older_than: Option<String>,
+        /// waiting, failed, released, discarded (repeatable; default waiting and failed).
+        #[arg(long = "state")]
+        states: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Give up on a waiting or failed event; the reason is recorded.
+    Discard {
+        event_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `90s`, `15m`, `2h`, `3d` in seconds.
+fn age_seconds(s: &str) -> anyhow::Result<u32> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u32 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--older-than {s:?}: a number and s, m, h or d, e.g. 15m"))?;
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--older-than {s:?}: the unit must be s, m, h or d"),
+    };
+    n.checked_mul(per)
+        .ok_or_else(|| anyhow::anyhow!("--older-than {s:?} is too long"))
+}
+
+pub async fn parked(cli: &Cli, cmd: &ParkedCmd) -> anyhow::Result<()> {
+    let mut admin = IngestAdminServiceClient::new(channel(&cli.ingest).await?);
+    let k = key(cli)?;
+    let when = |t: Option<&_>| {
+        t.and_then(spm_proto::ext::datetime)
+            .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    };
+    let state_name = |s: i32| {
+        ingest::ParkedState::try_from(s)
+            .map_or("?", |s| s.as_str_name().trim_start_matches("PARKED_STATE_"))
+            .to_lowercase()
+    };
+    match cmd {
+        ParkedCmd::List {
+            waiting_for,
+            older_than,
+            states,
+            limit,
+        } => {
+            let states = states
+                .iter()
+                .map(|s| {
+                    ingest::ParkedState::from_str_name(&format!(
+                        "PARKED_STATE_{}",
+                        s.to_uppercase()
+                    ))
+                    .filter(|s| *s != ingest::ParkedState::Unspecified)
+                    .map(|s| s as i32)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--state {s:?}: waiting, failed, released or discarded")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<i32>>>()?;
+            let r = admin
+                .list_parked_events(authed(
+                    ingest::ListParkedEventsRequest {
+                        waiting_for: waiting_for.clone(),
+                        older_than_seconds: older_than
+                            .as_deref()
+                            .map(age_seconds)
+                            .transpose()?
+                            .unwrap_or(0),
+                        states,
+                        limit: *limit,
+                    },
+                    &k,
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut t = crate::out::table(&[
+                "event",
+                "kind",
+                "occurred",
+                "parked",
+                "state",
+                "waiting for / why",
+            ]);
+            for p in &r.events {
+                let why = if p.error.is_empty() {
+                    if p.discard_reason.is_empty() {
+                        p.waiting_for.join(", ")
+                    } else {
+                        format!("{} ({})", p.discard_reason, p.discarded_by)
+                    }
+                } else {
+                    p.error.clone()
+                };
+                t.add_row(vec![
+                    Cell::new(&p.event_id),
+                    Cell::new(&p.kind),
+                    Cell::new(when(p.occurred_at.as_ref())),
+                    Cell::new(when(p.parked_at.as_ref())),
+                    Cell::new(state_name(p.state)),
+                    Cell::new(why),
+                ]);
+            }
+            println!("{t}");
+            crate::out::note(&format!("{} of {} shown", r.events.len(), r.total));
+        }
+        ParkedCmd::Discard { event_id, reason } => {
+            let r = admin
+                .discard_parked_event(authed(
+                    ingest::DiscardParkedEventRequest {
+                        event_id: event_id.clone(),
+                        reason: reason.clone(),
+                    },
+                    &k,
+                ))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let p = r.event.unwrap_or_default();
+            println!(
+                "{} {} discarded by {}: {}",
+                p.kind, p.event_id, p.discarded_by, p.discard_reason
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A gRPC error with its field violations spelled out.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt as _;

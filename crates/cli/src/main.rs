@@ -79,6 +79,9 @@ pub enum Command {
     /// A rep's statement: every line explained; `--line KEY` shows one line's postings
     /// and calculation trace.
     Statement(commands::StatementArgs),
+    /// Events ingest accepted while a rep or deal they refer to was unknown.
+    #[command(subcommand)]
+    Parked(commands::ParkedCmd),
     /// Rebuild projections from the topics (scoring and incentive by default): stops the
     /// local service, replays every topic it consumes from offset 0, starts it again.
     Replay {
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Score(a) => commands::score(&cli, a).await,
         Command::Leaderboard(a) => commands::leaderboard(&cli, a).await,
         Command::Statement(a) => commands::statement(&cli, a).await,
+        Command::Parked(c) => commands::parked(&cli, c).await,
         Command::Replay { services } => local::replay(services).await,
         Command::Bench(a) => bench::run(a).await,
     }

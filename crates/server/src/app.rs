@@ -139,6 +139,12 @@ impl App {
         });
     }
 
+    /// Runs `task` beside the servers; it should end when `self.cancel` is cancelled, and
+    /// shutdown waits for it.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
     /// Serves `grpc` and `http` (merged with `/metrics` and `/healthz`) until SIGTERM or
     /// SIGINT, then drains and returns.
     pub async fn serve(mut self, grpc: GrpcServer, http: axum::Router) -> anyhow::Result<()> {

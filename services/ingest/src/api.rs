@@ -523,6 +523,113 @@ impl IngestAdminService for Api {
                 .collect(),
         }))
     }
+
+    async fn list_parked_events(
+        &self,
+        req: Request<pb::ListParkedEventsRequest>,
+    ) -> Result<Response<pb::ListParkedEventsResponse>, Status> {
+        let (c, _) = self.admin(&req).await?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let waiting_for = r.waiting_for.trim();
+        let waiting_for = match waiting_for {
+            "" => None,
+            "rep" | "deal" => Some(waiting_for.to_owned()),
+            w if crate::domain::accept::Ref::parse(w).is_some() => Some(w.to_owned()),
+            _ => {
+                v.add(
+                    "waiting_for",
+                    "must be \"rep\", \"deal\", \"rep:<rep_id>\" or \"deal:<deal_id>\"",
+                );
+                None
+            }
+        };
+        if r.limit > 1000 {
+            v.add("limit", "at most 1000");
+        }
+        let mut states = Vec::new();
+        for (i, st) in r.states.iter().enumerate() {
+            match pb::ParkedState::try_from(*st) {
+                Ok(pb::ParkedState::Unspecified) | Err(_) => {
+                    v.add(
+                        format!("states[{i}]"),
+                        "must be a ParkedState other than UNSPECIFIED",
+                    );
+                }
+                Ok(s) => states.push(parked_state_name(s).to_owned()),
+            }
+        }
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+        if states.is_empty() {
+            states = vec!["waiting".into(), "failed".into()];
+        }
+        let filter = crate::store::ParkedFilter {
+            waiting_for,
+            parked_before: (r.older_than_seconds > 0)
+                .then(|| Utc::now() - chrono::Duration::seconds(i64::from(r.older_than_seconds))),
+            states,
+            limit: if r.limit == 0 {
+                100
+            } else {
+                i64::from(r.limit)
+            },
+        };
+        let (rows, total) = crate::store::list_parked(&self.pipeline.pool, &c.tenant_id, &filter)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListParkedEventsResponse {
+            events: rows.into_iter().map(parked_pb).collect(),
+            total: u64::try_from(total).unwrap_or(0),
+        }))
+    }
+
+    async fn discard_parked_event(
+        &self,
+        req: Request<pb::DiscardParkedEventRequest>,
+    ) -> Result<Response<pb::DiscardParkedEventResponse>, Status> {
+        let (c, _) = self.admin(&req).await?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = match Uuid::try_parse(&r.event_id) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                v.add("event_id", "must be the UUID of a parked event");
+                None
+            }
+        };
+        let reason = r.reason.trim();
+        if reason.is_empty() {
+            v.add("reason", "is required: say why the event is given up");
+        } else if reason.chars().count() > 1000 {
+            v.add("reason", "at most 1000 characters");
+        }
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+        let id = id.expect("a bad event_id is a violation above");
+        let by = format!("key:{}", c.key_id);
+        let row = crate::store::discard_parked(
+            &self.pipeline.pool,
+            &c.tenant_id,
+            id,
+            &by,
+            reason,
+            Utc::now(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        match row {
+            None => Err(ApiError::NotFound(format!("no parked event {id}")).into()),
+            Some(Err(state)) => Err(ApiError::FailedPrecondition(format!(
+                "parked event {id} is {state}; only waiting or failed events can be discarded"
+            ))
+            .into()),
+            Some(Ok(row)) => {
+                tracing::info!(tenant = %c.tenant_id, event_id = %id, by = %by, reason, "parked event discarded");
+                Ok(Response::new(pb::DiscardParkedEventResponse {
+                    event: Some(parked_pb(row)),
+                }))
+            }
+        }
+    }
 }
 
 async fn insert_key(
@@ -563,4 +670,37 @@ fn key_event(
             }),
         ),
     )
+}
+
+fn parked_state_name(s: pb::ParkedState) -> &'static str {
+    match s {
+        pb::ParkedState::Waiting | pb::ParkedState::Unspecified => "waiting",
+        pb::ParkedState::Failed => "failed",
+        pb::ParkedState::Released => "released",
+        pb::ParkedState::Discarded => "discarded",
+    }
+}
+
+fn parked_pb(r: crate::store::ParkedRow) -> pb::ParkedEvent {
+    use prost::Message as _;
+    let state = match r.state.as_str() {
+        "waiting" => pb::ParkedState::Waiting,
+        "failed" => pb::ParkedState::Failed,
+        "released" => pb::ParkedState::Released,
+        "discarded" => pb::ParkedState::Discarded,
+        _ => pb::ParkedState::Unspecified,
+    };
+    pb::ParkedEvent {
+        event_id: r.event_id.to_string(),
+        kind: r.kind,
+        occurred_at: Some(spm_proto::ext::timestamp(r.occurred_at)),
+        parked_at: Some(spm_proto::ext::timestamp(r.parked_at)),
+        state: state as i32,
+        waiting_for: r.waits,
+        error: r.error.unwrap_or_default(),
+        resolved_at: r.resolved_at.map(spm_proto::ext::timestamp),
+        discarded_by: r.discarded_by.unwrap_or_default(),
+        discard_reason: r.discard_reason.unwrap_or_default(),
+        event: pb::CrmEvent::decode(r.event.as_slice()).ok(),
+    }
 }

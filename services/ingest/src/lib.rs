@@ -54,9 +54,34 @@ pub struct Config {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Keeps the parked-event gauges current (every 15 s) until cancelled.
+async fn watch_parked(pool: sqlx::PgPool, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        match store::parked_stats(&pool).await {
+            Ok(rows) => {
+                let now = chrono::Utc::now();
+                let rows: Vec<(String, String, i64, i64)> = rows
+                    .into_iter()
+                    .map(|(state, on, n, oldest)| {
+                        let age = oldest.map_or(0, |t| (now - t).num_seconds().max(0));
+                        (state, on, n, age)
+                    })
+                    .collect();
+                metrics::set_parked(&rows);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading parked events for the metrics failed"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(15)) => {}
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let app = App::start("ingest", config.service.clone(), &MIGRATOR).await?;
+    let mut app = App::start("ingest", config.service.clone(), &MIGRATOR).await?;
     metrics::init();
+    app.spawn(watch_parked(app.pool.clone(), app.cancel.clone()));
     let limits = domain::Limits {
         max_future: Duration::from_secs(300),
         max_age: Duration::from_secs(u64::from(config.horizon_days) * 86_400),

@@ -28,8 +28,8 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::domain::accept::Tenant;
-use crate::domain::{Limits, ValidEvent, validate_event};
+use crate::domain::accept::{Accepted, Parked, Ref, Released, Tenant};
+use crate::domain::{IngestState, Limits, Outgoing, ValidEvent, validate_event};
 use crate::store;
 
 /// The accept path.
@@ -261,7 +261,7 @@ impl Pipeline {
         }
 
         if !candidates.is_empty() {
-            self.accept(tenant, &candidates, &mut acks, now, origin, spans)
+            self.accept(tenant, events, &candidates, &mut acks, now, origin, spans)
                 .await?;
         }
 
@@ -273,7 +273,9 @@ impl Pipeline {
             let mut ack = acks[first].clone().expect("first occurrence has an ack");
             if first_hash != Some(&hash) {
                 ack = conflict(&events[i].event_id);
-            } else if ack.status == AckStatus::Accepted as i32 {
+            } else if ack.status == AckStatus::Accepted as i32
+                || ack.status == AckStatus::AcceptedPending as i32
+            {
                 ack.status = AckStatus::Duplicate as i32;
             }
             acks[i] = Some(ack);
@@ -284,9 +286,11 @@ impl Pipeline {
             .collect())
     }
 
+    #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
     async fn accept(
         &self,
         tenant: &Tenant,
+        events: &[CrmEvent],
         candidates: &[(usize, ValidEvent, Hash)],
         acks: &mut [Option<EventAck>],
         now: chrono::DateTime<Utc>,
@@ -312,16 +316,9 @@ impl Pipeline {
         if !seen.is_empty() {
             let earlier = store::existing(&mut tx, &tenant.tenant_id, &seen).await?;
             for (i, v, hash) in candidates {
-                if let Some((h, at, published)) = earlier.get(&v.client_id) {
-                    acks[*i] = Some(if h.as_slice() == hash.as_slice() {
-                        EventAck {
-                            event_id: v.client_id.to_string(),
-                            status: AckStatus::Duplicate as i32,
-                            accepted_at: Some(spm_proto::ext::timestamp(*at)),
-                            published: u32::try_from(*published).unwrap_or(0),
-                            message: "already accepted with the same content".into(),
-                            ..Default::default()
-                        }
+                if let Some(e) = earlier.get(&v.client_id) {
+                    acks[*i] = Some(if e.content_sha256.as_slice() == hash.as_slice() {
+                        duplicate(v.client_id, e)
                     } else {
                         conflict(&v.client_id.to_string())
                     });
@@ -365,14 +362,26 @@ impl Pipeline {
                 .or_insert(crate::domain::RepState { active: true });
         }
 
-        let mut outgoing = Vec::new();
+        // Events that refer to reps or deals not known yet are parked; those a later event
+        // of the batch makes known are applied right away, in business order.
+        let mut outgoing: Vec<(Option<usize>, Uuid, Vec<Outgoing>)> = Vec::new();
         let mut published = Vec::new();
         let mut rejected_ids = Vec::new();
+        let mut index_of: HashMap<Uuid, usize> = HashMap::new();
         for (i, v, _) in &fresh {
             match state.accept(tenant, v, now) {
-                Ok(out) => {
+                Ok(Accepted::Published(out)) => {
                     published.push((v.client_id, i32::try_from(out.len()).unwrap_or(i32::MAX)));
-                    outgoing.push((*i, v.client_id, out));
+                    outgoing.push((Some(*i), v.client_id, out));
+                }
+                Ok(Accepted::Waiting(waits)) => {
+                    index_of.insert(v.client_id, *i);
+                    state.parked.push(Parked {
+                        event: v.clone(),
+                        waits,
+                        stored: false,
+                        changed: false,
+                    });
                 }
                 Err(violations) => {
                     acks[*i] = Some(rejected(&v.client_id.to_string(), violations));
@@ -380,14 +389,77 @@ impl Pipeline {
                 }
             }
         }
+        let mut changes = store::ParkedChanges::default();
+        let mut republished = Vec::new();
+        let mut released = state.release(tenant, now);
+        let parks = !state.parked.is_empty();
+        if parks || !state.created.is_empty() {
+            store::lock_parking(&mut tx, &tenant.tenant_id, parks).await?;
+            let (more, unreadable) = self
+                .release_parked(&mut tx, tenant, &mut state, now)
+                .await?;
+            released.extend(more);
+            changes.failed.extend(unreadable);
+        }
+        for r in released {
+            let id = r.event.client_id;
+            match (r.outcome, r.stored) {
+                (Ok(out), stored) => {
+                    let n = i32::try_from(out.len()).unwrap_or(i32::MAX);
+                    if stored {
+                        republished.push((id, n));
+                        changes.released.push(id);
+                        outgoing.push((None, id, out));
+                    } else {
+                        published.push((id, n));
+                        outgoing.push((index_of.get(&id).copied(), id, out));
+                    }
+                }
+                (Err(violations), true) => {
+                    crate::metrics::parked_failed();
+                    changes.failed.push((id, describe(&violations)));
+                }
+                // Parked and released within this batch: as if it had arrived after its
+                // referents, so it is rejected now.
+                (Err(violations), false) => {
+                    if let Some(i) = index_of.get(&id) {
+                        acks[*i] = Some(rejected(&id.to_string(), violations));
+                    }
+                    rejected_ids.push(id);
+                }
+            }
+        }
+        let mut pending = Vec::new();
+        for p in &state.parked {
+            let waits: Vec<String> = p.waits.iter().map(Ref::key).collect();
+            if p.stored {
+                if p.changed {
+                    changes.waits.push((p.event.client_id, waits));
+                }
+            } else if let Some(&i) = index_of.get(&p.event.client_id) {
+                published.push((p.event.client_id, 0));
+                changes.parked.push((
+                    p.event.client_id,
+                    p.event.payload.kind(),
+                    p.event.occurred_at,
+                    events[i].encode_to_vec(),
+                    waits.clone(),
+                ));
+                pending.push((i, p.event.client_id, waits, p.waits.clone()));
+            }
+        }
         store::save_state(&mut tx, &tenant.tenant_id, &state).await?;
+        store::save_parked(&mut tx, &tenant.tenant_id, &changes, now).await?;
         store::settle(&mut tx, &tenant.tenant_id, &published, &rejected_ids).await?;
+        store::set_published(&mut tx, &tenant.tenant_id, &republished).await?;
 
         // 4. Publish everything, then commit only if the broker has it all. One publish
         // span per request, child of the request's span; its records carry its context.
+        // Records of events released from parking go with the batch's first request.
+        let request_of = |i: &Option<usize>| i.and_then(|i| origin.get(i).copied()).unwrap_or(0);
         let mut counts = vec![0usize; spans.len()];
         for (i, _, out) in &outgoing {
-            counts[origin.get(*i).copied().unwrap_or(0)] += out.len();
+            counts[request_of(i)] += out.len();
         }
         let publish: Vec<(tracing::Span, Vec<(String, String)>)> = spans
             .iter()
@@ -409,7 +481,7 @@ impl Pipeline {
         let records: Vec<spm_bus::Record> = outgoing
             .iter_mut()
             .flat_map(|(i, _, out)| {
-                let headers = &publish[origin.get(*i).copied().unwrap_or(0)].1;
+                let headers = &publish[request_of(i)].1;
                 out.iter_mut().map(move |o| {
                     spm_bus::envelope_record_with(
                         self.kafka.topic(o.topic),
@@ -423,7 +495,7 @@ impl Pipeline {
         // Batches that change no state (activities, surveys) need no synchronous commit:
         // acceptance is durable on the broker, and a lost idempotency record only means a
         // retry publishes again, which consumers deduplicate.
-        if state.dirty_deals.is_empty() && state.dirty_reps.is_empty() {
+        if state.dirty_deals.is_empty() && state.dirty_reps.is_empty() && changes.is_empty() {
             sqlx::query("SET LOCAL synchronous_commit = off")
                 .execute(&mut *tx)
                 .await?;
@@ -465,7 +537,25 @@ impl Pipeline {
                     .extend(state.reps.keys().cloned());
                 drop(cache);
                 crate::metrics::accepted(outgoing.len(), records.len());
+                crate::metrics::parked(pending.len(), changes.released.len());
+                for (i, id, waits, refs) in pending {
+                    acks[i] = Some(EventAck {
+                        event_id: id.to_string(),
+                        status: AckStatus::AcceptedPending as i32,
+                        accepted_at: Some(spm_proto::ext::timestamp(now)),
+                        message: format!(
+                            "accepted; applied once ingest knows {}",
+                            refs.iter()
+                                .map(Ref::describe)
+                                .collect::<Vec<_>>()
+                                .join(" and ")
+                        ),
+                        waiting_for: waits,
+                        ..Default::default()
+                    });
+                }
                 for (i, id, out) in outgoing {
+                    let Some(i) = i else { continue };
                     acks[i] = Some(EventAck {
                         event_id: id.to_string(),
                         status: AckStatus::Accepted as i32,
@@ -477,7 +567,11 @@ impl Pipeline {
             }
             Err(why) => {
                 tracing::warn!(error = %why, "events not accepted");
-                for (i, id, _) in outgoing {
+                let batch = outgoing
+                    .iter()
+                    .filter_map(|(i, id, _)| i.map(|i| (i, *id)))
+                    .chain(pending.iter().map(|(i, id, ..)| (*i, *id)));
+                for (i, id) in batch {
                     acks[i] = Some(EventAck {
                         event_id: id.to_string(),
                         status: AckStatus::Unavailable as i32,
@@ -490,6 +584,135 @@ impl Pipeline {
         }
         Ok(())
     }
+
+    /// Brings in the parked events that what became known in this batch releases, and the
+    /// referents the database knows of events parked by it, then releases what it can;
+    /// repeated while releases make more known. Runs under the parking lock. Also returns
+    /// the stored events that no longer pass validation (id, why).
+    async fn release_parked(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        state: &mut IngestState,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(Vec<Released>, Vec<(Uuid, String)>), ApiError> {
+        let mut released = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut queried: BTreeSet<Ref> = BTreeSet::new();
+        let mut checked: BTreeSet<Ref> = BTreeSet::new();
+        let mut loaded: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+        loop {
+            let keys: Vec<String> = state
+                .created
+                .iter()
+                .filter(|r| !queried.contains(*r))
+                .map(Ref::key)
+                .collect();
+            queried.extend(state.created.iter().cloned());
+            let rows = if keys.is_empty() {
+                Vec::new()
+            } else {
+                store::parked_waiting_on(tx, &tenant.tenant_id, &keys).await?
+            };
+            let mut wanted: Vec<ValidEvent> = Vec::new();
+            for row in rows {
+                if !loaded.insert(row.event_id) {
+                    continue;
+                }
+                let event = match CrmEvent::decode(row.event.as_slice()) {
+                    Ok(e) => validate_event(&e, row.parked_at, &self.limits),
+                    Err(e) => Err(vec![FieldViolation::new(
+                        "event",
+                        format!("unreadable: {e}"),
+                    )]),
+                };
+                match event {
+                    Ok(v) => {
+                        wanted.push(v.clone());
+                        state.parked.push(Parked {
+                            event: v,
+                            waits: row.waits.iter().filter_map(|w| Ref::parse(w)).collect(),
+                            stored: true,
+                            changed: false,
+                        });
+                    }
+                    Err(violations) => unreadable.push((row.event_id, describe(&violations))),
+                }
+            }
+            // What the parked events in hand refer to: a concurrent batch may have made it
+            // known since this one loaded its state.
+            let unchecked: Vec<Ref> = state
+                .parked
+                .iter()
+                .flat_map(|p| p.waits.iter())
+                .filter(|r| !checked.contains(*r))
+                .cloned()
+                .collect();
+            if wanted.is_empty() && unchecked.is_empty() {
+                return Ok((released, unreadable));
+            }
+            checked.extend(unchecked.iter().cloned());
+            let mut reps: BTreeSet<&str> = BTreeSet::new();
+            let mut deals: BTreeSet<&str> = BTreeSet::new();
+            let mut currencies: BTreeSet<&str> = BTreeSet::new();
+            for v in &wanted {
+                reps.extend(v.payload.reps());
+                deals.extend(v.payload.deal_id());
+                currencies.extend(v.payload.currency());
+            }
+            for r in &unchecked {
+                match r {
+                    Ref::Rep(id) => reps.insert(id),
+                    Ref::Deal(id) => deals.insert(id),
+                };
+            }
+            let (reps, deals, currencies): (Vec<&str>, Vec<&str>, Vec<&str>) = (
+                reps.into_iter().collect(),
+                deals.into_iter().collect(),
+                currencies.into_iter().collect(),
+            );
+            store::load_into(tx, &tenant.tenant_id, state, &reps, &deals, &currencies).await?;
+            released.extend(state.release(tenant, now));
+        }
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The acknowledgement of an event seen before with the same content.
+fn duplicate(id: Uuid, e: &store::Earlier) -> EventAck {
+    let mut ack = EventAck {
+        event_id: id.to_string(),
+        status: AckStatus::Duplicate as i32,
+        accepted_at: Some(spm_proto::ext::timestamp(e.accepted_at)),
+        published: u32::try_from(e.published).unwrap_or(0),
+        message: "already accepted with the same content".into(),
+        ..Default::default()
+    };
+    match &e.parked {
+        Some((state, waits, _)) if state == "waiting" => {
+            ack.message = format!("already accepted; still waiting for {}", waits.join(", "));
+            ack.waiting_for.clone_from(waits);
+        }
+        Some((state, _, error)) if state == "failed" => {
+            ack.message = format!(
+                "already accepted, but it could not be applied when what it waited for arrived: {} (see ListParkedEvents)",
+                error.as_deref().unwrap_or("")
+            );
+        }
+        Some((state, ..)) if state == "discarded" => {
+            ack.message =
+                "already accepted, then discarded by an admin (see ListParkedEvents)".into();
+        }
+        _ => {}
+    }
+    ack
 }
 
 fn rejected(event_id: &str, violations: Vec<FieldViolation>) -> EventAck {
@@ -497,11 +720,7 @@ fn rejected(event_id: &str, violations: Vec<FieldViolation>) -> EventAck {
     EventAck {
         event_id: event_id.to_owned(),
         status: AckStatus::Rejected as i32,
-        message: violations
-            .iter()
-            .map(|v| format!("{}: {}", v.field, v.description))
-            .collect::<Vec<_>>()
-            .join("; "),
+        message: describe(&violations),
         violations: violations.into_iter().map(violation_to_proto).collect(),
         ..Default::default()
     }

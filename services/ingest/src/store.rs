@@ -88,22 +88,55 @@ pub async fn claim(
     .await
 }
 
-/// Earlier records of `ids`: content hash, acceptance time and records published.
+/// What ingest recorded of an event accepted before.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    pub content_sha256: Vec<u8>,
+    pub accepted_at: DateTime<Utc>,
+    pub published: i32,
+    /// Its parking state ('waiting', 'failed', 'released', 'discarded') and what it still
+    /// waits for, when it was parked.
+    pub parked: Option<(String, Vec<String>, Option<String>)>,
+}
+
+/// Earlier records of `ids`.
 pub async fn existing(
     conn: &mut PgConnection,
     tenant_id: &str,
     ids: &[Uuid],
-) -> Result<HashMap<Uuid, (Vec<u8>, DateTime<Utc>, i32)>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Earlier>, sqlx::Error> {
     let keys: Vec<Uuid> = ids.iter().map(|id| record_id(tenant_id, *id)).collect();
-    let rows: Vec<(Uuid, Vec<u8>, DateTime<Utc>, i32)> = sqlx::query_as(
-        "SELECT event_id, content_sha256, accepted_at, published FROM idempotency WHERE id = ANY($1)",
+    type Row = (
+        Uuid,
+        Vec<u8>,
+        DateTime<Utc>,
+        i32,
+        Option<String>,
+        Option<Vec<String>>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT i.event_id, i.content_sha256, i.accepted_at, i.published, p.state, p.waits, p.error
+           FROM idempotency i
+           LEFT JOIN parked p ON p.tenant_id = i.tenant_id AND p.event_id = i.event_id
+          WHERE i.id = ANY($1)",
     )
     .bind(&keys)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, h, at, p)| (id, (h, at, p)))
+        .map(|(id, h, at, p, state, waits, error)| {
+            (
+                id,
+                Earlier {
+                    content_sha256: h,
+                    accepted_at: at,
+                    published: p,
+                    parked: state.map(|s| (s, waits.unwrap_or_default(), error)),
+                },
+            )
+        })
         .collect())
 }
 
@@ -117,19 +150,7 @@ pub async fn settle(
 ) -> Result<(), sqlx::Error> {
     // Most events publish one record (the column's default): update only the others.
     let others: Vec<(Uuid, i32)> = published.iter().copied().filter(|(_, n)| *n != 1).collect();
-    if !others.is_empty() {
-        let (ids, counts): (Vec<Uuid>, Vec<i32>) = others
-            .into_iter()
-            .map(|(id, n)| (record_id(tenant_id, id), n))
-            .unzip();
-        sqlx::query(
-            "UPDATE idempotency i SET published = u.n FROM UNNEST($1::uuid[], $2::int[]) AS u(id, n) WHERE i.id = u.id",
-        )
-        .bind(&ids)
-        .bind(&counts)
-        .execute(&mut *conn)
-        .await?;
-    }
+    set_published(&mut *conn, tenant_id, &others).await?;
     if !rejected.is_empty() {
         let keys: Vec<Uuid> = rejected
             .iter()
@@ -143,6 +164,29 @@ pub async fn settle(
     Ok(())
 }
 
+/// Records how many records each of these events published (parked events released later).
+pub async fn set_published(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    published: &[(Uuid, i32)],
+) -> Result<(), sqlx::Error> {
+    if published.is_empty() {
+        return Ok(());
+    }
+    let (ids, counts): (Vec<Uuid>, Vec<i32>) = published
+        .iter()
+        .map(|(id, n)| (record_id(tenant_id, *id), *n))
+        .unzip();
+    sqlx::query(
+        "UPDATE idempotency i SET published = u.n FROM UNNEST($1::uuid[], $2::int[]) AS u(id, n) WHERE i.id = u.id",
+    )
+    .bind(&ids)
+    .bind(&counts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Loads what accepting a batch needs: the named reps, the named deals (locked against
 /// concurrent payments and reversals) and the FX rates of the named currencies.
 pub async fn load_state(
@@ -153,32 +197,63 @@ pub async fn load_state(
     currencies: &[&str],
 ) -> Result<IngestState, sqlx::Error> {
     let mut state = IngestState::default();
+    load_into(conn, tenant_id, &mut state, reps, deals, currencies).await?;
+    Ok(state)
+}
+
+/// Adds to `state` what it does not hold yet of the named reps, deals and currencies.
+pub async fn load_into(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    state: &mut IngestState,
+    reps: &[&str],
+    deals: &[&str],
+    currencies: &[&str],
+) -> Result<(), sqlx::Error> {
+    let reps: Vec<&str> = reps
+        .iter()
+        .copied()
+        .filter(|r| !state.reps.contains_key(*r))
+        .collect();
+    let deals: Vec<&str> = deals
+        .iter()
+        .copied()
+        .filter(|d| !state.deals.contains_key(*d))
+        .collect();
+    let currencies: Vec<&str> = currencies
+        .iter()
+        .copied()
+        .filter(|c| !state.fx.has(c))
+        .collect();
     if !reps.is_empty() {
         let rows: Vec<(String, bool)> = sqlx::query_as(
             "SELECT rep_id, active FROM reps WHERE tenant_id = $1 AND rep_id = ANY($2)",
         )
         .bind(tenant_id)
-        .bind(reps)
+        .bind(&reps)
         .fetch_all(&mut *conn)
         .await?;
-        state.reps = rows
-            .into_iter()
-            .map(|(r, active)| (r, RepState { active }))
-            .collect();
+        state
+            .reps
+            .extend(rows.into_iter().map(|(r, active)| (r, RepState { active })));
     }
+    let mut new_deal_currencies = Vec::new();
     if !deals.is_empty() {
         let rows: Vec<(String, sqlx::types::Json<DealState>)> = sqlx::query_as(
             "SELECT deal_id, state FROM deals WHERE tenant_id = $1 AND deal_id = ANY($2) ORDER BY deal_id FOR UPDATE",
         )
         .bind(tenant_id)
-        .bind(deals)
+        .bind(&deals)
         .fetch_all(&mut *conn)
         .await?;
-        state.deals = rows.into_iter().map(|(d, s)| (d, s.0)).collect();
+        for (d, s) in rows {
+            new_deal_currencies.push(s.0.currency.clone());
+            state.deals.insert(d, s.0);
+        }
     }
     // A full reversal names no amount: its currency is the deal's.
     let mut currencies: Vec<String> = currencies.iter().map(|c| (*c).to_owned()).collect();
-    currencies.extend(state.deals.values().map(|d| d.currency.clone()));
+    currencies.extend(new_deal_currencies.into_iter().filter(|c| !state.fx.has(c)));
     currencies.sort();
     currencies.dedup();
     if !currencies.is_empty() {
@@ -186,14 +261,267 @@ pub async fn load_state(
             "SELECT currency, effective_from, rate FROM fx_rates WHERE tenant_id = $1 AND currency = ANY($2)",
         )
         .bind(tenant_id)
-        .bind(currencies)
+        .bind(&currencies)
         .fetch_all(&mut *conn)
         .await?;
         for (c, d, r) in rows {
             state.fx.insert(&c, d, r);
         }
+        for c in &currencies {
+            state.fx.mark_loaded(c);
+        }
     }
-    Ok(state)
+    Ok(())
+}
+
+/// Serialises parking against releasing, per tenant, for the rest of the transaction: a
+/// batch that parks events takes it exclusively, one that only makes reps or deals known
+/// takes it shared. A parker then sees every referent committed before it, and a creator
+/// every parked event committed before it, so nothing is left waiting for something that
+/// has arrived; creators do not wait for each other.
+pub async fn lock_parking(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    exclusive: bool,
+) -> Result<(), sqlx::Error> {
+    let sql = if exclusive {
+        "SELECT pg_advisory_xact_lock(hashtextextended('spm.ingest.parking/' || $1, 0))"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared(hashtextextended('spm.ingest.parking/' || $1, 0))"
+    };
+    sqlx::query(sql).bind(tenant_id).execute(conn).await?;
+    Ok(())
+}
+
+/// A parked event as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ParkedRow {
+    pub event_id: Uuid,
+    pub kind: String,
+    pub occurred_at: DateTime<Utc>,
+    pub event: Vec<u8>,
+    pub waits: Vec<String>,
+    pub parked_at: DateTime<Utc>,
+    pub state: String,
+    pub error: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub discarded_by: Option<String>,
+    pub discard_reason: Option<String>,
+}
+
+const PARKED_COLUMNS: &str = "event_id, kind, occurred_at, event, waits, parked_at, state, error, resolved_at, discarded_by, discard_reason";
+
+/// Waiting events that wait for any of `keys` (locked: a discard waits for this batch).
+pub async fn parked_waiting_on(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    keys: &[String],
+) -> Result<Vec<ParkedRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PARKED_COLUMNS} FROM parked
+          WHERE tenant_id = $1 AND state = 'waiting' AND waits && $2::text[]
+          ORDER BY occurred_at, event_id FOR UPDATE"
+    ))
+    .bind(tenant_id)
+    .bind(keys)
+    .fetch_all(conn)
+    .await
+}
+
+/// A newly parked event: (id, kind, occurred at, CrmEvent bytes, waits).
+pub type NewParked = (Uuid, &'static str, DateTime<Utc>, Vec<u8>, Vec<String>);
+
+/// What a batch changed in the parked table.
+#[derive(Debug, Default)]
+pub struct ParkedChanges {
+    pub parked: Vec<NewParked>,
+    /// Still waiting, for fewer things.
+    pub waits: Vec<(Uuid, Vec<String>)>,
+    pub released: Vec<Uuid>,
+    /// Could not be applied when released: (id, why).
+    pub failed: Vec<(Uuid, String)>,
+}
+
+impl ParkedChanges {
+    pub fn is_empty(&self) -> bool {
+        self.parked.is_empty()
+            && self.waits.is_empty()
+            && self.released.is_empty()
+            && self.failed.is_empty()
+    }
+}
+
+pub async fn save_parked(
+    conn: &mut PgConnection,
+    tenant_id: &str,
+    c: &ParkedChanges,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if !c.parked.is_empty() {
+        let ids: Vec<Uuid> = c.parked.iter().map(|p| p.0).collect();
+        let kinds: Vec<&str> = c.parked.iter().map(|p| p.1).collect();
+        let at: Vec<DateTime<Utc>> = c.parked.iter().map(|p| p.2).collect();
+        let events: Vec<&[u8]> = c.parked.iter().map(|p| p.3.as_slice()).collect();
+        // text[][] must be rectangular: pass each event's waits as one joined string.
+        let waits: Vec<String> = c.parked.iter().map(|p| p.4.join("\u{1f}")).collect();
+        sqlx::query(
+            "INSERT INTO parked (tenant_id, event_id, kind, occurred_at, event, waits, parked_at)
+             SELECT $1, e, k, o, b, string_to_array(w, chr(31)), $7
+               FROM UNNEST($2::uuid[], $3::text[], $4::timestamptz[], $5::bytea[], $6::text[]) AS u(e, k, o, b, w)",
+        )
+        .bind(tenant_id)
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&at)
+        .bind(&events)
+        .bind(&waits)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.waits.is_empty() {
+        let ids: Vec<Uuid> = c.waits.iter().map(|p| p.0).collect();
+        let waits: Vec<String> = c.waits.iter().map(|p| p.1.join("\u{1f}")).collect();
+        sqlx::query(
+            "UPDATE parked p SET waits = string_to_array(u.w, chr(31))
+               FROM UNNEST($2::uuid[], $3::text[]) AS u(e, w)
+              WHERE p.tenant_id = $1 AND p.event_id = u.e",
+        )
+        .bind(tenant_id)
+        .bind(&ids)
+        .bind(&waits)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.released.is_empty() {
+        sqlx::query(
+            "UPDATE parked SET state = 'released', waits = '{}', resolved_at = $3
+              WHERE tenant_id = $1 AND event_id = ANY($2)",
+        )
+        .bind(tenant_id)
+        .bind(&c.released)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !c.failed.is_empty() {
+        let ids: Vec<Uuid> = c.failed.iter().map(|p| p.0).collect();
+        let why: Vec<&str> = c.failed.iter().map(|p| p.1.as_str()).collect();
+        sqlx::query(
+            "UPDATE parked p SET state = 'failed', waits = '{}', error = u.why, resolved_at = $4
+               FROM UNNEST($2::uuid[], $3::text[]) AS u(e, why)
+              WHERE p.tenant_id = $1 AND p.event_id = u.e",
+        )
+        .bind(tenant_id)
+        .bind(&ids)
+        .bind(&why)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A filter of the parked list.
+#[derive(Debug, Clone, Default)]
+pub struct ParkedFilter {
+    /// `rep:<id>`, `deal:<id>`, or `rep` / `deal` for any of that kind.
+    pub waiting_for: Option<String>,
+    pub parked_before: Option<DateTime<Utc>>,
+    pub states: Vec<String>,
+    pub limit: i64,
+}
+
+/// Parked events of a tenant matching `f`, oldest first, and how many match in all.
+pub async fn list_parked(
+    pool: &PgPool,
+    tenant_id: &str,
+    f: &ParkedFilter,
+) -> Result<(Vec<ParkedRow>, i64), sqlx::Error> {
+    let (exact, prefix) = match f.waiting_for.as_deref() {
+        Some(w) if w.contains(':') => (Some(w.to_owned()), None),
+        Some(w) => (None, Some(format!("{w}:"))),
+        None => (None, None),
+    };
+    let filter = "tenant_id = $1 AND state = ANY($2)
+          AND ($3::text IS NULL OR $3 = ANY(waits))
+          AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM unnest(waits) w WHERE starts_with(w, $4)))
+          AND ($5::timestamptz IS NULL OR parked_at <= $5)";
+    let rows: Vec<ParkedRow> = sqlx::query_as(&format!(
+        "SELECT {PARKED_COLUMNS} FROM parked WHERE {filter} ORDER BY parked_at, event_id LIMIT $6"
+    ))
+    .bind(tenant_id)
+    .bind(&f.states)
+    .bind(&exact)
+    .bind(&prefix)
+    .bind(f.parked_before)
+    .bind(f.limit)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM parked WHERE {filter}"))
+        .bind(tenant_id)
+        .bind(&f.states)
+        .bind(&exact)
+        .bind(&prefix)
+        .bind(f.parked_before)
+        .fetch_one(pool)
+        .await?;
+    Ok((rows, total))
+}
+
+/// Discards a waiting or failed event; `Ok(None)` when there is no such parked event,
+/// `Err(state)` inside when it is in another state.
+pub async fn discard_parked(
+    pool: &PgPool,
+    tenant_id: &str,
+    event_id: Uuid,
+    by: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Result<ParkedRow, String>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let current: Option<String> = sqlx::query_scalar(
+        "SELECT state FROM parked WHERE tenant_id = $1 AND event_id = $2 FOR UPDATE",
+    )
+    .bind(tenant_id)
+    .bind(event_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    if current != "waiting" && current != "failed" {
+        return Ok(Some(Err(current)));
+    }
+    let row: ParkedRow = sqlx::query_as(&format!(
+        "UPDATE parked SET state = 'discarded', resolved_at = $3, discarded_by = $4, discard_reason = $5
+          WHERE tenant_id = $1 AND event_id = $2 RETURNING {PARKED_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(event_id)
+    .bind(now)
+    .bind(by)
+    .bind(reason)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Ok(row)))
+}
+
+/// Across tenants, for the metrics: (state, waits for rep / deal, count, oldest parked_at)
+/// of the events that need attention.
+pub async fn parked_stats(
+    pool: &PgPool,
+) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT state,
+                CASE WHEN state = 'failed' THEN '' WHEN EXISTS (SELECT 1 FROM unnest(waits) w WHERE starts_with(w, 'deal:')) THEN 'deal' ELSE 'rep' END AS on,
+                count(*), min(parked_at)
+           FROM parked WHERE state IN ('waiting', 'failed')
+          GROUP BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Writes the reps and deals the batch changed.

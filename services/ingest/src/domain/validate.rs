@@ -81,6 +81,19 @@ impl ValidPayload {
         }
     }
 
+    /// The event's kind, as its payload field is named.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Activity(_) => "activity_logged",
+            Self::Satisfaction(_) => "satisfaction_recorded",
+            Self::Deal { .. } => "deal_closed",
+            Self::Payment { .. } => "payment_received",
+            Self::Reversal { .. } => "deal_reversed",
+            Self::Rep(_) => "rep_upserted",
+            Self::Team(_) => "team_upserted",
+        }
+    }
+
     /// The deal this event refers to.
     pub fn deal_id(&self) -> Option<&str> {
         match self {
