@@ -96,12 +96,15 @@ async fn parked(
         .into_inner()
 }
 
-/// Every rep's statement in each period, as (line key -> amount and statuses), and totals.
+/// A statement line as compared: key, amount, (status, amount) parts.
+type LineSeen = (String, String, Vec<(i32, String)>);
+
+/// Every rep's statement in each period: (period, rep) -> (total, lines).
 async fn statements(
     incentive: &Service,
     key: &str,
     periods: &BTreeSet<String>,
-) -> BTreeMap<(String, String), (String, Vec<(String, String, Vec<(i32, String)>)>)> {
+) -> BTreeMap<(String, String), (String, Vec<LineSeen>)> {
     let inc = IncentiveServiceClient::new(incentive.channel().await);
     let mut out = BTreeMap::new();
     for p in periods {
@@ -124,7 +127,7 @@ async fn statements(
                 .into_inner()
                 .statement
                 .expect("statement");
-            let mut lines: Vec<(String, String, Vec<(i32, String)>)> = s
+            let mut lines: Vec<LineSeen> = s
                 .lines
                 .iter()
                 .map(|l| {
