@@ -113,8 +113,8 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     let now = Utc::now();
     let demo = spm_testkit::demo::generate(a.seed, a.teams, a.reps_per_team, a.days, now);
     let cal = spm_core::period::Calendar::new("Asia/Shanghai", 1)?;
-    let this_month = cal.period(spm_core::period::PeriodKind::Month, now);
-    let this_quarter = cal.period(spm_core::period::PeriodKind::Quarter, now);
+    let this_month = shown_month(&cal, now);
+    let this_quarter = cal.period(spm_core::period::PeriodKind::Quarter, this_month.start);
     configure_scoring(cli, &key, &demo, &this_month.key, &this_quarter.key).await?;
     configure_incentive(cli, &key, &demo, now).await?;
     let receiver = webhook_receiver().await?;
@@ -597,6 +597,36 @@ async fn wait_scored(
         t.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The month the demo shows: the current one once it is half over, else the last complete
+/// one, which the demo's days of data fill (on the 1st of a month the current one would be
+/// a day old: a near-empty leaderboard and a calibration that says "too early").
+fn shown_month(
+    cal: &spm_core::period::Calendar,
+    now: chrono::DateTime<Utc>,
+) -> spm_core::period::Period {
+    let current = cal.period(spm_core::period::PeriodKind::Month, now);
+    let half = rust_decimal::Decimal::new(5, 1);
+    if current.elapsed_fraction(now) >= half {
+        note(&format!(
+            "showing {}, the current month ({}% under way)",
+            current.key,
+            (current.elapsed_fraction(now) * rust_decimal::Decimal::ONE_HUNDRED).round()
+        ));
+        return current;
+    }
+    let last = cal.period(
+        spm_core::period::PeriodKind::Month,
+        current.start - chrono::Duration::seconds(1),
+    );
+    note(&format!(
+        "showing {}, the last complete month ({} is {}% under way)",
+        last.key,
+        current.key,
+        (current.elapsed_fraction(now) * rust_decimal::Decimal::ONE_HUNDRED).round()
+    ));
+    last
 }
 
 fn demo_days(_demo: &spm_testkit::demo::Demo, now: chrono::DateTime<Utc>) -> i64 {
