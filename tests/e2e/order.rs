@@ -308,9 +308,21 @@ async fn a_parked_event_that_cannot_apply_is_reported_and_an_admin_can_discard_o
     // A payment larger than its deal turns out to be, and one for a deal that never comes.
     let too_much = payment("p-big", "d1", "5000.00");
     let orphan = payment("p-orphan", "never", "10.00");
-    let acks = send(&ingest, k, vec![too_much.clone(), orphan.clone()]).await;
+    let acks = send(
+        &ingest,
+        k,
+        vec![too_much.clone(), orphan.clone(), orphan.clone()],
+    )
+    .await;
     assert_eq!(acks[0].waiting_for, ["deal:d1"]);
+    assert_eq!(acks[1].status, pb::AckStatus::AcceptedPending as i32);
     assert_eq!(acks[1].waiting_for, ["deal:never"]);
+    // Delivered twice in one request: the copy is a duplicate that says what it waits for.
+    assert_eq!(acks[2].status, pb::AckStatus::Duplicate as i32);
+    assert_eq!(
+        acks[2].message,
+        "already accepted; still waiting for deal:never"
+    );
     let acks = send(
         &ingest,
         k,

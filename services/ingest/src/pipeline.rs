@@ -273,10 +273,14 @@ impl Pipeline {
             let mut ack = acks[first].clone().expect("first occurrence has an ack");
             if first_hash != Some(&hash) {
                 ack = conflict(&events[i].event_id);
-            } else if ack.status == AckStatus::Accepted as i32
-                || ack.status == AckStatus::AcceptedPending as i32
-            {
+            } else if ack.status == AckStatus::Accepted as i32 {
                 ack.status = AckStatus::Duplicate as i32;
+            } else if ack.status == AckStatus::AcceptedPending as i32 {
+                ack.status = AckStatus::Duplicate as i32;
+                ack.message = format!(
+                    "already accepted; still waiting for {}",
+                    ack.waiting_for.join(", ")
+                );
             }
             acks[i] = Some(ack);
         }
