@@ -709,6 +709,20 @@ pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
 }
 
 /// A statement as a table (the first `limit` lines), with its totals by status.
+/// ` --kind month --period 2026-11`: what `spm statement` needs to show `s`'s period again.
+fn period_flags(s: &incentive::Statement) -> String {
+    s.period.as_ref().map_or_else(String::new, |p| {
+        let kind = common::PeriodKind::try_from(p.kind).map_or("month", |k| {
+            if k == common::PeriodKind::Quarter {
+                "quarter"
+            } else {
+                "month"
+            }
+        });
+        format!(" --kind {kind} --period {}", p.key)
+    })
+}
+
 pub fn print_statement(s: &incentive::Statement, limit: Option<usize>) {
     let period = s.period.as_ref().map(|p| p.key.clone()).unwrap_or_default();
     title(&format!(
@@ -730,13 +744,17 @@ pub fn print_statement(s: &incentive::Statement, limit: Option<usize>) {
         && s.lines.len() > n
     {
         note(&format!(
-            "... {} more lines; `spm statement {}` shows all",
+            "... {} more lines; `spm statement {}{}` shows all",
             s.lines.len() - n,
-            s.rep_id
+            s.rep_id,
+            s.period
+                .as_ref()
+                .map_or_else(String::new, |p| format!(" --period {}", p.key))
         ));
     }
+    let period = period_flags(s);
     note(&format!(
-        "by status: {}; a line's calculation trace: spm statement {} --line KEY",
+        "by status: {}; a line's calculation trace: spm statement {}{period} --line KEY",
         statuses(&s.totals_by_status),
         s.rep_id
     ));

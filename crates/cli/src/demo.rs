@@ -357,8 +357,9 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     println!("deal event {} carries trace id {trace_id}", traced.event_id);
     note("with OTEL_EXPORTER_OTLP_ENDPOINT set for the services, find it in your tracing UI");
     note(&format!(
-        "done in {:.1} s. Try: target/debug/spm leaderboard --by revenue | target/debug/spm score {top} --explain | target/debug/spm down",
-        t0.elapsed().as_secs_f64()
+        "done in {:.1} s. Try: target/debug/spm leaderboard --by revenue --period {p} | target/debug/spm score {top} --period {p} --explain | target/debug/spm parked list | target/debug/spm down",
+        t0.elapsed().as_secs_f64(),
+        p = this_month.key
     ));
     Ok(())
 }
