@@ -699,18 +699,19 @@ fn duplicate(id: Uuid, e: &store::Earlier) -> EventAck {
         message: "already accepted with the same content".into(),
         ..Default::default()
     };
-    match &e.parked {
-        Some((state, waits, _)) if state == "waiting" => {
-            ack.message = format!("already accepted; still waiting for {}", waits.join(", "));
-            ack.waiting_for.clone_from(waits);
+    let Some(p) = &e.parked else { return ack };
+    match p.state.as_str() {
+        "waiting" => {
+            ack.message = format!("already accepted; still waiting for {}", p.waits.join(", "));
+            ack.waiting_for.clone_from(&p.waits);
         }
-        Some((state, _, error)) if state == "failed" => {
+        "failed" => {
             ack.message = format!(
                 "already accepted, but it could not be applied when what it waited for arrived: {} (see ListParkedEvents)",
-                error.as_deref().unwrap_or("")
+                p.error.as_deref().unwrap_or("")
             );
         }
-        Some((state, ..)) if state == "discarded" => {
+        "discarded" => {
             ack.message =
                 "already accepted, then discarded by an admin (see ListParkedEvents)".into();
         }

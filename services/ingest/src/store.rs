@@ -94,9 +94,17 @@ pub struct Earlier {
     pub content_sha256: Vec<u8>,
     pub accepted_at: DateTime<Utc>,
     pub published: i32,
-    /// Its parking state ('waiting', 'failed', 'released', 'discarded') and what it still
-    /// waits for, when it was parked.
-    pub parked: Option<(String, Vec<String>, Option<String>)>,
+    /// Where it stands, when it was parked.
+    pub parked: Option<ParkedStatus>,
+}
+
+/// A parked event's state ('waiting', 'failed', 'released', 'discarded'), what it still
+/// waits for, and why it failed.
+#[derive(Debug, Clone)]
+pub struct ParkedStatus {
+    pub state: String,
+    pub waits: Vec<String>,
+    pub error: Option<String>,
 }
 
 /// Earlier records of `ids`.
@@ -133,7 +141,11 @@ pub async fn existing(
                     content_sha256: h,
                     accepted_at: at,
                     published: p,
-                    parked: state.map(|s| (s, waits.unwrap_or_default(), error)),
+                    parked: state.map(|state| ParkedStatus {
+                        state,
+                        waits: waits.unwrap_or_default(),
+                        error,
+                    }),
                 },
             )
         })
