@@ -71,7 +71,7 @@ pub enum ValidPayload {
 }
 
 impl ValidPayload {
-    /// The reps this event needs to know (to reject unknown reps).
+    /// The reps this event needs to know (an unknown one parks the event).
     pub fn reps(&self) -> Vec<&str> {
         match self {
             Self::Activity(a) => vec![a.rep_id.as_str()],
