@@ -1,6 +1,8 @@
 //! Faults while a stream flows, on a broker and a Postgres of the test's own: every service
-//! SIGKILLed once and restarted, the broker paused for 10 s, Postgres restarted the hard
-//! way, 10% duplicates in a shuffled order, poison records on the topics. Afterwards every
+//! SIGKILLed once and restarted, the broker paused for 10 s (longer than the consumers'
+//! session timeout), the broker SIGKILLed and restarted on its durable (SQLite) engine,
+//! Postgres restarted the hard way, 10% duplicates in a shuffled order, poison records on
+//! the topics. Afterwards every
 //! acknowledged event counts exactly once: scores and statements equal what the test
 //! computes on its own from the generated data and what a from-scratch rebuild produces,
 //! the poison is on the DLQ, and the partitions kept flowing past it.
@@ -220,7 +222,7 @@ async fn rebuild(env: &TestEnv, svc: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)]
 async fn every_acknowledged_event_counts_once_through_kills_pauses_and_restarts() {
-    let env = TestEnv::with_private_stack("faults").await;
+    let mut env = TestEnv::with_private_stack("faults").await;
     let mut svcs: HashMap<&str, Service> = HashMap::new();
     for s in ["ingest", "scoring", "incentive", "notification"] {
         svcs.insert(s, env.start(s).await);
@@ -306,6 +308,18 @@ async fn every_acknowledged_event_counts_once_through_kills_pauses_and_restarts(
                     tokio::time::sleep(Duration::from_secs(10)).await;
                     spm_testkit::signal(broker_pid, "CONT");
                 }));
+            }
+            34 => {
+                // The broker dies mid-stream and comes back on the same data: topics,
+                // records and committed offsets survive; producers and consumers carry on
+                // by themselves.
+                if let Some(p) = pause.take() {
+                    p.await.expect("pause task");
+                }
+                let broker = env.broker.as_mut().expect("private broker");
+                broker.kill9();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                broker.restart();
             }
             40 => {
                 // Postgres dies and comes back (immediate shutdown: crash recovery).

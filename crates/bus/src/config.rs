@@ -36,14 +36,12 @@ pub struct KafkaConfig {
     pub replication: i32,
 
     /// Consumer session timeout: how long the group waits before it gives a silent
-    /// member's partitions to the others (after a SIGKILL, a crash, a partition). 20 s
-    /// rides out broker stalls up to ~15 s without a rebalance; shorter is not safe on
-    /// Tansu 0.6, where a heartbeat that reaches the broker after its sender's session
-    /// has expired (a broker pause longer than the timeout) leaves the group electing a
-    /// member that no longer exists, and the group never forms again until the broker
-    /// restarts. Heartbeats go out every 2 s (or a third of this, if shorter).
+    /// member's partitions to the others (after a SIGKILL, a crash, a partition). 6 s is
+    /// the lowest Apache Kafka accepts by default (`group.min.session.timeout.ms`); a
+    /// broker stall longer than this costs a rebalance, after which the group re-forms
+    /// and consumes on. Heartbeats go out every 2 s (a third of this).
     #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", value_name = "KAFKA_SESSION_TIMEOUT_MS",
-          default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1000..=300_000))]
+          default_value_t = DEFAULT_SESSION_TIMEOUT_MS, value_parser = clap::value_parser!(u32).range(1000..=300_000))]
     pub session_timeout_ms: u32,
 
     /// Longest a fetch waits for data. librdkafka's 500 ms default would dominate the
@@ -69,6 +67,9 @@ pub struct KafkaConfig {
     pub extra: Extra,
 }
 
+/// The default consumer session timeout (see [`KafkaConfig::session_timeout_ms`]).
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 6_000;
+
 /// Extra librdkafka properties.
 #[derive(Debug, Clone, Default)]
 pub struct Extra(pub Vec<(String, String)>);
@@ -92,7 +93,7 @@ impl KafkaConfig {
             topic_prefix: topic_prefix.to_owned(),
             partitions: 6,
             replication: 1,
-            session_timeout_ms: 20_000,
+            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             fetch_wait_max_ms: 10,
             linger_ms: 2,
             delivery_timeout_ms: 10_000,
@@ -125,7 +126,11 @@ impl KafkaConfig {
     }
 
     /// Settings of the idempotent producer: acks from all in-sync replicas, lz4, a short
-    /// linger so batches form without adding latency.
+    /// linger so batches form without adding latency. It never asks the broker to create
+    /// a topic it writes to (librdkafka's producer does by default, and a broker that
+    /// auto-creates would make it with its own partition count): SPM creates its topics
+    /// at start ([`crate::admin::ensure_topics`]), and a record for a missing topic waits
+    /// in the queue until the topic exists or the delivery timeout fails it.
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -136,7 +141,8 @@ impl KafkaConfig {
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
             .set("queue.buffering.max.messages", "1000000")
             // librdkafka would buffer up to 1 GiB; 64 MiB is ample and keeps the process small.
-            .set("queue.buffering.max.kbytes", "65536");
+            .set("queue.buffering.max.kbytes", "65536")
+            .set("allow.auto.create.topics", "false");
         self.with_extra(c)
     }
 
@@ -150,6 +156,8 @@ impl KafkaConfig {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Subscribing to a topic never creates it (librdkafka's consumer default, stated).
+            .set("allow.auto.create.topics", "false")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -270,13 +271,14 @@ impl ConsumerLoop {
 
     /// Runs until `cancel`; then commits the stored offsets and leaves the group.
     ///
-    /// A watchdog rejoins the group (a new member) when this member has held no partition
-    /// for two session timeouts while some partition of its topics has had records past
-    /// the group's committed offset and that offset has not moved meanwhile: nobody
-    /// consumes it. Healthy groups never trip it (an idle member of a group with more
-    /// members than partitions sees the others commit); a group the broker formed without
-    /// assignments (Tansu 0.6 does so when a dead leader expires between a follower's
-    /// JoinGroup and SyncGroup) is repaired instead of stalling forever.
+    /// A watchdog rejoins the group (a new member) when this member, settled in a formed
+    /// group, has held no partition for two session timeouts while some partition of its
+    /// topics has had records past the group's committed offset and that offset has not
+    /// moved meanwhile: nobody consumes it. Healthy groups never trip it (an idle member
+    /// of a group with more members than partitions sees the others commit); a group the
+    /// broker formed without assignments (Tansu 0.6 did so when a dead leader expired
+    /// between a follower's JoinGroup and SyncGroup) is repaired instead of stalling
+    /// forever. A member still joining is left alone (see `run_member`).
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
         loop {
             if !self.run_member(&cancel).await? {
@@ -331,7 +333,11 @@ impl ConsumerLoop {
                 m = stream.next() => m,
                 _ = tick.tick() => {
                     let idle = assigned.idle_for();
-                    if idle > Duration::ZERO {
+                    // Only a member whose group has formed (and left it without
+                    // partitions) rejoins: closing a member mid-rebalance sends a
+                    // LeaveGroup, and a nisshi 0.7 group whose leader leaves while it
+                    // forms keeps that leader, so no later member can ever sync.
+                    if idle > Duration::ZERO && assigned.steady() {
                         match watch.check(stall_after, idle).await {
                             Ok(Some(what)) => {
                                 tracing::warn!(group = %self.group, stalled = %what,
@@ -792,17 +798,30 @@ struct LoopContext {
     assigned: Arc<AssignState>,
 }
 
-/// How many partitions this member holds, and since when it has held none.
+/// How many partitions this member holds, since when it has held none, and whether its
+/// group membership is settled (librdkafka's join state `steady` in the last statistics:
+/// not waiting for a JoinGroup or SyncGroup answer).
 #[derive(Debug)]
-struct AssignState(std::sync::Mutex<(usize, Instant)>);
+struct AssignState(std::sync::Mutex<(usize, Instant)>, AtomicBool);
 
 impl Default for AssignState {
     fn default() -> Self {
-        Self(std::sync::Mutex::new((0, Instant::now())))
+        Self(
+            std::sync::Mutex::new((0, Instant::now())),
+            AtomicBool::new(false),
+        )
     }
 }
 
 impl AssignState {
+    fn set_steady(&self, steady: bool) {
+        self.1.store(steady, Ordering::Relaxed);
+    }
+
+    fn steady(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+
     fn set(&self, n: usize) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if n == 0 && s.0 != 0 {
@@ -947,6 +966,9 @@ fn unread(probe: &BaseConsumer, topics: &[String]) -> Result<Vec<Position>, Erro
 
 impl ClientContext for LoopContext {
     fn stats(&self, stats: Statistics) {
+        if let Some(cgrp) = &stats.cgrp {
+            self.assigned.set_steady(cgrp.join_state == "steady");
+        }
         let m = metrics::global();
         for (topic, t) in &stats.topics {
             for (p, ps) in &t.partitions {

@@ -2,6 +2,7 @@
 //! started by `deploy/local/stack up`), a fresh database and topic prefix per test, the
 //! service binaries as real processes, tenants, and CRM event generators.
 
+pub mod broker;
 pub mod demo;
 pub mod events;
 pub mod kafka;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection as _, PgConnection};
 
+pub use broker::{BrokerKind, PrivateBroker, Storage};
 pub use process::Service;
 
 /// Where the local stack runs (env vars set by `deploy/local/stack env`, defaults otherwise).
@@ -24,17 +26,17 @@ pub struct Stack {
     /// A URL to the maintenance database (to create test databases).
     pub admin_db_url: String,
     pub brokers: String,
-    /// Tansu's pid, for pausing the broker (SIGSTOP/SIGCONT).
+    /// The stack broker's pid, for pausing it (SIGSTOP/SIGCONT).
     pub broker_pid: Option<u32>,
 }
 
 impl Stack {
     pub fn from_env() -> Self {
-        let broker_pid = std::env::var("SPM_TANSU_PID")
+        let broker_pid = std::env::var("SPM_BROKER_PID")
             .ok()
             .and_then(|p| p.parse().ok())
             .or_else(|| {
-                std::fs::read_to_string(repo_root().join(".local/tansu.pid"))
+                std::fs::read_to_string(repo_root().join(".local/broker.pid"))
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
             });
@@ -54,75 +56,6 @@ pub fn repo_root() -> PathBuf {
     p.pop();
     p.pop();
     p
-}
-
-/// A broker of one's own (for tests that pause it): Tansu on a free port, memory engine.
-pub struct PrivateBroker {
-    pub brokers: String,
-    child: std::process::Child,
-}
-
-impl PrivateBroker {
-    pub fn start() -> Self {
-        let port = process::free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let tansu = std::env::var("HOME")
-            .map(|h| format!("{h}/.cargo/bin/tansu"))
-            .ok()
-            .filter(|p| std::path::Path::new(p).exists())
-            .unwrap_or_else(|| "tansu".into());
-        let child = std::process::Command::new(tansu)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start a private tansu broker (is tansu installed?)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "private broker did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            brokers: format!("127.0.0.1:{port}"),
-            child,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn pause(&self) {
-        signal(self.pid(), "STOP");
-    }
-
-    pub fn resume(&self) {
-        signal(self.pid(), "CONT");
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A Postgres of one's own (for tests that restart it): Debian's PostgreSQL 15 initialised
@@ -271,15 +204,15 @@ impl TestEnv {
         env
     }
 
-    /// A private broker and a private Postgres: the test may pause the one and restart the
-    /// other without disturbing tests running alongside.
+    /// A private durable broker (SQLite engine) and a private Postgres: the test may pause,
+    /// kill and restart either without disturbing tests running alongside.
     pub async fn with_private_stack(name: &str) -> Self {
         let pg = PrivatePostgres::start();
         let mut stack = Stack::from_env();
         stack.admin_db_url = pg.admin_url();
         let mut env = Self::new_on(stack, name).await;
         env.postgres = Some(pg);
-        let b = PrivateBroker::start();
+        let b = PrivateBroker::durable();
         env.stack.brokers = b.brokers.clone();
         env.broker = Some(b);
         env
