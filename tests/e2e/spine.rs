@@ -3,7 +3,7 @@
 //! headers; duplicates count once; a consumer killed between its DB commit and its offset
 //! commit counts once after restart; two instances of a consumer split the partitions.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use spm_core::topics;
@@ -251,4 +251,52 @@ async fn two_instances_split_the_partitions_and_count_every_event_once() {
         240.0,
         "each record applied exactly once across the group"
     );
+
+    // b dies without leaving the group: once its session expires, a takes its partitions
+    // and applies what was written to them meanwhile.
+    let mut b = b;
+    b.kill9().await;
+    let killed = Instant::now();
+    let more: Vec<_> = (n..n + 60)
+        .map(|i| {
+            deal(
+                &format!("d-{i}"),
+                "10.00",
+                &[(reps[i % reps.len()].as_str(), "100")],
+            )
+        })
+        .collect();
+    let acks = client
+        .submit_events(authed(
+            SubmitEventsRequest { events: more },
+            &tenant.admin_key,
+        ))
+        .await
+        .expect("submit")
+        .into_inner()
+        .acks;
+    assert!(acks.iter().all(|a| a.status == AckStatus::Accepted as i32));
+    eventually(
+        Duration::from_secs(60),
+        "the survivor counts every deal",
+        || {
+            let pool = pool.clone();
+            async move {
+                let c: i64 = sqlx::query_scalar("SELECT count(*) FROM facts WHERE kind = 'deal'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (c == i64::try_from(n + 60).ok()?).then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "after kill -9 of one of two members the other applied all of its records {:.1} s later (session timeout {} ms)",
+        killed.elapsed().as_secs_f64(),
+        spm_bus::DEFAULT_SESSION_TIMEOUT_MS
+    );
+    a.wait_log_count("partitions assigned", 3, Duration::from_secs(5))
+        .await;
+    assert_eq!(revenue(&pool, "acme").await, Decimal::new(300_000, 2));
 }

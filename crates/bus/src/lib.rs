@@ -17,7 +17,7 @@ pub mod outbox;
 pub mod producer;
 pub mod schema;
 
-pub use config::KafkaConfig;
+pub use config::{DEFAULT_SESSION_TIMEOUT_MS, KafkaConfig};
 pub use consumer::{Handler, HandlerError, Incoming, Outbox};
 pub use producer::{Producer, Record};
 
