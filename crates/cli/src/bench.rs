@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,scoring,incentive,notification,rebuild"
+        default_value = "broker,ingest,scoring,incentive,notification,rebuild"
     )]
     pub only: Vec<String>,
     /// Markdown report.
@@ -54,6 +54,7 @@ struct Sizes {
     incentive_deals: usize,
     notification_secs: u64,
     rebuild_events: usize,
+    hop_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,7 +191,7 @@ fn cpu(svcs: &[&Service]) -> HashMap<String, f64> {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let name = match comm.trim() {
                 "postgres" => "postgres",
-                "tansu" => "broker",
+                "tansu" | "nisshi" => "broker",
                 _ => continue,
             };
             *out.entry(name.into()).or_insert(0.0) += ticks(&pid).unwrap_or(0.0);
@@ -392,6 +393,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             incentive_deals: 10_000,
             notification_secs: 5,
             rebuild_events: 100_000,
+            hop_secs: 4,
         }
     } else {
         Sizes {
@@ -401,6 +403,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             incentive_deals: 100_000,
             notification_secs: 15,
             rebuild_events: 1_000_000,
+            hop_secs: 10,
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -415,6 +418,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         checkpoint().await?;
         let t = Instant::now();
         match section.as_str() {
+            "broker" => broker(&sizes, &mut report).await?,
             "ingest" => ingest(&sizes, &mut report).await?,
             "scoring" => scoring(&sizes, &mut report).await?,
             "incentive" => incentive(&sizes, &mut report).await?,
@@ -448,6 +452,193 @@ async fn checkpoint() -> anyhow::Result<()> {
     let url = spm_testkit::Stack::from_env().admin_db_url;
     let mut c = sqlx::PgConnection::connect(&url).await?;
     sqlx::query("CHECKPOINT").execute(&mut c).await?;
+    Ok(())
+}
+
+/// Records when each event reached SPM's consumer loop (inside its batch transaction, as a
+/// service's handler sees it).
+#[derive(Default)]
+struct HopProbe {
+    sent: Mutex<HashMap<uuid::Uuid, Instant>>,
+    seen: Mutex<Vec<Duration>>,
+    applied: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl spm_bus::Handler for HopProbe {
+    async fn apply(
+        &self,
+        _conn: &mut sqlx::PgConnection,
+        batch: &[&spm_bus::Incoming],
+        _out: &mut spm_bus::Outbox,
+    ) -> Result<(), spm_bus::HandlerError> {
+        let now = Instant::now();
+        let sent = self.sent.lock().expect("sent");
+        let mut seen = self.seen.lock().expect("seen");
+        for e in batch {
+            if let Some(at) = sent.get(&e.event_id) {
+                seen.push(now - *at);
+            }
+        }
+        self.applied
+            .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// One produce -> consume hop through SPM's own producer and consumer loop (inbox
+/// transaction included) at 1,000 records/s with the shipped settings (fetch wait 10 ms,
+/// session timeout 6 s), on each broker that is installed, one after the other in this
+/// run: nisshi on its memory and its SQLite engine, and Tansu 0.6.0 as the baseline. Six
+/// partitions per topic (SPM's default) unless a label says otherwise.
+async fn broker(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    use spm_testkit::{BrokerKind, PrivateBroker, Storage};
+    // The SQLite engine once more with one partition per topic: whether its cost is per
+    // request (a fetch covers every partition) rather than per record.
+    let candidates = [
+        ("nisshi memory", BrokerKind::Nisshi, Storage::Memory, 6),
+        ("nisshi sqlite", BrokerKind::Nisshi, Storage::Sqlite, 6),
+        (
+            "nisshi sqlite, 1 partition",
+            BrokerKind::Nisshi,
+            Storage::Sqlite,
+            1,
+        ),
+        ("Tansu 0.6.0 memory", BrokerKind::Tansu, Storage::Memory, 6),
+    ];
+    let rate = 1000;
+    for (label, kind, storage, partitions) in candidates {
+        if !kind.installed() {
+            r.notes.push(format!(
+                "broker: {label} skipped ({} is not installed)",
+                kind.binary()
+            ));
+            continue;
+        }
+        let b = PrivateBroker::launch(kind, storage);
+        let mut env = TestEnv::new("bench-hop").await;
+        env.stack.brokers = b.brokers.clone();
+        env.partitions = partitions;
+        let k = env.kafka();
+        spm_bus::admin::ensure_topics(&k).await?;
+        {
+            use sqlx::Connection as _;
+            let mut c = sqlx::PgConnection::connect(&env.db_url).await?;
+            sqlx::query("CREATE SCHEMA hop").execute(&mut c).await?;
+            sqlx::query("SET search_path TO hop")
+                .execute(&mut c)
+                .await?;
+            for (_, _, sql) in spm_bus::schema::MIGRATIONS {
+                sqlx::raw_sql(sql).execute(&mut c).await?;
+            }
+        }
+        let pool = env.pool("hop").await;
+        let producer = spm_bus::Producer::new(&k)?;
+        let probe = Arc::new(HopProbe::default());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let lp = spm_bus::consumer::ConsumerLoop::new(
+            &k,
+            "hop",
+            &[topics::ACTIVITIES],
+            pool,
+            producer.clone(),
+            probe.clone(),
+        );
+        let started = Instant::now();
+        let task = tokio::spawn(lp.run(cancel.clone()));
+        let topic = k.topic(topics::ACTIVITIES);
+        let record = |i: usize| {
+            let e = activity_env("bench", &format!("rep-{}", i % 60), i, Utc::now());
+            let id: uuid::Uuid = e.event_id.parse().expect("uuid");
+            let rec = spm_bus::envelope_record(
+                topic.clone(),
+                format!("bench/rep-{}", i % 60),
+                &e,
+                &tracing::Span::none(),
+            );
+            (id, rec)
+        };
+        // The group forms: records go out every 100 ms until the loop applies one.
+        let mut i = 0;
+        while probe.applied.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "{label}: the consumer group did not form in 60 s"
+            );
+            let (_, rec) = record(1_000_000 + i);
+            producer.send(&rec).await?;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let join = started.elapsed();
+        let (acks, errors) = open_loop(rate, sz.hop_secs, |i| {
+            let (id, rec) = record(i);
+            probe.sent.lock().expect("sent").insert(id, Instant::now());
+            let p = producer.clone();
+            async move { p.send(&rec).await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .await;
+        let n = usize::try_from(u64::from(rate) * sz.hop_secs).unwrap_or(usize::MAX);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while probe.seen.lock().expect("seen").len() < n - errors && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cancel.cancel();
+        let _ = task.await;
+        let hops = Lat(probe.seen.lock().expect("seen").clone());
+        let sec = "broker";
+        r.add(
+            sec,
+            &format!("{label}: first group join (loop start -> first record applied)"),
+            join.as_secs_f64(),
+            "s",
+            "",
+            None,
+        );
+        r.add(
+            sec,
+            &format!("{label}: produce acknowledged p50 ({rate}/s)"),
+            acks.q(0.5),
+            "ms",
+            "",
+            None,
+        );
+        r.add(
+            sec,
+            &format!("{label}: produce acknowledged p99 ({rate}/s)"),
+            acks.q(0.99),
+            "ms",
+            "",
+            None,
+        );
+        r.add(
+            sec,
+            &format!("{label}: one hop, produce -> SPM consumer loop p50 ({rate}/s)"),
+            hops.q(0.5),
+            "ms",
+            "",
+            None,
+        );
+        r.add(
+            sec,
+            &format!("{label}: one hop p99"),
+            hops.q(0.99),
+            "ms",
+            "",
+            None,
+        );
+        #[allow(clippy::cast_precision_loss)]
+        r.add(
+            sec,
+            &format!("{label}: records applied (of {n})"),
+            hops.0.len() as f64,
+            "records",
+            &n.to_string(),
+            Some(hops.0.len() == n && errors == 0),
+        );
+        drop(env);
+        drop(b);
+    }
     Ok(())
 }
 
@@ -1524,15 +1715,24 @@ async fn machine() -> Vec<(String, String)> {
             "PostgreSQL".into(),
             cmd("/usr/lib/postgresql/15/bin/postgres", &["--version"]),
         ),
-        (
-            "broker".into(),
-            "Tansu 0.6.0, memory engine, loopback".into(),
-        ),
+        ("broker".into(), stack_broker()),
         (
             "build".into(),
             "release services (cargo build --release)".into(),
         ),
     ]
+}
+
+/// What the local stack's broker is (`deploy/local/stack` writes it down when it starts one).
+fn stack_broker() -> String {
+    let what = std::fs::read_to_string(spm_testkit::repo_root().join(".local/broker.what"))
+        .unwrap_or_else(|_| "tansu memory".into());
+    let mut w = what.split_whitespace();
+    let name = match w.next() {
+        Some("nisshi") => "nisshi 0.7.0-pre.2",
+        _ => "Tansu 0.6.0",
+    };
+    format!("{name}, {} engine, loopback", w.next().unwrap_or("memory"))
 }
 
 async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<()> {
@@ -1601,6 +1801,7 @@ async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<(
     }
     md.push_str("\n## How each figure is measured\n\n");
     md.push_str("Each section has its own database and topics, deleted when it ends; a Postgres `CHECKPOINT` runs before each section so that none measures the write-back of the one before.\n\n");
+    md.push_str("- **broker**: one produce -> consume hop through SPM's own idempotent producer and consumer loop (inbox transaction included, as a service sees an event) at 1,000 records/s open loop, with the shipped settings (fetch wait 10 ms, session timeout 6 s), on a private broker of each kind installed, one after the other in this run: nisshi 0.7.0-pre.2 on its memory and its SQLite engine, Tansu 0.6.0 on its memory engine (the previous broker, as the baseline). The hop is from just before each record is enqueued to the handler seeing it; the join is from the loop's start to the first record applied.\n");
     md.push_str("- **ingest**: the same number of same-size envelopes (same headers) is first produced straight to the broker with the same idempotent, lz4 rdkafka producer settings, all enqueued at once (the best case for raw rdkafka); then as many events go through ingest over 4 concurrent `StreamEvents` streams in 1,000-event messages, built and connected before the clock as the baseline's records are (validation, idempotency records in Postgres, fan-out, publish, commit after the broker's ack). Ack latency is per message.\n");
     md.push_str("- **scoring**: events are produced to the topics first, then scoring starts and applies them; the rate is events over the span between the first and last inbox commit. `GetScore` runs open-loop at 2,000 requests/s (latency from each request's scheduled time).\n");
     md.push_str("- **incentive**: deal credits are produced first; the rate is deals over the inbox span, each recomputing its rep-period and posting ledger lines. What-if is 2,000 sequential calls; simulation runs a draft plan over every deal of the month.\n");
