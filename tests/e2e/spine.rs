@@ -186,6 +186,36 @@ fn spm_telemetry_trace(tp: &str) -> &str {
     tp.split('-').nth(1).unwrap_or_default()
 }
 
+/// Submits `events` in one request; every one is accepted.
+async fn submit_accepted(
+    client: &mut IngestServiceClient<tonic::transport::Channel>,
+    key: &str,
+    events: Vec<spm_proto::ingest::v1::CrmEvent>,
+) {
+    let acks = client
+        .submit_events(authed(SubmitEventsRequest { events }, key))
+        .await
+        .expect("submit")
+        .into_inner()
+        .acks;
+    assert!(acks.iter().all(|a| a.status == AckStatus::Accepted as i32));
+}
+
+/// Waits until scoring has counted `n` deal facts.
+async fn deals_counted(pool: &sqlx::PgPool, n: usize, what: &str) {
+    eventually(Duration::from_secs(60), what, || {
+        let pool = pool.clone();
+        async move {
+            let c: i64 = sqlx::query_scalar("SELECT count(*) FROM facts WHERE kind = 'deal'")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (c == i64::try_from(n).ok()?).then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_split_the_partitions_and_count_every_event_once() {
     let env = TestEnv::new("scaleout").await;
@@ -212,30 +242,9 @@ async fn two_instances_split_the_partitions_and_count_every_event_once() {
         events.push(deal(&format!("d-{i}"), "10.00", &[(r.as_str(), "100")]));
     }
     for chunk in events.chunks(100) {
-        let acks = client
-            .submit_events(authed(
-                SubmitEventsRequest {
-                    events: chunk.to_vec(),
-                },
-                &tenant.admin_key,
-            ))
-            .await
-            .expect("submit")
-            .into_inner()
-            .acks;
-        assert!(acks.iter().all(|a| a.status == AckStatus::Accepted as i32));
+        submit_accepted(&mut client, &tenant.admin_key, chunk.to_vec()).await;
     }
-    eventually(Duration::from_secs(60), "every deal counted", || {
-        let pool = pool.clone();
-        async move {
-            let c: i64 = sqlx::query_scalar("SELECT count(*) FROM facts WHERE kind = 'deal'")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (c == i64::try_from(n).ok()?).then_some(())
-        }
-    })
-    .await;
+    deals_counted(&pool, n, "every deal counted").await;
     assert_eq!(revenue(&pool, "acme").await, Decimal::new(240_000, 2));
     let topic = ["topic=\"spm.crm.deals.v1\""];
     let (ca, cb) = (
@@ -266,31 +275,8 @@ async fn two_instances_split_the_partitions_and_count_every_event_once() {
             )
         })
         .collect();
-    let acks = client
-        .submit_events(authed(
-            SubmitEventsRequest { events: more },
-            &tenant.admin_key,
-        ))
-        .await
-        .expect("submit")
-        .into_inner()
-        .acks;
-    assert!(acks.iter().all(|a| a.status == AckStatus::Accepted as i32));
-    eventually(
-        Duration::from_secs(60),
-        "the survivor counts every deal",
-        || {
-            let pool = pool.clone();
-            async move {
-                let c: i64 = sqlx::query_scalar("SELECT count(*) FROM facts WHERE kind = 'deal'")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (c == i64::try_from(n + 60).ok()?).then_some(())
-            }
-        },
-    )
-    .await;
+    submit_accepted(&mut client, &tenant.admin_key, more).await;
+    deals_counted(&pool, n + 60, "the survivor counts every deal").await;
     eprintln!(
         "after kill -9 of one of two members the other applied all of its records {:.1} s later (session timeout {} ms)",
         killed.elapsed().as_secs_f64(),
