@@ -29,6 +29,8 @@ impl Payload {
             Payload::TenantUpserted(_) => "TenantUpserted",
             Payload::ApiKeyIssued(_) => "ApiKeyIssued",
             Payload::ApiKeyRevoked(_) => "ApiKeyRevoked",
+            Payload::IdentityProviderSet(_) => "IdentityProviderSet",
+            Payload::PersonUpserted(_) => "PersonUpserted",
         }
     }
 }

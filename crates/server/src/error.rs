@@ -29,7 +29,7 @@ pub enum ApiError {
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
-    Unauthenticated(&'static str),
+    Unauthenticated(std::borrow::Cow<'static, str>),
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
@@ -186,7 +186,7 @@ mod tests {
         let e = ApiError::invalid("amount", "must not be negative");
         assert_eq!(e.http_status(), 422);
         assert_eq!(e.to_json()["field_violations"][0]["field"], "amount");
-        assert_eq!(ApiError::Unauthenticated("x").http_status(), 401);
+        assert_eq!(ApiError::Unauthenticated("x".into()).http_status(), 401);
         assert_eq!(
             ApiError::unavailable("broker").to_json()["retry_after_ms"],
             1000

@@ -1,6 +1,6 @@
 //! The gRPC server every service runs: health and reflection, and in front of every call
 //! one edge layer that opens the server span (parent from the caller's `traceparent`),
-//! authenticates the tenant key, and records request metrics.
+//! authenticates the caller (a tenant key or a person's token), and records request metrics.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +38,7 @@ impl GrpcServer {
             edge: EdgeLayer {
                 keys,
                 open: Vec::new(),
+                people: Vec::new(),
             },
         }
     }
@@ -62,6 +63,14 @@ impl GrpcServer {
     /// Methods (full paths, `/pkg.Service/Method`) that do their own authentication.
     pub fn open_method(&mut self, path: &'static str) -> &mut Self {
         self.edge.open.push(path);
+        self
+    }
+
+    /// Methods (full paths) that signed-in people may call; the method itself then scopes
+    /// what they see ([`crate::access`]). People get `PERMISSION_DENIED` on every other
+    /// method.
+    pub fn people_may_call(&mut self, paths: &[&'static str]) -> &mut Self {
+        self.edge.people.extend_from_slice(paths);
         self
     }
 
@@ -136,6 +145,7 @@ async fn set_all(reporter: &HealthReporter, names: &[&'static str], status: Serv
 pub struct EdgeLayer {
     keys: KeyStore,
     open: Vec<&'static str>,
+    people: Vec<&'static str>,
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -190,6 +200,7 @@ where
             rpc.method = %method,
             rpc.grpc.status_code = field::Empty,
             tenant = field::Empty,
+            principal = field::Empty,
             trace_id = field::Empty,
         );
         spm_telemetry::propagation::set_parent(
@@ -209,8 +220,19 @@ where
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
                 match layer.keys.authenticate_header(header).await {
+                    Ok(caller)
+                        if caller.person.is_some() && !layer.people.contains(&path.as_str()) =>
+                    {
+                        Some(
+                            tonic::Status::from(crate::ApiError::PermissionDenied(format!(
+                                "{path} is for API keys; signed-in people cannot call it"
+                            )))
+                            .into_http::<Body>(),
+                        )
+                    }
                     Ok(caller) => {
                         tracing::Span::current().record("tenant", caller.tenant_id.as_str());
+                        tracing::Span::current().record("principal", caller.key_id.as_str());
                         req.extensions_mut().insert(caller);
                         None
                     }

@@ -1,6 +1,7 @@
 //! The org projection every service keeps from `spm.org.v1`: reps and teams, the latest
 //! upsert winning (by occurred_at, then event id) so redelivery and reordering do not
-//! matter; plus the hierarchy queries (team members, manager chain).
+//! matter; every rep upsert also kept as effective-dated membership history; plus the
+//! hierarchy queries (team members, manager chain, a manager's reporting subtree).
 
 use std::collections::HashMap;
 
@@ -10,10 +11,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// `(version, description, sql)` of the org tables, run by [`crate::db::migrate`].
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    3,
-    "org reps and teams",
-    r#"
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        3,
+        "org reps and teams",
+        r#"
 CREATE TABLE org_reps (
     tenant_id    text        NOT NULL,
     rep_id       text        NOT NULL,
@@ -41,7 +43,31 @@ CREATE TABLE org_teams (
     PRIMARY KEY (tenant_id, team_id)
 );
 "#,
-)];
+    ),
+    (
+        5,
+        "org logins and effective-dated membership",
+        r#"
+ALTER TABLE org_reps ADD COLUMN login text NOT NULL DEFAULT '';
+CREATE INDEX org_reps_login ON org_reps (tenant_id, lower(CASE WHEN login <> '' THEN login ELSE email END));
+CREATE INDEX org_reps_manager ON org_reps (tenant_id, manager_id);
+
+-- Every upsert of a rep, effective from its occurred_at: who a manager manages at a moment
+-- is read from here, so a move dated in the future takes effect on its date.
+CREATE TABLE org_rep_history (
+    tenant_id    text        NOT NULL,
+    rep_id       text        NOT NULL,
+    effective_at timestamptz NOT NULL,
+    event_id     uuid        NOT NULL,
+    team_id      text        NOT NULL,
+    manager_id   text        NOT NULL,
+    PRIMARY KEY (tenant_id, rep_id, effective_at, event_id)
+);
+INSERT INTO org_rep_history (tenant_id, rep_id, effective_at, event_id, team_id, manager_id)
+SELECT tenant_id, rep_id, occurred_at, event_id, team_id, manager_id FROM org_reps;
+"#,
+    ),
+];
 
 /// A rep as the org projection knows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -84,14 +110,27 @@ pub async fn apply(
         .unwrap_or_default();
     match &ev.payload {
         Some(Payload::RepUpserted(r)) => {
+            sqlx::query(
+                "INSERT INTO org_rep_history (tenant_id, rep_id, effective_at, event_id, team_id, manager_id)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&ev.tenant_id)
+            .bind(&r.rep_id)
+            .bind(at)
+            .bind(event_id)
+            .bind(&r.team_id)
+            .bind(&r.manager_id)
+            .execute(&mut *conn)
+            .await?;
             let n = sqlx::query(
                 "INSERT INTO org_reps (tenant_id, rep_id, display_name, email, team_id, manager_id, role, territory, active,
-                                       occurred_at, event_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                       occurred_at, event_id, login)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (tenant_id, rep_id) DO UPDATE SET
                    display_name = EXCLUDED.display_name, email = EXCLUDED.email, team_id = EXCLUDED.team_id,
                    manager_id = EXCLUDED.manager_id, role = EXCLUDED.role, territory = EXCLUDED.territory,
-                   active = EXCLUDED.active, occurred_at = EXCLUDED.occurred_at, event_id = EXCLUDED.event_id
+                   active = EXCLUDED.active, occurred_at = EXCLUDED.occurred_at, event_id = EXCLUDED.event_id,
+                   login = EXCLUDED.login
                  WHERE (org_reps.occurred_at, org_reps.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)",
             )
             .bind(&ev.tenant_id)
@@ -105,6 +144,7 @@ pub async fn apply(
             .bind(r.active)
             .bind(at)
             .bind(event_id)
+            .bind(&r.login)
             .execute(conn)
             .await?
             .rows_affected();
@@ -232,4 +272,58 @@ pub async fn manager_chain(
         }
     }
     Ok(out)
+}
+
+/// The reps `manager` manages now: reports (direct and indirect, by each rep's manager) and
+/// everyone in the teams they manage and those teams' sub-teams, by the membership in effect
+/// now (the latest upsert of each rep whose occurred_at has passed). The manager is not in
+/// the list.
+pub async fn subtree(
+    conn: &mut PgConnection,
+    tenant: &str,
+    manager: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE eff AS (
+             SELECT DISTINCT ON (rep_id) rep_id, team_id, manager_id
+               FROM org_rep_history WHERE tenant_id = $1 AND effective_at <= now()
+              ORDER BY rep_id, effective_at DESC, event_id DESC
+         ), managed(team_id) AS (
+             SELECT team_id FROM org_teams WHERE tenant_id = $1 AND manager_id = $2
+             UNION
+             SELECT t.team_id FROM org_teams t JOIN managed m ON t.parent_team_id = m.team_id
+              WHERE t.tenant_id = $1
+         ), sub(rep_id) AS (
+             SELECT rep_id FROM eff
+              WHERE manager_id = $2 OR team_id IN (SELECT team_id FROM managed)
+             UNION
+             SELECT e.rep_id FROM eff e JOIN sub s ON e.manager_id = s.rep_id
+         )
+         SELECT rep_id FROM sub WHERE rep_id <> $2 ORDER BY rep_id",
+    )
+    .bind(tenant)
+    .bind(manager)
+    .fetch_all(conn)
+    .await
+}
+
+/// The teams `manager` manages and their sub-teams.
+pub async fn managed_teams(
+    conn: &mut PgConnection,
+    tenant: &str,
+    manager: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE managed(team_id) AS (
+             SELECT team_id FROM org_teams WHERE tenant_id = $1 AND manager_id = $2
+             UNION
+             SELECT t.team_id FROM org_teams t JOIN managed m ON t.parent_team_id = m.team_id
+              WHERE t.tenant_id = $1
+         )
+         SELECT team_id FROM managed ORDER BY team_id",
+    )
+    .bind(tenant)
+    .bind(manager)
+    .fetch_all(conn)
+    .await
 }

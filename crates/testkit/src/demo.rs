@@ -111,6 +111,7 @@ pub fn generate(
             role: "manager".into(),
             territory: "all".into(),
             active: true,
+            login: String::new(),
         }),
     ));
     d.events.push(ev_at(
@@ -139,6 +140,7 @@ pub fn generate(
                 role: "manager".into(),
                 territory: team.clone(),
                 active: true,
+                login: String::new(),
             }),
         ));
         d.events.push(ev_at(
@@ -167,6 +169,7 @@ pub fn generate(
                     role: "ae".into(),
                     territory: team.clone(),
                     active: true,
+                    login: String::new(),
                 }),
             ));
             d.reps.push((rep, team.clone(), manager.clone(), skill));

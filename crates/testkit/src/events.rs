@@ -38,6 +38,7 @@ pub fn rep(rep_id: &str, team: &str, manager: &str) -> CrmEvent {
         role: "ae".into(),
         territory: "north".into(),
         active: true,
+        login: String::new(),
     }))
 }
 

@@ -290,6 +290,7 @@ impl Api {
         if r.rep_id.is_empty() {
             return Err(ApiError::invalid("rep_id", "is required").into());
         }
+        c.require_rep(&self.pool, &r.rep_id).await?;
         let asked = r.period.as_ref().map(|p| (p.kind, p.key.clone()));
         let cache_key = (
             c.tenant_id.clone(),
@@ -430,6 +431,10 @@ impl IncentiveService for Api {
         .fetch_one(&self.pool)
         .await
         .map_err(ApiError::from)?;
+        // A line out of the caller's scope is as absent as one that does not exist.
+        if c.require_rep(&self.pool, &rep).await.is_err() {
+            return Err(ApiError::NotFound(format!("line {id}")).into());
+        }
         let ctx = self.ctx(&c.tenant_id).await?;
         let line = lines_of(&ctx, &first.source_period_key, &rows)
             .into_iter()
@@ -468,11 +473,19 @@ impl IncentiveService for Api {
     ) -> Result<Response<pb::ListAwardsResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
+        let scope = if r.rep_id.is_empty() {
+            c.scope(&self.pool).await?.rep_list()
+        } else {
+            c.require_rep(&self.pool, &r.rep_id).await?;
+            None
+        };
         let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
-            "SELECT payload FROM awards WHERE tenant_id = $1 AND ($2 = '' OR rep_id = $2) ORDER BY granted_at, award_id",
+            "SELECT payload FROM awards WHERE tenant_id = $1 AND ($2 = '' OR rep_id = $2)
+               AND ($3::text[] IS NULL OR rep_id = ANY($3)) ORDER BY granted_at, award_id",
         )
         .bind(&c.tenant_id)
         .bind(&r.rep_id)
+        .bind(scope)
         .fetch_all(&self.pool)
         .await
         .map_err(ApiError::from)?;
@@ -490,6 +503,9 @@ impl IncentiveService for Api {
     ) -> Result<Response<pb::WhatIfResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
+        if !r.rep_id.is_empty() {
+            c.require_rep(&self.pool, &r.rep_id).await?;
+        }
         let ctx = self.ctx(&c.tenant_id).await?;
         let mut v = Violations::new();
         v.id("rep_id", &r.rep_id, 128);
@@ -594,6 +610,7 @@ impl IncentiveService for Api {
         req: Request<pb::SimulatePlanRequest>,
     ) -> Result<Response<pb::SimulatePlanResponse>, Status> {
         let c = caller(&req)?;
+        c.require_tenant_reader()?;
         let r = req.into_inner();
         let draft_pb = r
             .draft
@@ -628,7 +645,12 @@ impl IncentiveService for Api {
         req: Request<pb::OpenDisputeRequest>,
     ) -> Result<Response<pb::OpenDisputeResponse>, Status> {
         let c = caller(&req)?;
-        let r = req.into_inner();
+        c.require_writer()?;
+        let mut r = req.into_inner();
+        // A person opens disputes as themself, whatever the request says.
+        if c.person.is_some() {
+            r.opened_by = c.actor();
+        }
         let mut v = Violations::new();
         let line_id = Uuid::parse_str(&r.line_id).ok();
         if line_id.is_none() {
@@ -638,7 +660,9 @@ impl IncentiveService for Api {
             v.add("reason", "is required");
         }
         v.text("reason", &r.reason, 2000);
-        v.id("opened_by", &r.opened_by, 128);
+        if c.person.is_none() {
+            v.id("opened_by", &r.opened_by, 128);
+        }
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
         let line_id = line_id.expect("checked");
         let rep: Option<String> = sqlx::query_scalar(
@@ -650,6 +674,11 @@ impl IncentiveService for Api {
         .await
         .map_err(ApiError::from)?;
         let rep = rep.ok_or_else(|| ApiError::NotFound(format!("line {line_id}")))?;
+        // Someone else's line: a rep cannot even read it, so it is absent to them.
+        if c.require_rep(&self.pool, &rep).await.is_err() {
+            return Err(ApiError::NotFound(format!("line {line_id}")).into());
+        }
+        c.require_dispute_opener(&rep)?;
         let ctx = self.ctx(&c.tenant_id).await?;
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
         let id = Uuid::new_v4();
@@ -694,13 +723,21 @@ impl IncentiveService for Api {
     ) -> Result<Response<pb::ListDisputesResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
+        let scope = if r.rep_id.is_empty() {
+            c.scope(&self.pool).await?.rep_list()
+        } else {
+            c.require_rep(&self.pool, &r.rep_id).await?;
+            None
+        };
         let rows: Vec<DisputeRow> = sqlx::query_as(&format!(
             "SELECT {DISPUTE_COLUMNS} FROM disputes WHERE tenant_id = $1 AND ($2 = '' OR rep_id = $2)
-               AND (NOT $3 OR status = 'open') ORDER BY opened_at, dispute_id"
+               AND (NOT $3 OR status = 'open') AND ($4::text[] IS NULL OR rep_id = ANY($4))
+             ORDER BY opened_at, dispute_id"
         ))
         .bind(&c.tenant_id)
         .bind(&r.rep_id)
         .bind(r.open_only)
+        .bind(scope)
         .fetch_all(&self.pool)
         .await
         .map_err(ApiError::from)?;
@@ -817,7 +854,7 @@ impl IncentiveAdminService for Api {
         req: Request<pb::PutPlanRequest>,
     ) -> Result<Response<pb::PutPlanResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
+        c.require_configure()?;
         let proto = req
             .into_inner()
             .plan
@@ -904,6 +941,7 @@ impl IncentiveAdminService for Api {
         req: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
         let c = caller(&req)?;
+        c.require_tenant_reader()?;
         let history = req.into_inner().history;
         let rows: Vec<(sqlx::types::Json<Plan>, DateTime<Utc>)> =
             sqlx::query_as("SELECT definition, created_at FROM plans WHERE tenant_id = $1 ORDER BY plan_id, version")
@@ -933,7 +971,7 @@ impl IncentiveAdminService for Api {
         req: Request<pb::ClosePeriodRequest>,
     ) -> Result<Response<pb::ClosePeriodResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
+        c.require_configure()?;
         let r = req.into_inner();
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
         let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
@@ -965,7 +1003,7 @@ impl IncentiveAdminService for Api {
         req: Request<pb::MarkPeriodPaidRequest>,
     ) -> Result<Response<pb::MarkPeriodPaidResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
+        c.require_configure()?;
         let r = req.into_inner();
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
         let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
@@ -1009,12 +1047,17 @@ impl IncentiveAdminService for Api {
         req: Request<pb::ResolveDisputeRequest>,
     ) -> Result<Response<pb::ResolveDisputeResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
-        let r = req.into_inner();
+        c.require_writer()?;
+        let mut r = req.into_inner();
+        if c.person.is_some() {
+            r.resolved_by = c.actor();
+        }
         let id = Uuid::parse_str(&r.dispute_id)
             .map_err(|_| ApiError::invalid("dispute_id", "must be a UUID"))?;
         let mut v = Violations::new();
-        v.id("resolved_by", &r.resolved_by, 128);
+        if c.person.is_none() {
+            v.id("resolved_by", &r.resolved_by, 128);
+        }
         v.text("note", &r.note, 2000);
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
         let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
@@ -1052,6 +1095,10 @@ impl IncentiveAdminService for Api {
         .await
         .map_err(ApiError::from)?;
         let d = d.ok_or_else(|| ApiError::NotFound(format!("dispute {id}")))?;
+        if c.require_rep(&self.pool, &d.rep_id).await.is_err() {
+            return Err(ApiError::NotFound(format!("dispute {id}")).into());
+        }
+        c.require_dispute_resolver(&self.pool, &d.rep_id).await?;
         if d.status != "open" {
             return Err(ApiError::FailedPrecondition(format!(
                 "dispute {id} is already {}",

@@ -96,9 +96,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             IncentiveAdminServiceServer::new(api)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        );
+        )
+        .people_may_call(PEOPLE_METHODS);
     app.serve(grpc, axum::Router::new()).await
 }
+
+/// What signed-in people may call; each method scopes them (spm_server::access).
+pub const PEOPLE_METHODS: &[&str] = &[
+    "/spm.incentive.v1.IncentiveService/GetStatement",
+    "/spm.incentive.v1.IncentiveService/ExplainLine",
+    "/spm.incentive.v1.IncentiveService/ListAwards",
+    "/spm.incentive.v1.IncentiveService/WhatIf",
+    "/spm.incentive.v1.IncentiveService/SimulatePlan",
+    "/spm.incentive.v1.IncentiveService/OpenDispute",
+    "/spm.incentive.v1.IncentiveService/ListDisputes",
+    "/spm.incentive.v1.IncentiveAdminService/PutPlan",
+    "/spm.incentive.v1.IncentiveAdminService/ListPlans",
+    "/spm.incentive.v1.IncentiveAdminService/ClosePeriod",
+    "/spm.incentive.v1.IncentiveAdminService/MarkPeriodPaid",
+    "/spm.incentive.v1.IncentiveAdminService/ResolveDispute",
+];
 
 /// Input projections rebuilt from the topics (the ledger, plans, periods, awards and
 /// disputes are the system of record and stay).
@@ -106,9 +123,12 @@ pub const PROJECTIONS: &[&str] = &[
     "credits",
     "kpis",
     "org_reps",
+    "org_rep_history",
     "org_teams",
     "auth_tenants",
     "auth_keys",
+    "auth_idps",
+    "auth_people",
     "inbox",
 ];
 

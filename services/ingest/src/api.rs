@@ -17,6 +17,7 @@ use spm_proto::ingest::v1::ingest_admin_service_server::IngestAdminService;
 use spm_proto::ingest::v1::ingest_service_server::IngestService;
 use spm_server::ApiError;
 use spm_server::auth::{self, Role, caller};
+use spm_server::oidc;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -168,13 +169,36 @@ fn admin_envelope(tenant_id: &str, ctx: &TenantContext, payload: Payload) -> ev:
     }
 }
 
-fn tenant_pb(tenant_id: &str, name: &str, ctx: TenantContext, active: bool) -> pb::Tenant {
+fn tenant_pb(
+    tenant_id: &str,
+    name: &str,
+    ctx: TenantContext,
+    active: bool,
+    peer_view: ev::PeerView,
+) -> pb::Tenant {
     pb::Tenant {
         tenant_id: tenant_id.to_owned(),
         name: name.to_owned(),
         context: Some(ctx),
         active,
         created_at: None,
+        leaderboard_peer_view: peer_view as i32,
+    }
+}
+
+fn person_pb(
+    login: String,
+    role: Role,
+    rep_id: String,
+    active: bool,
+    display_name: String,
+) -> pb::Person {
+    pb::Person {
+        login,
+        role: role.to_person_proto() as i32,
+        rep_id,
+        active,
+        display_name,
     }
 }
 
@@ -191,12 +215,14 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthenticated(
-                "CreateTenant needs 'authorization: Bearer <SPM_ADMIN_TOKEN>'",
+                "CreateTenant needs 'authorization: Bearer <SPM_ADMIN_TOKEN>'".into(),
             ))?;
         if auth::constant_time_eq(got.trim().as_bytes(), expected.as_bytes()) {
             Ok(())
         } else {
-            Err(ApiError::Unauthenticated("invalid operator admin token"))
+            Err(ApiError::Unauthenticated(
+                "invalid operator admin token".into(),
+            ))
         }
     }
 
@@ -297,6 +323,7 @@ impl IngestAdminService for Api {
                         name: r.name.clone(),
                         context: Some(ctx.clone()),
                         active: true,
+                        leaderboard_peer_view: ev::PeerView::Names as i32,
                     }),
                 ),
             ),
@@ -305,7 +332,13 @@ impl IngestAdminService for Api {
         self.emit_and_commit(tx, events).await?;
         tracing::info!(tenant = %r.tenant_id, "tenant created");
         Ok(Response::new(pb::CreateTenantResponse {
-            tenant: Some(tenant_pb(&r.tenant_id, &r.name, ctx, true)),
+            tenant: Some(tenant_pb(
+                &r.tenant_id,
+                &r.name,
+                ctx,
+                true,
+                ev::PeerView::Names,
+            )),
             admin_api_key: key.key,
             admin_key_id: key.key_id,
             webhook_secret: secret,
@@ -324,10 +357,19 @@ impl IngestAdminService for Api {
         }
         v.text("name", &r.name, 200);
         let ctx = check_context(&mut v, r.context.as_ref());
+        let peer_view = match ev::PeerView::try_from(r.leaderboard_peer_view) {
+            Ok(ev::PeerView::Unspecified) | Err(_) if r.leaderboard_peer_view != 0 => {
+                v.add("leaderboard_peer_view", "is not a PeerView value");
+                ev::PeerView::Names
+            }
+            Ok(ev::PeerView::Unspecified) | Err(_) => ev::PeerView::Names,
+            Ok(p) => p,
+        };
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
         sqlx::query(
-            "UPDATE auth_tenants SET name = $2, time_zone = $3, fiscal_year_start_month = $4, base_currency = $5, updated_at = now()
+            "UPDATE auth_tenants SET name = $2, time_zone = $3, fiscal_year_start_month = $4, base_currency = $5,
+                    peer_view = $6, updated_at = now()
               WHERE tenant_id = $1",
         )
         .bind(&c.tenant_id)
@@ -335,6 +377,7 @@ impl IngestAdminService for Api {
         .bind(&ctx.time_zone)
         .bind(i32::try_from(ctx.fiscal_year_start_month).unwrap_or(1))
         .bind(&ctx.base_currency)
+        .bind(auth::peer_view_str(peer_view))
         .execute(&mut *tx)
         .await
         .map_err(ApiError::from)?;
@@ -345,13 +388,14 @@ impl IngestAdminService for Api {
                 name: r.name.clone(),
                 context: Some(ctx.clone()),
                 active: true,
+                leaderboard_peer_view: peer_view as i32,
             }),
         );
         self.emit_and_commit(tx, vec![(c.tenant_id.clone(), env)])
             .await?;
         self.pipeline.forget_tenant(&c.tenant_id);
         Ok(Response::new(pb::UpdateTenantResponse {
-            tenant: Some(tenant_pb(&c.tenant_id, &r.name, ctx, true)),
+            tenant: Some(tenant_pb(&c.tenant_id, &r.name, ctx, true, peer_view)),
         }))
     }
 
@@ -364,8 +408,11 @@ impl IngestAdminService for Api {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound(format!("tenant {}", c.tenant_id)))?;
+        let view = auth::peer_view(&self.pipeline.pool, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetTenantResponse {
-            tenant: Some(tenant_pb(&c.tenant_id, &name, t.context, active)),
+            tenant: Some(tenant_pb(&c.tenant_id, &name, t.context, active, view)),
         }))
     }
 
@@ -508,6 +555,7 @@ impl IngestAdminService for Api {
         req: Request<pb::ListFxRatesRequest>,
     ) -> Result<Response<pb::ListFxRatesResponse>, Status> {
         let c = caller(&req)?;
+        c.require_tenant_reader()?;
         let r = req.into_inner();
         let rows = crate::store::fx_rates(&self.pipeline.pool, &c.tenant_id, &r.currency)
             .await
@@ -629,6 +677,233 @@ impl IngestAdminService for Api {
                 }))
             }
         }
+    }
+
+    async fn set_identity_provider(
+        &self,
+        req: Request<pb::SetIdentityProviderRequest>,
+    ) -> Result<Response<pb::SetIdentityProviderResponse>, Status> {
+        let (c, t) = self.admin(&req).await?;
+        let p = req.into_inner().provider.unwrap_or_default();
+        let mut v = Violations::new();
+        let issuer = p.issuer.trim().to_owned();
+        let audience = p.audience.trim().to_owned();
+        let claim = if p.person_claim.trim().is_empty() {
+            "email".to_owned()
+        } else {
+            p.person_claim.trim().to_owned()
+        };
+        let mut jwks_uri = String::new();
+        if !issuer.is_empty() {
+            if let Err(e) = oidc::check_issuer_url(&issuer) {
+                v.add("provider.issuer", e);
+            }
+            if audience.is_empty() {
+                v.add(
+                    "provider.audience",
+                    "is required: the aud your provider puts in SPM's tokens",
+                );
+            }
+            v.text("provider.audience", &audience, 200);
+            if claim.len() > 64
+                || !claim
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b))
+            {
+                v.add(
+                    "provider.person_claim",
+                    "must be a claim name such as email or sub",
+                );
+            }
+        }
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+        if !issuer.is_empty() {
+            // Only a provider that answers is stored: a typo must not lock everyone out later.
+            match oidc::discover(oidc::shared_http(), &issuer).await {
+                Ok(doc) => jwks_uri = doc.jwks_uri,
+                Err(e) => return Err(ApiError::invalid("provider.issuer", e).into()),
+            }
+            let taken: Option<String> = sqlx::query_scalar(
+                "SELECT tenant_id FROM auth_idps WHERE issuer = $1 AND audience = $2 AND tenant_id <> $3",
+            )
+            .bind(&issuer)
+            .bind(&audience)
+            .bind(&c.tenant_id)
+            .fetch_optional(&self.pipeline.pool)
+            .await
+            .map_err(ApiError::from)?;
+            if taken.is_some() {
+                return Err(ApiError::invalid(
+                    "provider.audience",
+                    "another tenant already uses this issuer with this audience; tokens must name one tenant",
+                )
+                .into());
+            }
+        }
+        let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        sqlx::query(
+            "INSERT INTO auth_idps (tenant_id, issuer, audience, person_claim, updated_at) VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (tenant_id) DO UPDATE SET issuer = EXCLUDED.issuer, audience = EXCLUDED.audience,
+               person_claim = EXCLUDED.person_claim, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&c.tenant_id)
+        .bind(&issuer)
+        .bind(&audience)
+        .bind(&claim)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let env = admin_envelope(
+            &c.tenant_id,
+            &t.context,
+            Payload::IdentityProviderSet(ev::IdentityProviderSet {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                person_claim: claim.clone(),
+            }),
+        );
+        self.emit_and_commit(tx, vec![(spm_core::kafka_key(&c.tenant_id, "idp"), env)])
+            .await?;
+        tracing::info!(tenant = %c.tenant_id, %issuer, "identity provider set");
+        Ok(Response::new(pb::SetIdentityProviderResponse {
+            provider: (!issuer.is_empty()).then(|| pb::IdentityProvider {
+                issuer,
+                audience,
+                person_claim: claim,
+                jwks_uri,
+            }),
+        }))
+    }
+
+    async fn get_identity_provider(
+        &self,
+        req: Request<pb::GetIdentityProviderRequest>,
+    ) -> Result<Response<pb::GetIdentityProviderResponse>, Status> {
+        let (c, _) = self.admin(&req).await?;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT issuer, audience, person_claim FROM auth_idps WHERE tenant_id = $1 AND issuer <> ''",
+        )
+        .bind(&c.tenant_id)
+        .fetch_optional(&self.pipeline.pool)
+        .await
+        .map_err(ApiError::from)?;
+        Ok(Response::new(pb::GetIdentityProviderResponse {
+            provider: row.map(|(issuer, audience, person_claim)| pb::IdentityProvider {
+                issuer,
+                audience,
+                person_claim,
+                jwks_uri: String::new(),
+            }),
+        }))
+    }
+
+    async fn put_person(
+        &self,
+        req: Request<pb::PutPersonRequest>,
+    ) -> Result<Response<pb::PutPersonResponse>, Status> {
+        let (c, t) = self.admin(&req).await?;
+        let p = req.into_inner().person.unwrap_or_default();
+        let mut v = Violations::new();
+        let login = p.login.trim().to_lowercase();
+        if login.is_empty() {
+            v.add(
+                "person.login",
+                "is required: the value of the tenant's person claim",
+            );
+        } else if login.chars().any(char::is_whitespace) {
+            v.add("person.login", "must not contain white space");
+        }
+        v.text("person.login", &login, 320);
+        v.text("person.display_name", &p.display_name, 200);
+        v.optional_id("person.rep_id", &p.rep_id, 128);
+        let role = Role::from_person_proto(p.role());
+        if role.is_none() {
+            v.add(
+                "person.role",
+                "must be REP, MANAGER, COMP_ADMIN, FINANCE or AUDITOR",
+            );
+        }
+        let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
+        let role = role.unwrap_or(Role::Rep);
+        if !p.rep_id.is_empty() {
+            let known: Option<bool> =
+                sqlx::query_scalar("SELECT true FROM reps WHERE tenant_id = $1 AND rep_id = $2")
+                    .bind(&c.tenant_id)
+                    .bind(&p.rep_id)
+                    .fetch_optional(&self.pipeline.pool)
+                    .await
+                    .map_err(ApiError::from)?;
+            if known.is_none() {
+                return Err(ApiError::invalid(
+                    "person.rep_id",
+                    format!(
+                        "no rep {:?} in this tenant (send its RepUpserted first)",
+                        p.rep_id
+                    ),
+                )
+                .into());
+            }
+        }
+        let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        sqlx::query(
+            "INSERT INTO auth_people (tenant_id, login, role, rep_id, active, display_name, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now())
+             ON CONFLICT (tenant_id, login) DO UPDATE SET role = EXCLUDED.role, rep_id = EXCLUDED.rep_id,
+               active = EXCLUDED.active, display_name = EXCLUDED.display_name, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&c.tenant_id)
+        .bind(&login)
+        .bind(role.as_str())
+        .bind(&p.rep_id)
+        .bind(p.active)
+        .bind(&p.display_name)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let env = admin_envelope(
+            &c.tenant_id,
+            &t.context,
+            Payload::PersonUpserted(ev::PersonUpserted {
+                login: login.clone(),
+                role: role.to_person_proto() as i32,
+                rep_id: p.rep_id.clone(),
+                active: p.active,
+                display_name: p.display_name.clone(),
+            }),
+        );
+        self.emit_and_commit(
+            tx,
+            vec![(
+                spm_core::kafka_key(&c.tenant_id, &format!("person:{login}")),
+                env,
+            )],
+        )
+        .await?;
+        Ok(Response::new(pb::PutPersonResponse {
+            person: Some(person_pb(login, role, p.rep_id, p.active, p.display_name)),
+        }))
+    }
+
+    async fn list_people(
+        &self,
+        req: Request<pb::ListPeopleRequest>,
+    ) -> Result<Response<pb::ListPeopleResponse>, Status> {
+        let (c, _) = self.admin(&req).await?;
+        let rows: Vec<(String, String, String, bool, String)> = sqlx::query_as(
+            "SELECT login, role, rep_id, active, display_name FROM auth_people WHERE tenant_id = $1 ORDER BY login",
+        )
+        .bind(&c.tenant_id)
+        .fetch_all(&self.pipeline.pool)
+        .await
+        .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListPeopleResponse {
+            people: rows
+                .into_iter()
+                .filter_map(|(login, role, rep, active, name)| {
+                    Some(person_pb(login, Role::parse(&role)?, rep, active, name))
+                })
+                .collect(),
+        }))
     }
 }
 

@@ -111,7 +111,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(max_msg),
     )
-    .open_method("/spm.ingest.v1.IngestAdminService/CreateTenant");
+    .open_method("/spm.ingest.v1.IngestAdminService/CreateTenant")
+    // Ingest knows people only by their explicit grants (it keeps no org projection): a
+    // comp admin, finance or auditor may read the tenant and its FX rates; nothing else.
+    .people_may_call(&[
+        "/spm.ingest.v1.IngestAdminService/GetTenant",
+        "/spm.ingest.v1.IngestAdminService/ListFxRates",
+    ]);
     let http = webhook::router(webhook::Webhook {
         pipeline,
         max_batch,

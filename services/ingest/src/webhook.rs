@@ -83,41 +83,42 @@ async fn accept(w: &Webhook, headers: &HeaderMap, body: &[u8]) -> Result<Respons
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let tenant_id = header("x-spm-tenant")
-        .ok_or(ApiError::Unauthenticated("X-SPM-Tenant header is required"))?;
+    let tenant_id = header("x-spm-tenant").ok_or(ApiError::Unauthenticated(
+        "X-SPM-Tenant header is required".into(),
+    ))?;
     let ts = header("x-spm-timestamp").ok_or(ApiError::Unauthenticated(
-        "X-SPM-Timestamp header is required",
+        "X-SPM-Timestamp header is required".into(),
     ))?;
     let sig = header("x-spm-signature").ok_or(ApiError::Unauthenticated(
-        "X-SPM-Signature header is required",
+        "X-SPM-Signature header is required".into(),
     ))?;
     let ts_secs: i64 = ts
         .parse()
-        .map_err(|_| ApiError::Unauthenticated("X-SPM-Timestamp must be unix seconds"))?;
+        .map_err(|_| ApiError::Unauthenticated("X-SPM-Timestamp must be unix seconds".into()))?;
     let now = chrono::Utc::now().timestamp();
     let window = i64::try_from(w.window.as_secs()).unwrap_or(i64::MAX);
     if (now - ts_secs).abs() > window {
         return Err(ApiError::Unauthenticated(
-            "X-SPM-Timestamp is outside the replay window",
+            "X-SPM-Timestamp is outside the replay window".into(),
         ));
     }
     if !sig.starts_with("v1=") {
         return Err(ApiError::Unauthenticated(
-            "X-SPM-Signature must be 'v1=<hex hmac-sha256>'",
+            "X-SPM-Signature must be 'v1=<hex hmac-sha256>'".into(),
         ));
     }
 
     // Unknown tenants and bad signatures get the same answer.
     let secrets = crate::store::webhook_secrets(&w.pipeline.pool, tenant_id).await?;
     let Some((current, previous)) = secrets else {
-        return Err(ApiError::Unauthenticated("invalid signature"));
+        return Err(ApiError::Unauthenticated("invalid signature".into()));
     };
     let ok = std::iter::once(Some(current))
         .chain(std::iter::once(previous))
         .flatten()
         .any(|secret| spm_core::signature::verify(&secret, ts, body, sig));
     if !ok {
-        return Err(ApiError::Unauthenticated("invalid signature"));
+        return Err(ApiError::Unauthenticated("invalid signature".into()));
     }
 
     let req: SubmitEventsRequest = spm_proto::json::from_json(body).map_err(|e| {

@@ -67,7 +67,8 @@ impl NotificationService for Api {
         req: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         let c = caller(&req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        r.recipient = c.own_recipient(&r.recipient)?;
         let limit = i64::from(if r.limit == 0 { 50 } else { r.limit.min(500) });
         let rows: Vec<NoteRow> = sqlx::query_as(&format!(
             "SELECT {NOTE_COLUMNS} FROM notifications WHERE tenant_id = $1 AND ($2 = '' OR recipient = $2)
@@ -99,19 +100,29 @@ impl NotificationService for Api {
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let c = caller(&req)?;
+        // A person marks only their own notifications; ids of others' change nothing.
+        let own = match c.person {
+            Some(_) => Some(c.own_recipient("")?),
+            None => None,
+        };
         let mut ids = Vec::new();
         for (i, s) in req.into_inner().notification_ids.iter().enumerate() {
             ids.push(Uuid::parse_str(s).map_err(|_| {
                 ApiError::invalid(format!("notification_ids[{i}]"), "must be a UUID")
             })?);
         }
-        let n = sqlx::query("UPDATE notifications SET read_at = now() WHERE tenant_id = $1 AND notification_id = ANY($2) AND read_at IS NULL")
-            .bind(&c.tenant_id)
-            .bind(&ids)
-            .execute(&self.pool)
-            .await
-            .map_err(ApiError::from)?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE notifications SET read_at = now()
+              WHERE tenant_id = $1 AND notification_id = ANY($2) AND read_at IS NULL
+                AND ($3::text IS NULL OR recipient = $3)",
+        )
+        .bind(&c.tenant_id)
+        .bind(&ids)
+        .bind(own)
+        .execute(&self.pool)
+        .await
+        .map_err(ApiError::from)?
+        .rows_affected();
         Ok(Response::new(pb::MarkReadResponse {
             marked: u32::try_from(n).unwrap_or(u32::MAX),
         }))
@@ -124,7 +135,7 @@ impl NotificationService for Api {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Live>, Status> {
         let c = caller(&req)?;
-        let recipient = req.into_inner().recipient;
+        let recipient = c.own_recipient(&req.into_inner().recipient)?;
         let mut rx = self.live.subscribe();
         let pool = self.pool.clone();
         let tenant = c.tenant_id;
@@ -181,7 +192,8 @@ impl NotificationService for Api {
         req: Request<pb::GetPreferencesRequest>,
     ) -> Result<Response<pb::GetPreferencesResponse>, Status> {
         let c = caller(&req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        r.user_id = c.own_recipient(&r.user_id)?;
         let rows: Vec<(String, String, bool)> = sqlx::query_as(
             "SELECT rule, channel, enabled FROM preferences WHERE tenant_id = $1 AND user_id = $2 ORDER BY rule, channel",
         )
@@ -207,7 +219,8 @@ impl NotificationService for Api {
         req: Request<pb::SetPreferenceRequest>,
     ) -> Result<Response<pb::SetPreferenceResponse>, Status> {
         let c = caller(&req)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        r.user_id = c.own_recipient(&r.user_id)?;
         let mut v = Violations::new();
         v.id("user_id", &r.user_id, 128);
         let p = r.preference.unwrap_or_default();
@@ -240,6 +253,7 @@ impl NotificationService for Api {
         req: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
         let c = caller(&req)?;
+        c.require_tenant_reader()?;
         let r = req.into_inner();
         let nid = if r.notification_id.is_empty() {
             None

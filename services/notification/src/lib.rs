@@ -165,6 +165,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         NotificationAdminServiceServer::new(api)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
-    );
+    )
+    .people_may_call(PEOPLE_METHODS);
     app.serve(grpc, axum::Router::new()).await
 }
+
+/// What signed-in people may call: their own feed, stream and preferences (the recipient is
+/// their rep id); finance, auditors and comp admins also the delivery log.
+pub const PEOPLE_METHODS: &[&str] = &[
+    "/spm.notification.v1.NotificationService/ListNotifications",
+    "/spm.notification.v1.NotificationService/MarkRead",
+    "/spm.notification.v1.NotificationService/Subscribe",
+    "/spm.notification.v1.NotificationService/GetPreferences",
+    "/spm.notification.v1.NotificationService/SetPreference",
+    "/spm.notification.v1.NotificationService/ListDeliveries",
+];

@@ -114,7 +114,7 @@ impl ScoringAdminService for Admin {
         req: Request<pb::SetGoalRequest>,
     ) -> Result<Response<pb::SetGoalResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
+        c.require_configure()?;
         let r = req.into_inner();
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let mut v = Violations::new();
@@ -275,6 +275,7 @@ impl ScoringAdminService for Admin {
         req: Request<pb::ListGoalsRequest>,
     ) -> Result<Response<pb::ListGoalsResponse>, Status> {
         let c = caller(&req)?;
+        c.require_tenant_reader()?;
         let r = req.into_inner();
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let p = period(
@@ -305,7 +306,7 @@ impl ScoringAdminService for Admin {
         req: Request<pb::PutScorecardRequest>,
     ) -> Result<Response<pb::PutScorecardResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
+        c.require_configure()?;
         let r = req.into_inner();
         let proto = r
             .scorecard
@@ -356,6 +357,7 @@ impl ScoringAdminService for Admin {
         req: Request<pb::ListScorecardsRequest>,
     ) -> Result<Response<pb::ListScorecardsResponse>, Status> {
         let c = caller(&req)?;
+        c.require_tenant_reader()?;
         let r = req.into_inner();
         let rows: Vec<(sqlx::types::Json<scorecard::Scorecard>, DateTime<Utc>)> = if r.history {
             sqlx::query_as("SELECT definition, created_at FROM scorecards WHERE tenant_id = $1 ORDER BY scorecard_id, version")
@@ -389,7 +391,7 @@ impl ScoringAdminService for Admin {
         req: Request<pb::SetAlertSettingsRequest>,
     ) -> Result<Response<pb::SetAlertSettingsResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
+        c.require_configure()?;
         let r = req.into_inner();
         let mut v = Violations::new();
         let mut share = |s: &str, field: &str| match parse_decimal(s) {
@@ -427,7 +429,7 @@ impl ScoringAdminService for Admin {
         req: Request<pb::EvaluateProcessAlertsRequest>,
     ) -> Result<Response<pb::EvaluateProcessAlertsResponse>, Status> {
         let c = caller(&req)?;
-        c.require_admin()?;
+        c.require_configure()?;
         let at = match req.into_inner().at {
             None => Utc::now(),
             Some(ts) => spm_proto::ext::datetime(&ts)

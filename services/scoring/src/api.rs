@@ -15,6 +15,7 @@ use spm_proto::events::v1 as ev;
 use spm_proto::scoring::v1 as pb;
 use spm_proto::scoring::v1::scoring_service_server::ScoringService;
 use spm_server::ApiError;
+use spm_server::access::{PeerView, leaderboard_row};
 use spm_server::auth::caller;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -295,6 +296,24 @@ async fn contributions(
 type WatchStream =
     Pin<Box<dyn Stream<Item = Result<pb::WatchScoresResponse, Status>> + Send + 'static>>;
 
+/// How often a live stream re-reads a manager's subtree.
+const SCOPE_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Api {
+    /// A rep's figures need the rep in scope; a team's, the team managed by the caller.
+    async fn require_subject(
+        &self,
+        c: &spm_server::Caller,
+        kind: pb::SubjectKind,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        match kind {
+            pb::SubjectKind::Team => c.require_team(&self.pool, id).await,
+            _ => c.require_rep(&self.pool, id).await,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ScoringService for Api {
     async fn get_score(
@@ -306,6 +325,7 @@ impl ScoringService for Api {
         if r.rep_id.is_empty() {
             return Err(ApiError::invalid("rep_id", "is required").into());
         }
+        c.require_rep(&self.pool, &r.rep_id).await?;
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let p = period(&cal, r.period.as_ref(), SCORED)?;
         let snap = self.snapshot(&c.tenant_id, &r.rep_id, &p, &cal).await?;
@@ -323,6 +343,7 @@ impl ScoringService for Api {
         if r.rep_id.is_empty() {
             return Err(ApiError::invalid("rep_id", "is required").into());
         }
+        c.require_rep(&self.pool, &r.rep_id).await?;
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let p = period(&cal, r.period.as_ref(), SCORED)?;
         let snap = self.snapshot(&c.tenant_id, &r.rep_id, &p, &cal).await?;
@@ -380,6 +401,7 @@ impl ScoringService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         let (kind, id) = subject(r.subject_kind, &r.subject_id)?;
+        self.require_subject(&c, kind, &id).await?;
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let p = period(
             &cal,
@@ -405,6 +427,7 @@ impl ScoringService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         let (kind, id) = subject(r.subject_kind, &r.subject_id)?;
+        self.require_subject(&c, kind, &id).await?;
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let p = period(&cal, r.period.as_ref(), SCORED)?;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
@@ -539,18 +562,38 @@ impl ScoringService for Api {
                 }
             }
         }
+        drop(conn);
+        // Peers outside the caller's scope show as the tenant's peer view says.
+        let scope = c.scope(&self.pool).await?;
+        let view = if scope.is_tenant() {
+            PeerView::Full
+        } else {
+            spm_server::auth::peer_view(&self.pool, &c.tenant_id)
+                .await
+                .map_err(ApiError::from)?
+        };
         let total = u32::try_from(rows.len()).unwrap_or(u32::MAX);
         let entries = rank::rank(rows)
             .into_iter()
             .take(top_n)
             .map(|(rank, rep_id, value, ())| {
                 let rep = reps.get(&rep_id);
+                let (rep_id, display_name, team_id, value) = leaderboard_row(
+                    scope.allows(&rep_id),
+                    view,
+                    (
+                        rep_id,
+                        rep.map(|r| r.display_name.clone()).unwrap_or_default(),
+                        rep.map(|r| r.team_id.clone()).unwrap_or_default(),
+                        value.normalize().to_string(),
+                    ),
+                );
                 pb::LeaderboardEntry {
                     rank,
-                    display_name: rep.map(|r| r.display_name.clone()).unwrap_or_default(),
-                    team_id: rep.map(|r| r.team_id.clone()).unwrap_or_default(),
+                    display_name,
+                    team_id,
                     rep_id,
-                    value: value.normalize().to_string(),
+                    value,
                 }
             })
             .collect();
@@ -571,6 +614,7 @@ impl ScoringService for Api {
         if r.team_id.is_empty() {
             return Err(ApiError::invalid("team_id", "is required").into());
         }
+        c.require_team(&self.pool, &r.team_id).await?;
         let cal = calendar(&self.pool, &c.tenant_id).await?;
         let p = period(
             &cal,
@@ -630,6 +674,14 @@ impl ScoringService for Api {
     ) -> Result<Response<WatchStream>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
+        if !r.rep_id.is_empty() {
+            c.require_rep(&self.pool, &r.rep_id).await?;
+        }
+        if !r.team_id.is_empty() {
+            c.require_team(&self.pool, &r.team_id).await?;
+        }
+        let mut scope = c.scope(&self.pool).await?;
+        let mut scoped_at = std::time::Instant::now();
         let mut rx = self.scores.subscribe();
         let pool = self.pool.clone();
         let tenant = c.tenant_id.clone();
@@ -663,6 +715,20 @@ impl ScoringService for Api {
                     continue;
                 }
                 let rep = v["rep"].as_str().unwrap_or_default().to_owned();
+                // A manager's subtree follows team moves while the stream runs.
+                if !scope.is_tenant() && scoped_at.elapsed() > SCOPE_REFRESH {
+                    match c.scope(&pool).await {
+                        Ok(s) => scope = s,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            break;
+                        }
+                    }
+                    scoped_at = std::time::Instant::now();
+                }
+                if !scope.allows(&rep) {
+                    continue;
+                }
                 if (!r.rep_id.is_empty() && rep != r.rep_id)
                     || team_members.as_ref().is_some_and(|m| !m.contains(&rep))
                 {
@@ -702,6 +768,7 @@ impl ScoringService for Api {
         req: Request<pb::GetGoalCalibrationRequest>,
     ) -> Result<Response<pb::GetGoalCalibrationResponse>, Status> {
         let c = caller(&req)?;
+        c.require_tenant_reader()?;
         let r = req.into_inner();
         if !is_metric(&r.metric) {
             return Err(
@@ -805,14 +872,22 @@ impl ScoringService for Api {
     ) -> Result<Response<pb::ListProcessAlertsResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
+        let scope = if r.rep_id.is_empty() {
+            c.scope(&self.pool).await?.rep_list()
+        } else {
+            c.require_rep(&self.pool, &r.rep_id).await?;
+            None
+        };
         let limit = i64::from(if r.limit == 0 { 100 } else { r.limit.min(1000) });
         let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
             "SELECT payload FROM process_alerts WHERE tenant_id = $1 AND ($2 = '' OR rep_id = $2)
+                AND ($4::text[] IS NULL OR rep_id = ANY($4))
               ORDER BY raised_at DESC LIMIT $3",
         )
         .bind(&c.tenant_id)
         .bind(&r.rep_id)
         .bind(limit)
+        .bind(scope)
         .fetch_all(&self.pool)
         .await
         .map_err(ApiError::from)?;

@@ -106,7 +106,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ScoringAdminServiceServer::new(admin)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
-    );
+    )
+    .people_may_call(PEOPLE_METHODS);
     app.serve(grpc, axum::Router::new()).await
 }
 
@@ -142,6 +143,25 @@ async fn alert_ticker(
     }
 }
 
+/// What signed-in people may call; each method scopes them (spm_server::access).
+pub const PEOPLE_METHODS: &[&str] = &[
+    "/spm.scoring.v1.ScoringService/GetScore",
+    "/spm.scoring.v1.ScoringService/ExplainScore",
+    "/spm.scoring.v1.ScoringService/GetMetrics",
+    "/spm.scoring.v1.ScoringService/GetGoalProgress",
+    "/spm.scoring.v1.ScoringService/GetLeaderboard",
+    "/spm.scoring.v1.ScoringService/GetTeamRollup",
+    "/spm.scoring.v1.ScoringService/WatchScores",
+    "/spm.scoring.v1.ScoringService/GetGoalCalibration",
+    "/spm.scoring.v1.ScoringService/ListProcessAlerts",
+    "/spm.scoring.v1.ScoringAdminService/SetGoal",
+    "/spm.scoring.v1.ScoringAdminService/ListGoals",
+    "/spm.scoring.v1.ScoringAdminService/PutScorecard",
+    "/spm.scoring.v1.ScoringAdminService/ListScorecards",
+    "/spm.scoring.v1.ScoringAdminService/SetAlertSettings",
+    "/spm.scoring.v1.ScoringAdminService/EvaluateProcessAlerts",
+];
+
 /// Tables rebuilt from the topics. Goals, scorecards, alert settings, milestones and
 /// process alerts are admin data or history and stay.
 pub const PROJECTIONS: &[&str] = &[
@@ -149,9 +169,12 @@ pub const PROJECTIONS: &[&str] = &[
     "cells",
     "scores",
     "org_reps",
+    "org_rep_history",
     "org_teams",
     "auth_tenants",
     "auth_keys",
+    "auth_idps",
+    "auth_people",
     "inbox",
 ];
 

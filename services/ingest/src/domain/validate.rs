@@ -287,6 +287,13 @@ fn payload(p: &Payload, v: &mut Violations) -> Option<ValidPayload> {
             }
             v.text((f, "role"), &r.role, 50);
             v.text((f, "territory"), &r.territory, 100);
+            v.text((f, "login"), &r.login, 320);
+            if r.login.trim() != r.login {
+                v.add(
+                    format!("{f}.login"),
+                    "must not start or end with white space",
+                );
+            }
             Some(ValidPayload::Rep(r.clone()))
         }
         Payload::TeamUpserted(t) => {
