@@ -9,6 +9,7 @@ mod ingest;
 mod notification;
 mod ops;
 mod order;
+mod people;
 mod reflection;
 mod scoring;
 mod spine;

@@ -44,7 +44,7 @@ fn month(key: &str) -> common::Period {
     }
 }
 
-fn kpi(
+pub(crate) fn kpi(
     id: &str,
     metric: &str,
     weight: &str,

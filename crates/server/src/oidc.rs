@@ -519,6 +519,198 @@ impl Jwks {
     }
 }
 
+/// The client side of OAuth 2.0 for people's tools (the `spm` CLI, test drivers): the
+/// authorization code grant with PKCE (RFC 7636) and a loopback redirect (RFC 8252), and
+/// refreshing.
+pub mod client {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde::{Deserialize, Serialize};
+    use sha2::{Digest as _, Sha256};
+
+    /// A PKCE verifier and its S256 challenge.
+    #[derive(Debug, Clone)]
+    pub struct Pkce {
+        pub verifier: String,
+        pub challenge: String,
+    }
+
+    impl Pkce {
+        pub fn new() -> Self {
+            let bytes: [u8; 32] = rand::random();
+            let verifier = URL_SAFE_NO_PAD.encode(bytes);
+            let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+            Self {
+                verifier,
+                challenge,
+            }
+        }
+    }
+
+    impl Default for Pkce {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    /// What a token endpoint answers.
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+    pub struct TokenSet {
+        pub access_token: String,
+        #[serde(default)]
+        pub refresh_token: Option<String>,
+        #[serde(default)]
+        pub id_token: Option<String>,
+        #[serde(default)]
+        pub expires_in: Option<i64>,
+        #[serde(default)]
+        pub token_type: Option<String>,
+    }
+
+    /// An authorization request.
+    #[derive(Debug, Clone)]
+    pub struct Authorize<'a> {
+        pub authorization_endpoint: &'a str,
+        pub client_id: &'a str,
+        pub redirect_uri: &'a str,
+        /// The API the token is for (RFC 8707); it becomes the access token's `aud`.
+        pub resource: &'a str,
+        pub scope: &'a str,
+        pub state: &'a str,
+        pub pkce: &'a Pkce,
+    }
+
+    impl Authorize<'_> {
+        pub fn url(&self) -> String {
+            let mut u = reqwest::Url::parse(self.authorization_endpoint)
+                .unwrap_or_else(|_| reqwest::Url::parse("http://invalid/").expect("a URL"));
+            u.query_pairs_mut()
+                .append_pair("response_type", "code")
+                .append_pair("client_id", self.client_id)
+                .append_pair("redirect_uri", self.redirect_uri)
+                .append_pair("scope", self.scope)
+                .append_pair("state", self.state)
+                .append_pair("code_challenge", &self.pkce.challenge)
+                .append_pair("code_challenge_method", "S256")
+                .append_pair("resource", self.resource);
+            u.into()
+        }
+    }
+
+    async fn token_call(
+        http: &reqwest::Client,
+        token_endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> Result<TokenSet, String> {
+        let res = http
+            .post(token_endpoint)
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint {token_endpoint}: {e}"))?;
+        let status = res.status();
+        let body = res.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "token endpoint {token_endpoint} answered HTTP {}: {body}",
+                status.as_u16()
+            ));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("token endpoint answer: {e}"))
+    }
+
+    /// Exchanges an authorization code for tokens.
+    pub async fn exchange_code(
+        http: &reqwest::Client,
+        token_endpoint: &str,
+        a: &Authorize<'_>,
+        code: &str,
+    ) -> Result<TokenSet, String> {
+        token_call(
+            http,
+            token_endpoint,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("client_id", a.client_id),
+                ("redirect_uri", a.redirect_uri),
+                ("code_verifier", &a.pkce.verifier),
+                ("resource", a.resource),
+            ],
+        )
+        .await
+    }
+
+    /// New tokens from a refresh token.
+    pub async fn refresh(
+        http: &reqwest::Client,
+        token_endpoint: &str,
+        client_id: &str,
+        refresh_token: &str,
+        resource: &str,
+    ) -> Result<TokenSet, String> {
+        token_call(
+            http,
+            token_endpoint,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", client_id),
+                ("resource", resource),
+            ],
+        )
+        .await
+    }
+
+    /// The `code` of a redirect to `redirect_uri`, checking `state`.
+    pub fn code_of(redirected_to: &str, state: &str) -> Result<String, String> {
+        let u = reqwest::Url::parse(redirected_to).map_err(|e| e.to_string())?;
+        let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
+        if let Some(e) = q.get("error") {
+            return Err(format!(
+                "the identity provider refused: {e} {}",
+                q.get("error_description").map_or("", String::as_str)
+            ));
+        }
+        if q.get("state").map(String::as_str) != Some(state) {
+            return Err("the redirect's state does not match this sign-in".into());
+        }
+        q.get("code")
+            .cloned()
+            .ok_or_else(|| "the redirect has no code".into())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn pkce_challenge_is_the_s256_of_the_verifier() {
+            let p = Pkce::new();
+            assert_eq!(p.verifier.len(), 43);
+            assert_eq!(
+                p.challenge,
+                URL_SAFE_NO_PAD.encode(Sha256::digest(p.verifier.as_bytes()))
+            );
+            assert_ne!(Pkce::new().verifier, p.verifier);
+        }
+
+        #[test]
+        fn redirects_yield_the_code_only_with_the_right_state() {
+            let ok = "http://127.0.0.1:5/callback?code=abc&state=s1";
+            assert_eq!(code_of(ok, "s1").unwrap(), "abc");
+            assert!(code_of(ok, "s2").is_err());
+            assert!(
+                code_of(
+                    "http://127.0.0.1:5/callback?error=access_denied&state=s1",
+                    "s1"
+                )
+                .is_err()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

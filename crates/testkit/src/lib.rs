@@ -6,6 +6,7 @@ pub mod broker;
 pub mod demo;
 pub mod events;
 pub mod kafka;
+pub mod oidc;
 pub mod otlp;
 pub mod process;
 pub mod smtp;

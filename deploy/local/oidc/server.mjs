@@ -47,8 +47,15 @@ function newKey() {
 }
 
 function loadKeys() {
-  if (fs.existsSync(keysFile)) return JSON.parse(fs.readFileSync(keysFile, 'utf8'));
-  const keys = { keys: [newKey()] };
+  if (fs.existsSync(keysFile)) {
+    const keys = JSON.parse(fs.readFileSync(keysFile, 'utf8'));
+    if (!keys.cookie_secret) {
+      keys.cookie_secret = crypto.randomBytes(32).toString('hex');
+      saveKeys(keys);
+    }
+    return keys;
+  }
+  const keys = { keys: [newKey()], cookie_secret: crypto.randomBytes(32).toString('hex') };
   saveKeys(keys);
   return keys;
 }
@@ -138,7 +145,8 @@ function build(keys) {
       return undefined;
     },
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
-    cookies: { keys: [keys.keys[0].kid] },
+    // Stable across rotations: sign-ins under way survive a key rotation.
+    cookies: { keys: [keys.cookie_secret] },
     renderError(ctx, out) {
       ctx.type = 'html';
       ctx.body = page('Sign-in error', `<p role="alert">${esc(out.error)}: ${esc(out.error_description || '')}</p>`);
