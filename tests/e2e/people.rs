@@ -1137,3 +1137,120 @@ async fn a_key_rotation_at_the_provider_needs_no_restart() {
         .expect("the old key is still published");
     assert!(incentive.pid() > 0);
 }
+
+/// `spm login` signs a person in through the provider's page (the test plays the browser),
+/// and the CLI's later calls are that person's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spm_login_makes_the_cli_a_person() {
+    use tokio::io::AsyncBufReadExt as _;
+    let idp = Idp::from_env();
+    let env = TestEnv::new("people-login").await;
+    let ingest = env.start("ingest").await;
+    let incentive = env.start("incentive").await;
+    let t = create_tenant(&env, &ingest, "clitenant").await;
+    wait_key_known(&incentive, &t.admin_key).await;
+    let aud = audience_for("clitenant");
+    set_idp(&ingest, &t.admin_key, &idp.issuer, &aud)
+        .await
+        .expect("idp");
+    submit(
+        &ingest,
+        &t.admin_key,
+        vec![rep("ana", "", ""), rep("bo", "", "")],
+    )
+    .await;
+    IncentiveAdminServiceClient::new(incentive.channel().await)
+        .put_plan(authed(
+            pb::PutPlanRequest { plan: Some(plan()) },
+            &t.admin_key,
+        ))
+        .await
+        .expect("plan");
+    submit(
+        &ingest,
+        &t.admin_key,
+        vec![deal("d1", "4000.00", &[("ana", "100")])],
+    )
+    .await;
+    let inc = IncentiveServiceClient::new(incentive.channel().await);
+    wait_token_works(&inc, &idp.token(&email("ana"), &aud).await, "ana").await;
+
+    let token_file = env.log_dir.join("token.json");
+    let spm = spm_testkit::process::binary("spm");
+    let cli = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(&spm);
+        c.args(args)
+            .env_remove("SPM_API_KEY")
+            .env("SPM_TOKEN_FILE", &token_file)
+            .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc))
+            .env("SPM_OIDC_ISSUER", &idp.issuer)
+            .env("SPM_OIDC_AUDIENCE", &aud)
+            .kill_on_drop(true);
+        c
+    };
+    let mut login = cli(&["login", "--no-browser", "--timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spm login");
+    let mut lines = tokio::io::BufReader::new(login.stdout.take().unwrap()).lines();
+    let url = loop {
+        let l = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("spm login prints the address")
+            .unwrap()
+            .expect("a line");
+        if let Some(u) = l.trim().strip_prefix("http") {
+            break format!("http{u}");
+        }
+    };
+    assert!(
+        url.contains("code_challenge=") && url.contains("resource="),
+        "{url}"
+    );
+    let callback = idp
+        .browse(&url, &email("ana"), spm_testkit::oidc::PASSWORD)
+        .await
+        .expect("sign in");
+    assert!(
+        callback.starts_with("http://127.0.0.1:") && callback.contains("/callback?code="),
+        "{callback}"
+    );
+    let page = spm_testkit::http()
+        .get(&callback)
+        .send()
+        .await
+        .expect("the CLI's callback");
+    assert!(page.text().await.unwrap().contains("Signed in"));
+    let done = tokio::time::timeout(Duration::from_secs(20), login.wait())
+        .await
+        .expect("spm login ends")
+        .unwrap();
+    assert!(done.success());
+    let mut rest = String::new();
+    while let Ok(Some(l)) = lines.next_line().await {
+        rest.push_str(&l);
+    }
+    assert!(rest.contains("Signed in as ana@example.com"), "{rest}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token file is private");
+
+    let own = cli(&["statement", "ana"]).output().await.unwrap();
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&own.stdout).contains("commission:d1"),
+        "{}",
+        String::from_utf8_lossy(&own.stdout)
+    );
+    let peer = cli(&["statement", "bo"]).output().await.unwrap();
+    assert!(!peer.status.success());
+    let err = String::from_utf8_lossy(&peer.stderr);
+    assert!(err.contains("own data"), "{err}");
+
+    let out = cli(&["logout"]).output().await.unwrap();
+    assert!(out.status.success() && !token_file.exists());
+}

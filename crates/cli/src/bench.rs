@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "broker,ingest,scoring,incentive,notification,rebuild"
+        default_value = "broker,ingest,scoring,incentive,auth,notification,rebuild"
     )]
     pub only: Vec<String>,
     /// Markdown report.
@@ -351,6 +351,7 @@ async fn produce(
             let rep = match &e.payload {
                 Some(Out::ActivityLogged(a)) => a.rep_id.clone(),
                 Some(Out::DealCredited(d)) => d.rep_id.clone(),
+                Some(Out::RepUpserted(r)) => r.rep_id.clone(),
                 _ => String::new(),
             };
             spm_bus::envelope_record(
@@ -422,6 +423,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             "ingest" => ingest(&sizes, &mut report).await?,
             "scoring" => scoring(&sizes, &mut report).await?,
             "incentive" => incentive(&sizes, &mut report).await?,
+            "auth" => auth(&sizes, &mut report).await?,
             "notification" => notification(&sizes, &mut report).await?,
             "rebuild" => rebuild(&sizes, &mut report).await?,
             other => anyhow::bail!("unknown section {other}"),
@@ -1232,6 +1234,247 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a person's token costs against an API key: the authentication itself in process
+/// (each service's `KeyStore`, with the issuer's keys and the person cached, the signature
+/// verified every time), and `GetStatement` at 2,000 req/s end to end with each.
+async fn auth(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let s = "auth";
+    let idp = spm_testkit::oidc::Idp::from_env();
+    let env = with_service_env("bench-auth", 3).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let incentive = env.start_with("incentive", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    wait_key_known(&incentive, &t.admin_key).await;
+    let audience = spm_testkit::oidc::audience_for("bench");
+    spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient::new(
+        ingest.channel().await,
+    )
+    .set_identity_provider(authed(
+        pb::SetIdentityProviderRequest {
+            provider: Some(pb::IdentityProvider {
+                issuer: idp.issuer.clone(),
+                audience: audience.clone(),
+                person_claim: "email".into(),
+                jwks_uri: String::new(),
+            }),
+        },
+        &t.admin_key,
+    ))
+    .await
+    .context("the bench tenant's identity provider (is the stack's OpenID provider up?)")?;
+    let now = Utc::now();
+    let month = Calendar::default().period(PeriodKind::Month, now);
+    spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+        incentive.channel().await,
+    )
+    .put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+        },
+        &t.admin_key,
+    ))
+    .await?;
+    // The person is rep-0 by the login on the org event.
+    let org: Vec<ev::EventEnvelope> = (0..50)
+        .map(|i| {
+            envelope(
+                "bench",
+                &format!("rep-{i}"),
+                month.start,
+                Out::RepUpserted(ev::RepUpserted {
+                    rep_id: format!("rep-{i}"),
+                    display_name: format!("Rep {i}"),
+                    email: format!("rep-{i}@bench.example"),
+                    login: if i == 0 {
+                        "ana@example.com".into()
+                    } else {
+                        String::new()
+                    },
+                    active: true,
+                    ..Default::default()
+                }),
+            )
+        })
+        .collect();
+    produce(&env, topics::ORG, &org).await?;
+    let deals: Vec<ev::EventEnvelope> = (0..1000)
+        .map(|i| {
+            deal_env(
+                "bench",
+                &format!("rep-{}", i % 50),
+                i,
+                month.start + chrono::Duration::seconds(i64::try_from(i).unwrap_or(0)),
+                "1000.00",
+            )
+        })
+        .collect();
+    produce(&env, topics::DEALS, &deals).await?;
+    let pool = env.pool("incentive").await;
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM inbox",
+        1050,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let token = idp.token("ana@example.com", &audience).await;
+
+    // In process: the same KeyStore every service's gRPC edge runs, on incentive's tables.
+    let keys = spm_server::auth::KeyStore::new(pool.clone());
+    let key_header = format!("Bearer {}", t.admin_key);
+    let token_header = format!("Bearer {token}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while keys.authenticate_header(Some(&token_header)).await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the person's token was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let n = if sz.query_secs < 10 { 5_000 } else { 20_000 };
+    // Tokens never seen before, each verified in full (signature, claims): as many as the
+    // provider would issue to different sessions. Signed ahead, outside the clock.
+    let fresh: Vec<String> = (0..n / 4)
+        .map(|_| {
+            format!(
+                "Bearer {}",
+                idp.forge(&idp.header(), &idp.claims("ana@example.com", &audience))
+            )
+        })
+        .collect();
+    let time = |headers: Vec<String>| {
+        let keys = keys.clone();
+        async move {
+            let mut lat = Lat::default();
+            for h in &headers {
+                let t0 = tokio::time::Instant::now();
+                keys.authenticate_header(Some(h))
+                    .await
+                    .expect("authenticated");
+                lat.0.push(t0.elapsed());
+            }
+            lat
+        }
+    };
+    let by_key = time(vec![key_header.clone(); n]).await;
+    let by_token = time(vec![token_header.clone(); n]).await;
+    let by_fresh = time(fresh.clone()).await;
+    let by_key2 = time(vec![key_header.clone(); n]).await;
+    for (name, l, calls) in [
+        ("API key", &by_key, n),
+        (
+            "the same person token again (verified once per 5 s)",
+            &by_token,
+            n,
+        ),
+        (
+            "a new person token each call (RS256 verified)",
+            &by_fresh,
+            fresh.len(),
+        ),
+    ] {
+        r.add(
+            s,
+            &format!("authenticate, {name}: p50 ({calls} calls, in process)"),
+            l.q(0.5) * 1000.0,
+            "µs",
+            "",
+            None,
+        );
+        r.add(
+            s,
+            &format!("authenticate, {name}: p99"),
+            l.q(0.99) * 1000.0,
+            "µs",
+            "",
+            None,
+        );
+    }
+    let key_p99 = by_key.q(0.99).max(by_key2.q(0.99));
+    let added = by_fresh.q(0.99) - key_p99;
+    r.add(
+        s,
+        "token verification adds at p99 (new token p99 - key p99, issuer's keys cached)",
+        added,
+        "ms",
+        "< 0.2 ms",
+        Some(added < 0.2),
+    );
+
+    // End to end: GetStatement of rep-0 at 2,000 req/s, the key first, then the token.
+    // Twice each, alternating, so that drift over the run does not favour either.
+    let mut p99s = Vec::new();
+    for (name, cred) in [
+        ("API key", t.admin_key.clone()),
+        ("person token", token.clone()),
+        ("API key, again", t.admin_key.clone()),
+        ("person token, again", token.clone()),
+    ] {
+        let (lat, errors) = open_loop(2000, sz.query_secs, {
+            let ch = incentive.channel().await;
+            move |_| {
+                let mut c =
+                    spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient::new(
+                        ch.clone(),
+                    );
+                let req = authed(
+                    ipb::GetStatementRequest {
+                        with_explanations: false,
+                        rep_id: "rep-0".into(),
+                        period: None,
+                    },
+                    &cred,
+                );
+                async move {
+                    c.get_statement(req)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await;
+        r.add(
+            s,
+            &format!("GetStatement p50 at 2,000 req/s, {name}"),
+            lat.q(0.5),
+            "ms",
+            "",
+            None,
+        );
+        r.add(
+            s,
+            &format!("GetStatement p99 at 2,000 req/s, {name}"),
+            lat.q(0.99),
+            "ms",
+            "",
+            None,
+        );
+        p99s.push(lat.q(0.99));
+        #[allow(clippy::cast_precision_loss)]
+        r.add(
+            s,
+            &format!("GetStatement errors, {name}"),
+            errors as f64,
+            "requests",
+            "0",
+            Some(errors == 0),
+        );
+    }
+    if let [k1, t1, k2, t2] = p99s[..] {
+        r.add(
+            s,
+            "GetStatement p99 difference at 2,000 req/s, mean of the token runs - mean of the key runs (end to end, with run-to-run noise)",
+            (t1 + t2 - k1 - k2) / 2.0,
+            "ms",
+            "",
+            None,
+        );
+    }
+    drop(ingest);
+    Ok(())
+}
+
 /// One event in this many of the notification stream is a closed deal.
 const DEAL_EVERY: usize = 10;
 
@@ -1805,6 +2048,7 @@ async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<(
     md.push_str("- **ingest**: the same number of same-size envelopes (same headers) is first produced straight to the broker with the same idempotent, lz4 rdkafka producer settings, all enqueued at once (the best case for raw rdkafka); then as many events go through ingest over 4 concurrent `StreamEvents` streams in 1,000-event messages, built and connected before the clock as the baseline's records are (validation, idempotency records in Postgres, fan-out, publish, commit after the broker's ack). Ack latency is per message.\n");
     md.push_str("- **scoring**: events are produced to the topics first, then scoring starts and applies them; the rate is events over the span between the first and last inbox commit. `GetScore` runs open-loop at 2,000 requests/s (latency from each request's scheduled time).\n");
     md.push_str("- **incentive**: deal credits are produced first; the rate is deals over the inbox span, each recomputing its rep-period and posting ledger lines. What-if is 2,000 sequential calls; simulation runs a draft plan over every deal of the month.\n");
+    md.push_str("- **auth**: one tenant with the stack's OpenID provider (oidc-provider 9.13.3, RS256 keys) and a person mapped to a rep by the login on its org event. In process, the `KeyStore` every service's gRPC edge runs authenticates an API key, the same access token again and again (a client reusing its token: verified once per 5 s, its expiry checked every call), and a new token on every call (signature and claims verified each time; the tokens are signed with the provider's key before the clock starts), then the key again; the issuer's keys and the person are cached as in the services. The target compares the new tokens' p99 with the worse of the two key runs. Then `GetStatement` of that rep runs open loop at 2,000 requests/s with the API key and then with the token.\n");
     md.push_str("- **notification**: deals are submitted to ingest at 1,000/s (open loop) with all four services running; latency is from each deal's ingest acknowledgement to the first signed webhook for its commission at a receiver in the bench process. Every 25th deal also polls `GetStatement` every 2 ms until its line shows (earnings visible over gRPC). One priming deal goes through the whole path before the clock starts (fresh services and topics: the first records took ~0.5 s in about one run in ten).\n");
     md.push_str("- **rebuild**: the events are produced to the topics; the baseline COPYs the same events into one Postgres table; then `spm-scoring rebuild` and `spm-incentive rebuild` replay the topics from offset 0 into their projections.\n");
     md.push_str(

@@ -38,10 +38,14 @@ pub fn creds_path() -> anyhow::Result<std::path::PathBuf> {
     Ok(crate::local::state_dir()?.join("demo-tenant.json"))
 }
 
-/// `--key`, or the demo tenant's admin key.
+/// `--key`, or the token of the person signed in with `spm login`, or the demo tenant's
+/// admin key.
 pub fn key(cli: &Cli) -> anyhow::Result<String> {
     if let Some(k) = &cli.key {
         return Ok(k.clone());
+    }
+    if let Some(t) = crate::login::stored_token()? {
+        return Ok(t);
     }
     let c: Creds = serde_json::from_str(
         &std::fs::read_to_string(creds_path()?)

@@ -49,6 +49,25 @@ fn month(key: &str) -> common::Period {
     }
 }
 
+/// The local provider of `deploy/local/stack up`.
+const DEMO_ISSUER: &str = "http://127.0.0.1:59400";
+
+/// People of the demo tenant who are not reps.
+const DEMO_GRANTS: &[(&str, spm_proto::events::v1::PersonRole)] = &[
+    (
+        "comp@demo.example",
+        spm_proto::events::v1::PersonRole::CompAdmin,
+    ),
+    (
+        "finance@demo.example",
+        spm_proto::events::v1::PersonRole::Finance,
+    ),
+    (
+        "auditor@demo.example",
+        spm_proto::events::v1::PersonRole::Auditor,
+    ),
+];
+
 pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     title("starting the local stack and the four services");
@@ -97,6 +116,41 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         ))
         .await
         .map_err(status_error)?;
+
+    // People sign in with the local OpenID provider (deploy/local/oidc): reps and managers by
+    // their e-mail on the org events, the comp admin, finance and the auditor by grants.
+    let issuer = std::env::var("SPM_OIDC_ISSUER").unwrap_or_else(|_| DEMO_ISSUER.to_owned());
+    admin
+        .set_identity_provider(authed(
+            ingest::SetIdentityProviderRequest {
+                provider: Some(ingest::IdentityProvider {
+                    issuer: issuer.clone(),
+                    audience: format!("urn:spm:{tenant_id}"),
+                    person_claim: "email".into(),
+                    jwks_uri: String::new(),
+                }),
+            },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?;
+    for (login, role) in DEMO_GRANTS {
+        admin
+            .put_person(authed(
+                ingest::PutPersonRequest {
+                    person: Some(ingest::Person {
+                        login: (*login).into(),
+                        role: *role as i32,
+                        rep_id: String::new(),
+                        active: true,
+                        display_name: String::new(),
+                    }),
+                },
+                &key,
+            ))
+            .await
+            .map_err(status_error)?;
+    }
 
     // Every service learns the key from the tenants topic.
     for (name, port, _) in crate::local::SERVICES {
@@ -356,6 +410,40 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     title("follow one deal");
     println!("deal event {} carries trace id {trace_id}", traced.event_id);
     note("with OTEL_EXPORTER_OTLP_ENDPOINT set for the services, find it in your tracing UI");
+    title("sign in as a person");
+    println!(
+        "identity provider {issuer} (password {}). `target/debug/spm login` signs the CLI in; then:",
+        spm_testkit::oidc::PASSWORD
+    );
+    let first_team = demo.teams.first().map(|t| t.0.clone()).unwrap_or_default();
+    for (who, what) in [
+        (
+            format!("{first_team}-01@demo.example"),
+            "a rep: own statement, score and notifications".to_owned(),
+        ),
+        (
+            format!("mgr-{first_team}@demo.example"),
+            format!("a manager: team {first_team}"),
+        ),
+        (
+            "vp@demo.example".to_owned(),
+            "the VP: every team below".to_owned(),
+        ),
+        (
+            "comp@demo.example".to_owned(),
+            "comp admin: plans, goals, periods, disputes".to_owned(),
+        ),
+        (
+            "finance@demo.example".to_owned(),
+            "finance: reads everything, changes nothing".to_owned(),
+        ),
+        (
+            "auditor@demo.example".to_owned(),
+            "auditor: reads everything, changes nothing".to_owned(),
+        ),
+    ] {
+        println!("  {who:<26} {what}");
+    }
     note(&format!(
         "done in {:.1} s. Try: target/debug/spm leaderboard --by revenue --period {p} | target/debug/spm score {top} --period {p} --explain | target/debug/spm parked list | target/debug/spm down",
         t0.elapsed().as_secs_f64(),

@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod demo;
 mod local;
+mod login;
 mod out;
 
 use clap::{Parser, Subcommand};
@@ -47,7 +48,8 @@ pub struct Cli {
         global = true
     )]
     pub notification: String,
-    /// API key of the tenant (default: the demo tenant's admin key in .local/demo-tenant.json).
+    /// API key of the tenant (default: the person signed in with `spm login`, else the demo
+    /// tenant's admin key in .local/demo-tenant.json).
     #[arg(long, env = "SPM_API_KEY", global = true, hide_env_values = true)]
     pub key: Option<String>,
 
@@ -89,6 +91,11 @@ pub enum Command {
         #[arg(default_values_t = ["scoring".to_owned(), "incentive".to_owned()])]
         services: Vec<String>,
     },
+    /// Sign in as a person with the company's OpenID provider: later commands call SPM as
+    /// that person (a rep sees their own numbers, a manager their team).
+    Login(login::Args),
+    /// Forget the person signed in with `spm login`.
+    Logout,
     /// Benchmarks: measure, print, and write docs/benchmarks.md (build with --release).
     Bench(bench::Args),
 }
@@ -109,5 +116,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Parked(c) => commands::parked(&cli, c).await,
         Command::Replay { services } => local::replay(services).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Login(a) => login::login(a).await,
+        Command::Logout => login::logout(),
     }
 }

@@ -315,6 +315,10 @@ pub struct KeyStore {
     cache: Cache<String, Entry>,
     idps: Cache<String, Vec<Idp>>,
     people: Cache<(String, String), Result<Caller, ApiError>>,
+    /// Tokens verified in the last [`KeyStore::CACHE_TTL`], by their SHA-256: the tenant,
+    /// the person's login and `exp`. A client reuses its token for many calls; its
+    /// signature is checked once per TTL, its expiry on every call.
+    verified: Cache<[u8; 32], (String, String, i64)>,
     jwks: Jwks,
 }
 
@@ -327,6 +331,7 @@ impl KeyStore {
             cache: Arc::default(),
             idps: Arc::default(),
             people: Arc::default(),
+            verified: Arc::default(),
             jwks: Jwks::new(),
         }
     }
@@ -378,6 +383,19 @@ impl KeyStore {
     /// published keys verify it, and its person claim names the person.
     pub async fn authenticate_token(&self, token: &str) -> Result<Caller, ApiError> {
         let bad = |e: TokenError| ApiError::Unauthenticated(e.to_string().into());
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((tenant, login, exp)) = cached(&self.verified, &digest) {
+            let now = chrono::Utc::now().timestamp();
+            if now > exp.saturating_add(oidc::LEEWAY) {
+                return Err(bad(TokenError::Expired(exp)));
+            }
+            return self.person(&tenant, &login).await;
+        }
+        self.verify_token(token).await
+    }
+
+    async fn verify_token(&self, token: &str) -> Result<Caller, ApiError> {
+        let bad = |e: TokenError| ApiError::Unauthenticated(e.to_string().into());
         let head = oidc::peek(token).map_err(bad)?;
         let idps = self.idps_of(&head.iss).await?;
         if idps.is_empty() {
@@ -386,7 +404,7 @@ impl KeyStore {
         let idp = idps
             .iter()
             .find(|i| head.aud.contains(&i.audience))
-            .ok_or_else(|| bad(TokenError::Audience(idps[0].audience.clone())))?;
+            .ok_or_else(|| bad(TokenError::NoTenantForAudience))?;
         let key = self
             .jwks
             .key(&head.iss, head.kid.as_deref(), &head.alg)
@@ -427,6 +445,16 @@ impl KeyStore {
                 "the token's e-mail address is not verified by the identity provider".into(),
             ));
         }
+        // verify() checked that exp is a number.
+        let exp = claims
+            .get("exp")
+            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)))
+            .unwrap_or(now);
+        remember(
+            &self.verified,
+            Sha256::digest(token.as_bytes()).into(),
+            (idp.tenant_id.clone(), login.clone(), exp),
+        );
         self.person(&idp.tenant_id, &login).await
     }
 

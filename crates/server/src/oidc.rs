@@ -55,6 +55,8 @@ pub enum TokenError {
     Issuer(String, String),
     #[error("the token is not meant for this tenant's API (aud does not contain {0:?})")]
     Audience(String),
+    #[error("no tenant takes tokens of this issuer with the token's audience")]
+    NoTenantForAudience,
     #[error("the token expired at {0} (unix seconds)")]
     Expired(i64),
     #[error("the token is not valid before {0} (unix seconds)")]
@@ -431,10 +433,16 @@ pub enum KeyError {
     Unreachable(String),
 }
 
+/// An issuer's keys and when they were fetched.
+type Fetched = (Instant, Arc<Vec<Jwk>>);
+
 /// The issuers' key sets, shared by every request of a process.
 #[derive(Clone)]
 pub struct Jwks {
     http: reqwest::Client,
+    /// What every request reads: each issuer's keys and when they were fetched.
+    known: Arc<std::sync::RwLock<HashMap<String, Fetched>>>,
+    /// One refresh at a time per issuer.
     issuers: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<IssuerKeys>>>>>,
 }
 
@@ -453,6 +461,7 @@ impl Jwks {
     pub fn new() -> Self {
         Self {
             http: shared_http().clone(),
+            known: Arc::default(),
             issuers: Arc::default(),
         }
     }
@@ -484,6 +493,12 @@ impl Jwks {
 
     /// The key of `issuer` a token with `kid` and `alg` is to be verified with.
     pub async fn key(&self, issuer: &str, kid: Option<&str>, alg: &str) -> Result<Jwk, KeyError> {
+        if let Some((at, keys)) = self.known.read().expect("jwks lock").get(issuer)
+            && at.elapsed() < Self::MAX_AGE
+            && let Some(k) = Self::pick(keys, kid, alg)
+        {
+            return Ok(k);
+        }
         let slot = self
             .issuers
             .lock()
@@ -507,6 +522,10 @@ impl Jwks {
             Ok(keys) => {
                 state.keys = keys;
                 state.fetched = Some(Instant::now());
+                self.known.write().expect("jwks lock").insert(
+                    issuer.to_owned(),
+                    (Instant::now(), Arc::new(state.keys.clone())),
+                );
                 Self::pick(&state.keys, kid, alg)
                     .ok_or_else(|| KeyError::Unknown(kid.unwrap_or("").to_owned()))
             }

@@ -766,7 +766,7 @@ impl IngestAdminService for Api {
             .await?;
         tracing::info!(tenant = %c.tenant_id, %issuer, "identity provider set");
         Ok(Response::new(pb::SetIdentityProviderResponse {
-            provider: (!issuer.is_empty()).then(|| pb::IdentityProvider {
+            provider: (!issuer.is_empty()).then_some(pb::IdentityProvider {
                 issuer,
                 audience,
                 person_claim: claim,
