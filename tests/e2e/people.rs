@@ -126,6 +126,23 @@ async fn wait_token_works(inc: &IncentiveServiceClient<Channel>, token: &str, re
     .await;
 }
 
+/// A resolution as a person sends it (`resolved_by` is ignored for people: their login is
+/// recorded).
+fn resolve_req(
+    dispute_id: &str,
+    outcome: ev::DisputeOutcome,
+    adjustment: &str,
+    note: &str,
+) -> pb::ResolveDisputeRequest {
+    pb::ResolveDisputeRequest {
+        dispute_id: dispute_id.to_owned(),
+        outcome: outcome as i32,
+        adjustment: adjustment.into(),
+        note: note.into(),
+        resolved_by: "someone-else".into(),
+    }
+}
+
 fn hs256(header: &serde_json::Value, claims: &serde_json::Value, secret: &[u8]) -> String {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -281,42 +298,14 @@ async fn people_see_only_what_their_role_allows() {
         vec![deal("g-ana", "9000.00", &[("ana", "100")])],
     )
     .await;
-    put_person(
-        &ingest,
-        &a.admin_key,
-        &email("eve"),
-        ev::PersonRole::CompAdmin,
-        "",
-        true,
-    )
-    .await;
-    put_person(
-        &ingest,
-        &a.admin_key,
-        &email("fin"),
-        ev::PersonRole::Finance,
-        "",
-        true,
-    )
-    .await;
-    put_person(
-        &ingest,
-        &a.admin_key,
-        &email("aud"),
-        ev::PersonRole::Auditor,
-        "",
-        true,
-    )
-    .await;
-    put_person(
-        &ingest,
-        &a.admin_key,
-        &email("cy"),
-        ev::PersonRole::Rep,
-        "cy",
-        false,
-    )
-    .await;
+    for (who, role, rep, active) in [
+        ("eve", ev::PersonRole::CompAdmin, "", true),
+        ("fin", ev::PersonRole::Finance, "", true),
+        ("aud", ev::PersonRole::Auditor, "", true),
+        ("cy", ev::PersonRole::Rep, "cy", false),
+    ] {
+        put_person(&ingest, &a.admin_key, &email(who), role, rep, active).await;
+    }
 
     let mut inc = IncentiveServiceClient::new(incentive.channel().await);
     let mut adm = IncentiveAdminServiceClient::new(incentive.channel().await);
@@ -755,13 +744,7 @@ async fn people_see_only_what_their_role_allows() {
         "rep resolves a peer's dispute",
         Code::NotFound,
         adm.resolve_dispute(authed(
-            pb::ResolveDisputeRequest {
-                dispute_id: d_bo.dispute_id.clone(),
-                outcome: ev::DisputeOutcome::Rejected as i32,
-                adjustment: String::new(),
-                note: "no".into(),
-                resolved_by: String::new(),
-            },
+            resolve_req(&d_bo.dispute_id, ev::DisputeOutcome::Rejected, "", "no"),
             &ana,
         )),
     )
@@ -770,13 +753,7 @@ async fn people_see_only_what_their_role_allows() {
         "rep resolves her own dispute",
         denied,
         adm.resolve_dispute(authed(
-            pb::ResolveDisputeRequest {
-                dispute_id: d_ana.dispute_id.clone(),
-                outcome: ev::DisputeOutcome::Rejected as i32,
-                adjustment: String::new(),
-                note: "no".into(),
-                resolved_by: String::new(),
-            },
+            resolve_req(&d_ana.dispute_id, ev::DisputeOutcome::Rejected, "", "no"),
             &ana,
         )),
     )
@@ -785,13 +762,12 @@ async fn people_see_only_what_their_role_allows() {
         "manager resolves his own dispute",
         denied,
         adm.resolve_dispute(authed(
-            pb::ResolveDisputeRequest {
-                dispute_id: d_dee.dispute_id.clone(),
-                outcome: ev::DisputeOutcome::Accepted as i32,
-                adjustment: "500".into(),
-                note: "fine".into(),
-                resolved_by: String::new(),
-            },
+            resolve_req(
+                &d_dee.dispute_id,
+                ev::DisputeOutcome::Accepted,
+                "500",
+                "fine",
+            ),
             &dee,
         )),
     )
@@ -812,13 +788,7 @@ async fn people_see_only_what_their_role_allows() {
         "auditor resolves a dispute",
         denied,
         adm.resolve_dispute(authed(
-            pb::ResolveDisputeRequest {
-                dispute_id: d_bo.dispute_id.clone(),
-                outcome: ev::DisputeOutcome::Rejected as i32,
-                adjustment: String::new(),
-                note: "no".into(),
-                resolved_by: String::new(),
-            },
+            resolve_req(&d_bo.dispute_id, ev::DisputeOutcome::Rejected, "", "no"),
             &audi,
         )),
     )
@@ -909,26 +879,24 @@ async fn people_see_only_what_their_role_allows() {
 
     // Who may resolve: dee bo's (his report), the comp admin his.
     adm.resolve_dispute(authed(
-        pb::ResolveDisputeRequest {
-            dispute_id: d_bo.dispute_id.clone(),
-            outcome: ev::DisputeOutcome::Rejected as i32,
-            adjustment: String::new(),
-            note: "checked the CRM".into(),
-            resolved_by: "ignored".into(),
-        },
+        resolve_req(
+            &d_bo.dispute_id,
+            ev::DisputeOutcome::Rejected,
+            "",
+            "checked the CRM",
+        ),
         &dee,
     ))
     .await
     .expect("the manager resolves his report's dispute");
     let r = adm
         .resolve_dispute(authed(
-            pb::ResolveDisputeRequest {
-                dispute_id: d_dee.dispute_id.clone(),
-                outcome: ev::DisputeOutcome::Rejected as i32,
-                adjustment: String::new(),
-                note: "as agreed".into(),
-                resolved_by: String::new(),
-            },
+            resolve_req(
+                &d_dee.dispute_id,
+                ev::DisputeOutcome::Rejected,
+                "",
+                "as agreed",
+            ),
             &eve,
         ))
         .await
