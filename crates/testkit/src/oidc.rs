@@ -158,8 +158,30 @@ impl Idp {
 
     fn keys(&self) -> Value {
         let text = std::fs::read_to_string(&self.keys_file)
+            .or_else(|_| std::fs::read_to_string(self.running_keys_file()))
             .unwrap_or_else(|e| panic!("reading {}: {e}", self.keys_file.display()));
         serde_json::from_str(&text).expect("keys.json")
+    }
+
+    /// Where the running provider keeps its keys (when the stack was started by another
+    /// checkout, not this one's `.local`).
+    fn running_keys_file(&self) -> PathBuf {
+        let url = format!("{}/_local/info", self.issuer);
+        // A blocking call from sync code: on a thread of its own, outside any runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+                v["keys_file"].as_str().map(PathBuf::from)
+            })
+        })
+        .join()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
     }
 
     /// The key id the provider signs with now.

@@ -205,6 +205,13 @@ process.on('SIGHUP', () => rotate(false));
 const server = http.createServer(async (req, res) => {
   const url = new URL(req.url, issuer);
   try {
+    if (url.pathname === '/_local/info' && req.method === 'GET') {
+      // Where this provider keeps its keys: tests of another checkout sharing the stack
+      // find them here.
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ issuer, keys_file: keysFile, people: people.length }));
+      return;
+    }
     if (url.pathname === '/_local/rotate' && req.method === 'POST') {
       const kid = rotate(url.searchParams.get('retire') === '1');
       res.writeHead(200, { 'content-type': 'application/json' });
