@@ -381,6 +381,56 @@ async fn people_see_only_what_their_role_allows() {
     statement(&mut inc, &dee, "gone")
         .await
         .expect("gone still reports to dee");
+    // Who each one is, as the services see them.
+    let who = |t: &String| {
+        let (mut inc, t) = (inc.clone(), t.clone());
+        async move {
+            inc.who_am_i(authed(pb::WhoAmIRequest {}, &t))
+                .await
+                .expect("who am I")
+                .into_inner()
+        }
+    };
+    let me = who(&ana).await;
+    assert_eq!(
+        (
+            me.tenant_id.as_str(),
+            me.role.as_str(),
+            me.login.as_str(),
+            me.rep_id.as_str()
+        ),
+        ("acme", "rep", "ana@example.com", "ana")
+    );
+    let boss = who(&dee).await;
+    assert_eq!(
+        (boss.role.as_str(), boss.managed_teams.clone()),
+        ("manager", vec!["east".to_owned()])
+    );
+    let admin = who(&eve).await;
+    assert_eq!(
+        (admin.role.as_str(), admin.rep_id.as_str()),
+        ("comp_admin", "")
+    );
+    // Where a tenant's people sign in, asked without credentials.
+    let mut open = IngestAdminServiceClient::new(ingest.channel().await);
+    let sign_in = open
+        .get_sign_in(tonic::Request::new(ipb::GetSignInRequest {
+            tenant_id: "acme".into(),
+        }))
+        .await
+        .expect("sign-in of acme")
+        .into_inner();
+    assert_eq!(
+        (sign_in.issuer.as_str(), sign_in.audience.as_str()),
+        (idp.issuer.as_str(), aud_a.as_str())
+    );
+    let e = open
+        .get_sign_in(tonic::Request::new(ipb::GetSignInRequest {
+            tenant_id: "nope".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
     let b_ana = statement(&mut inc, &b.admin_key, "ana").await.unwrap();
     assert_ne!(
         b_ana.total, own.total,

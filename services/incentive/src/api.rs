@@ -717,6 +717,38 @@ impl IncentiveService for Api {
         }))
     }
 
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let c = caller(&req)?;
+        let managed_teams = match (c.role, c.own_rep()) {
+            (spm_server::Role::Manager, Some(me)) => {
+                let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
+                spm_server::org::managed_teams(&mut conn, &c.tenant_id, me)
+                    .await
+                    .map_err(ApiError::from)?
+            }
+            _ => Vec::new(),
+        };
+        Ok(Response::new(pb::WhoAmIResponse {
+            tenant_id: c.tenant_id.clone(),
+            role: c.role.as_str().to_owned(),
+            login: c
+                .person
+                .as_ref()
+                .map(|p| p.login.clone())
+                .unwrap_or_default(),
+            rep_id: c.own_rep().unwrap_or_default().to_owned(),
+            display_name: c
+                .person
+                .as_ref()
+                .map(|p| p.display_name.clone())
+                .unwrap_or_default(),
+            managed_teams,
+        }))
+    }
+
     async fn list_disputes(
         &self,
         req: Request<pb::ListDisputesRequest>,

@@ -110,6 +110,7 @@ pub const PEOPLE_METHODS: &[&str] = &[
     "/spm.incentive.v1.IncentiveService/SimulatePlan",
     "/spm.incentive.v1.IncentiveService/OpenDispute",
     "/spm.incentive.v1.IncentiveService/ListDisputes",
+    "/spm.incentive.v1.IncentiveService/WhoAmI",
     "/spm.incentive.v1.IncentiveAdminService/PutPlan",
     "/spm.incentive.v1.IncentiveAdminService/ListPlans",
     "/spm.incentive.v1.IncentiveAdminService/ClosePeriod",

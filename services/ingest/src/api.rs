@@ -884,6 +884,29 @@ impl IngestAdminService for Api {
         }))
     }
 
+    async fn get_sign_in(
+        &self,
+        req: Request<pb::GetSignInRequest>,
+    ) -> Result<Response<pb::GetSignInResponse>, Status> {
+        let tenant = req.into_inner().tenant_id;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT i.issuer, i.audience, t.name FROM auth_idps i JOIN auth_tenants t USING (tenant_id)
+              WHERE i.tenant_id = $1 AND i.issuer <> '' AND t.active",
+        )
+        .bind(&tenant)
+        .fetch_optional(&self.pipeline.pool)
+        .await
+        .map_err(ApiError::from)?;
+        // The same answer for an unknown tenant and one without a provider.
+        let (issuer, audience, tenant_name) =
+            row.ok_or_else(|| ApiError::NotFound(format!("no sign-in is set up for {tenant:?}")))?;
+        Ok(Response::new(pb::GetSignInResponse {
+            issuer,
+            audience,
+            tenant_name,
+        }))
+    }
+
     async fn list_people(
         &self,
         req: Request<pb::ListPeopleRequest>,

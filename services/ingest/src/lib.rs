@@ -112,6 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .max_encoding_message_size(max_msg),
     )
     .open_method("/spm.ingest.v1.IngestAdminService/CreateTenant")
+    .open_method("/spm.ingest.v1.IngestAdminService/GetSignIn")
     // Ingest knows people only by their explicit grants (it keeps no org projection): a
     // comp admin, finance or auditor may read the tenant and its FX rates; nothing else.
     .people_may_call(&[
