@@ -10,6 +10,7 @@ mod notification;
 mod ops;
 mod order;
 mod people;
+mod portal;
 mod reflection;
 mod scoring;
 mod spine;

@@ -64,7 +64,7 @@ async fn statement(
     .map(|r| r.into_inner().statement.unwrap_or_default())
 }
 
-async fn set_idp(
+pub(crate) async fn set_idp(
     ingest: &Service,
     key: &str,
     issuer: &str,
@@ -86,7 +86,7 @@ async fn set_idp(
         .map(tonic::Response::into_inner)
 }
 
-async fn put_person(
+pub(crate) async fn put_person(
     ingest: &Service,
     key: &str,
     login: &str,

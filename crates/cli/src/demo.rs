@@ -412,7 +412,8 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     note("with OTEL_EXPORTER_OTLP_ENDPOINT set for the services, find it in your tracing UI");
     title("sign in as a person");
     println!(
-        "identity provider {issuer} (password {}). `target/debug/spm login` signs the CLI in; then:",
+        "portal {}/t/{tenant_id}/ — sign in at the identity provider {issuer} (password {}) as one of these; `target/debug/spm login` signs the CLI in the same way:",
+        crate::local::portal_url(),
         spm_testkit::oidc::PASSWORD
     );
     let first_team = demo.teams.first().map(|t| t.0.clone()).unwrap_or_default();

@@ -211,11 +211,63 @@ pub async fn up() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    if !portal_up().await {
+        let log = std::fs::File::create(state.join("services/portal.log"))?;
+        let child = std::process::Command::new(binary("spm-portal")?)
+            .env("SPM_PORTAL_ADDR", format!("127.0.0.1:{PORTAL_PORT}"))
+            .env("SPM_PORTAL_PUBLIC_URL", portal_url())
+            .env("SPM_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting spm-portal")?;
+        std::fs::write(state.join("services/portal.pid"), child.id().to_string())?;
+        eprintln!("started spm-portal (pid {}, {})", child.id(), portal_url());
+        while !portal_up().await {
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("spm-portal did not come up; see .local/services/portal.log");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The portal's local port and address.
+pub const PORTAL_PORT: u16 = 8080;
+
+pub fn portal_url() -> String {
+    format!("http://127.0.0.1:{PORTAL_PORT}")
+}
+
+async fn portal_up() -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", PORTAL_PORT))
+        .await
+        .is_ok()
+}
+
+async fn stop_portal() -> anyhow::Result<()> {
+    let pid_file = state_dir()?.join("services/portal.pid");
+    let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.trim())
+        .status();
+    let t = Instant::now();
+    while portal_up().await && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_file(pid_file);
+    eprintln!("stopped spm-portal");
     Ok(())
 }
 
 /// Stops the services (SIGTERM, then waits) and the stack.
 pub async fn down() -> anyhow::Result<()> {
+    stop_portal().await?;
     for (name, grpc, _) in SERVICES {
         stop(name, *grpc).await?;
     }
@@ -233,5 +285,11 @@ pub async fn status() -> anyhow::Result<()> {
             "{name:<13} {s:<8} gRPC 127.0.0.1:{grpc}  metrics http://127.0.0.1:{http}/metrics"
         );
     }
+    println!(
+        "{:<13} {:<8} {}",
+        "portal",
+        if portal_up().await { "serving" } else { "down" },
+        portal_url()
+    );
     stack("status")
 }

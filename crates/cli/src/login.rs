@@ -183,7 +183,7 @@ pub async fn login(a: &Args) -> anyhow::Result<()> {
         .await
         .context("no sign-in arrived in time")??;
     let code = client::code_of(&landed, &state).map_err(anyhow::Error::msg)?;
-    let tokens = client::exchange_code(http, token_endpoint, &req, &code)
+    let tokens = client::exchange_code(http, token_endpoint, &req, &code, None)
         .await
         .map_err(anyhow::Error::msg)?;
     let claims = claims_of(&tokens.access_token);

@@ -620,10 +620,16 @@ pub mod client {
         http: &reqwest::Client,
         token_endpoint: &str,
         form: &[(&str, &str)],
+        secret: Option<(&str, &str)>,
     ) -> Result<TokenSet, String> {
-        let res = http
-            .post(token_endpoint)
-            .form(form)
+        let mut req = http.post(token_endpoint).form(form);
+        if let Some((id, secret)) = secret {
+            // client_secret_basic (RFC 6749 2.3.1): both form-urlencoded first.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            req = req.basic_auth(enc(id), Some(enc(secret)));
+        }
+        let res = req
             .send()
             .await
             .map_err(|e| format!("token endpoint {token_endpoint}: {e}"))?;
@@ -638,12 +644,14 @@ pub mod client {
         serde_json::from_str(&body).map_err(|e| format!("token endpoint answer: {e}"))
     }
 
-    /// Exchanges an authorization code for tokens.
+    /// Exchanges an authorization code for tokens; a confidential client (a web server)
+    /// passes its secret.
     pub async fn exchange_code(
         http: &reqwest::Client,
         token_endpoint: &str,
         a: &Authorize<'_>,
         code: &str,
+        client_secret: Option<&str>,
     ) -> Result<TokenSet, String> {
         token_call(
             http,
@@ -656,6 +664,7 @@ pub mod client {
                 ("code_verifier", &a.pkce.verifier),
                 ("resource", a.resource),
             ],
+            client_secret.map(|s| (a.client_id, s)),
         )
         .await
     }
@@ -677,6 +686,7 @@ pub mod client {
                 ("client_id", client_id),
                 ("resource", resource),
             ],
+            None,
         )
         .await
     }

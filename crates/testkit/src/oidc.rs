@@ -87,7 +87,14 @@ impl Idp {
         };
         let landed = self.browse(&a.url(), email, password).await?;
         let code = client::code_of(&landed, &state)?;
-        client::exchange_code(&self.http, &format!("{}/token", self.issuer), &a, &code).await
+        client::exchange_code(
+            &self.http,
+            &format!("{}/token", self.issuer),
+            &a,
+            &code,
+            None,
+        )
+        .await
     }
 
     /// What a browser does with an authorization URL: follow redirects to the login page,

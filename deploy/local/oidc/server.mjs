@@ -91,12 +91,16 @@ function build(keys) {
         redirect_uris: ['http://127.0.0.1/callback'],
       },
       {
+        // The portal. Locally it is a "native" client so that a portal on any loopback
+        // port (tests start one per test) may be redirected to; a real provider registers
+        // the portal's public https address as a web client instead.
         client_id: 'spm-portal',
         client_secret: process.env.OIDC_PORTAL_SECRET || 'spm-portal-local-secret',
+        application_type: 'native',
+        token_endpoint_auth_method: 'client_secret_basic',
         grant_types: ['authorization_code', 'refresh_token'],
         response_types: ['code'],
-        redirect_uris: portalRedirects,
-        post_logout_redirect_uris: portalRedirects.map((u) => new URL('/', u).href),
+        redirect_uris: ['http://127.0.0.1/auth/callback', ...portalRedirects],
       },
     ],
     jwks,

@@ -1,0 +1,182 @@
+//! The portal end to end: a real browser (headless Chromium driven by playwright-core from
+//! tests/browser/portal.mjs) signs people in through the stack's OpenID provider and reads
+//! the pages, which call the real services with the person's token.
+
+use std::time::Duration;
+
+use spm_proto::events::v1 as ev;
+use spm_proto::incentive::v1 as pb;
+use spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient;
+use spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient;
+use spm_testkit::events::{deal, rep, team};
+use spm_testkit::oidc::{Idp, audience_for};
+use spm_testkit::process::{binary, free_port};
+use spm_testkit::{TestEnv, authed, create_tenant, eventually, repo_root, wait_key_known};
+
+use crate::incentive::plan;
+use crate::people::{put_person, set_idp};
+use crate::scoring::submit;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_use_the_portal_in_a_real_browser() {
+    let idp = Idp::from_env();
+    let env = TestEnv::new("portal").await;
+    let ingest = env.start("ingest").await;
+    let incentive = env.start("incentive").await;
+    let scoring = env.start("scoring").await;
+    let t = create_tenant(&env, &ingest, "acme").await;
+    for s in [&ingest, &incentive, &scoring] {
+        wait_key_known(s, &t.admin_key).await;
+    }
+    set_idp(&ingest, &t.admin_key, &idp.issuer, &audience_for("acme"))
+        .await
+        .expect("idp");
+    submit(
+        &ingest,
+        &t.admin_key,
+        vec![
+            team("east", "", "dee"),
+            team("west", "", "eli"),
+            rep("dee", "", ""),
+            rep("eli", "", ""),
+            rep("ana", "east", "dee"),
+            rep("bo", "east", "dee"),
+            rep("cy", "west", "eli"),
+        ],
+    )
+    .await;
+    IncentiveAdminServiceClient::new(incentive.channel().await)
+        .put_plan(authed(
+            pb::PutPlanRequest { plan: Some(plan()) },
+            &t.admin_key,
+        ))
+        .await
+        .expect("plan");
+    submit(
+        &ingest,
+        &t.admin_key,
+        vec![
+            deal("d-ana", "8000.00", &[("ana", "100")]),
+            deal("d-bo", "3000.00", &[("bo", "100")]),
+            deal("d-cy", "5000.00", &[("cy", "100")]),
+        ],
+    )
+    .await;
+    put_person(
+        &ingest,
+        &t.admin_key,
+        "eve@example.com",
+        ev::PersonRole::CompAdmin,
+        "",
+        true,
+    )
+    .await;
+    let inc = IncentiveServiceClient::new(incentive.channel().await);
+    for r in ["ana", "bo", "cy"] {
+        eventually(Duration::from_secs(30), "deals on statements", || {
+            let (mut inc, key) = (inc.clone(), t.admin_key.clone());
+            async move {
+                let s = inc
+                    .get_statement(authed(
+                        pb::GetStatementRequest {
+                            rep_id: r.into(),
+                            period: None,
+                            with_explanations: false,
+                        },
+                        &key,
+                    ))
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .statement?;
+                (!s.lines.is_empty()).then_some(())
+            }
+        })
+        .await;
+    }
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(env.log_dir.join("portal.log")).unwrap();
+    let mut portal = tokio::process::Command::new(binary("spm-portal"))
+        .env("SPM_PORTAL_ADDR", format!("127.0.0.1:{port}"))
+        .env("SPM_PORTAL_PUBLIC_URL", &url)
+        .env("SPM_INGEST_URL", format!("http://{}", ingest.grpc))
+        .env("SPM_SCORING_URL", format!("http://{}", scoring.grpc))
+        .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc))
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spm-portal");
+    eventually(Duration::from_secs(20), "the portal to listen", || {
+        let url = url.clone();
+        async move {
+            spm_testkit::http()
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+
+    let shots = repo_root().join("target/screenshots/portal");
+    let out = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/browser/portal.mjs"))
+        .env("PORTAL", &url)
+        .env("TENANT", "acme")
+        .env("OUT", &shots)
+        .env("NODE_MODULES", repo_root().join(".local/node_modules"))
+        .output()
+        .await
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser checks failed:\n{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert!(report["checks"].as_array().unwrap().len() >= 25, "{report}");
+    for page in [
+        "start",
+        "rep-home",
+        "line",
+        "manager-report",
+        "no-rep",
+        "rep-home-zh",
+    ] {
+        for size in ["desktop", "375"] {
+            let f = shots.join(format!("{page}-{size}.png"));
+            assert!(
+                std::fs::metadata(&f)
+                    .map(|m| m.len() > 1000)
+                    .unwrap_or(false),
+                "{} saved",
+                f.display()
+            );
+        }
+    }
+    // The dispute the browser opened is on ana's line, opened by her login.
+    let disputes = inc
+        .clone()
+        .list_disputes(authed(
+            pb::ListDisputesRequest {
+                rep_id: "ana".into(),
+                open_only: true,
+            },
+            &t.admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .disputes;
+    assert_eq!(
+        disputes.len(),
+        1,
+        "one dispute, none from the forged forms: {disputes:?}"
+    );
+    assert_eq!(disputes[0].opened_by, "ana@example.com");
+    portal.kill().await.ok();
+}
