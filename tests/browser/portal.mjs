@@ -79,6 +79,20 @@ try {
   check(/EUR/.test(total), `her earnings show with the currency (${total})`);
   await axe(page, 'rep home');
   await shots(page, 'rep-home');
+
+  // Live: the page follows her notifications. The test submits a deal once we say READY;
+  // the total and the feed change without a reload.
+  await page.waitForSelector('html[data-live=open]', { timeout: 10000 });
+  const before = await page.textContent('#total');
+  const marker = await page.evaluate(() => { window.__noReload = true; return true; });
+  const t0 = Date.now();
+  console.log('READY');
+  await page.waitForFunction((b) => document.querySelector('#total').textContent !== b, before, { timeout: 30000 });
+  const liveMs = Date.now() - t0;
+  await page.waitForSelector('#feed-list li', { timeout: 10000 });
+  check(marker && (await page.evaluate(() => window.__noReload === true)), 'the page was not reloaded');
+  check(true, `a new deal changed the open page's total in ${liveMs} ms (from ${before} to ${await page.textContent('#total')}), feed: ${await page.textContent('#feed-list li')}`);
+  await shots(page, 'rep-home-live');
   const link = page.locator('table a').first();
   const lineKey = (await link.textContent()).trim();
   await link.click();

@@ -24,8 +24,9 @@ async fn people_use_the_portal_in_a_real_browser() {
     let ingest = env.start("ingest").await;
     let incentive = env.start("incentive").await;
     let scoring = env.start("scoring").await;
+    let notification = env.start("notification").await;
     let t = create_tenant(&env, &ingest, "acme").await;
-    for s in [&ingest, &incentive, &scoring] {
+    for s in [&ingest, &incentive, &scoring, &notification] {
         wait_key_known(s, &t.admin_key).await;
     }
     set_idp(&ingest, &t.admin_key, &idp.issuer, &audience_for("acme"))
@@ -104,6 +105,10 @@ async fn people_use_the_portal_in_a_real_browser() {
         .env("SPM_INGEST_URL", format!("http://{}", ingest.grpc))
         .env("SPM_SCORING_URL", format!("http://{}", scoring.grpc))
         .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc))
+        .env(
+            "SPM_NOTIFICATION_URL",
+            format!("http://{}", notification.grpc),
+        )
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -124,18 +129,38 @@ async fn people_use_the_portal_in_a_real_browser() {
     .await;
 
     let shots = repo_root().join("target/screenshots/portal");
-    let out = tokio::process::Command::new("node")
+    let mut node = tokio::process::Command::new("node")
         .arg(repo_root().join("tests/browser/portal.mjs"))
         .env("PORTAL", &url)
         .env("TENANT", "acme")
         .env("OUT", &shots)
         .env("NODE_MODULES", repo_root().join(".local/node_modules"))
-        .output()
-        .await
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the browser checks failed:\n{stdout}");
+    // The script says READY with ana's page open; then a deal of hers arrives.
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(node.stdout.take().unwrap()));
+    let mut stdout = String::new();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if l == "READY" {
+            submit(
+                &ingest,
+                &t.admin_key,
+                vec![deal("d-ana-live", "2000.00", &[("ana", "100")])],
+            )
+            .await;
+        }
+        stdout.push_str(&l);
+        stdout.push('\n');
+    }
+    let status = tokio::time::timeout(Duration::from_secs(120), node.wait())
+        .await
+        .expect("the browser checks end")
+        .unwrap();
+    println!("{stdout}");
+    assert!(status.success(), "the browser checks failed:\n{stdout}");
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
     assert!(report["checks"].as_array().unwrap().len() >= 25, "{report}");

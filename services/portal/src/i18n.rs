@@ -108,6 +108,7 @@ impl Lang {
             "score" => ("Score", "考核得分"),
             "revenue" => ("Revenue", "销售额"),
             "rank" => ("Rank", "排名"),
+            "feed" => ("What just happened", "最新动态"),
             "date" => ("Date", "日期"),
             "leaderboard" => ("Leaderboard by revenue", "销售额排行榜"),
             "statement" => ("Statement", "业绩单"),

@@ -47,6 +47,12 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub incentive: String,
+    #[arg(
+        long,
+        env = "SPM_NOTIFICATION_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub notification: String,
     /// The portal's client at the identity provider (a confidential client).
     #[arg(long, env = "SPM_PORTAL_CLIENT_ID", default_value = "spm-portal")]
     pub client_id: String,
@@ -71,6 +77,7 @@ pub struct Portal {
     pub ingest: Channel,
     pub scoring: Channel,
     pub incentive: Channel,
+    pub notification: Channel,
     pub sessions: session::Sessions,
 }
 
@@ -88,6 +95,7 @@ impl Portal {
             ingest: lazy(&config.ingest)?,
             scoring: lazy(&config.scoring)?,
             incentive: lazy(&config.incentive)?,
+            notification: lazy(&config.notification)?,
             sessions: session::Sessions::default(),
             config: Arc::new(config),
         })

@@ -33,6 +33,7 @@ pub fn router(p: Portal) -> Router {
         .route("/t/{tenant}/lines/{line}", get(line))
         .route("/t/{tenant}/lines/{line}/dispute", post(dispute))
         .route("/t/{tenant}/reps/{rep}", get(rep_page))
+        .route("/t/{tenant}/live", get(live))
         .fallback(fallback)
         .with_state(p)
 }
@@ -145,6 +146,8 @@ struct HomePage {
     lines: Vec<LineRow>,
     board: Vec<Board>,
     has_statement: bool,
+    /// The person's own page: it follows their notifications live.
+    live: bool,
 }
 
 #[derive(Template)]
@@ -667,6 +670,7 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
             .collect(),
         board,
         has_statement: true,
+        live: rep == s.rep_id,
         c: Chrome::new(l, Some(s), path),
     };
     html(StatusCode::OK, &page)
@@ -738,6 +742,7 @@ async fn home(State(p): State<Portal>, h: HeaderMap, Path(tenant): Path<String>)
             lines: Vec::new(),
             board,
             has_statement: false,
+            live: false,
             c: Chrome::new(l, Some(&s), &path),
         },
     )
@@ -919,4 +924,44 @@ async fn dispute(
         }
         Err(e) => failed(&e, l, Some(&s), &format!("/t/{tenant}/lines/{line}")),
     }
+}
+
+/// The person's notifications as server-sent events (from notification's `Subscribe`, with
+/// their token: only their own). The page appends each to its feed and refreshes its figures.
+async fn live(State(p): State<Portal>, h: HeaderMap, Path(tenant): Path<String>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+    let s = match session_of(&p, &h, &tenant) {
+        Ok(s) => s,
+        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+    };
+    let stream = match spm_proto::notification::v1::notification_service_client::NotificationServiceClient::new(
+        p.notification.clone(),
+    )
+    .subscribe(bearer(
+        spm_proto::notification::v1::SubscribeRequest {
+            recipient: String::new(),
+        },
+        &s.token,
+    ))
+    .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) if e.code() == Code::PermissionDenied => return StatusCode::FORBIDDEN.into_response(),
+        Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    let events = stream
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| async move {
+            let n = m.ok()?.notification?;
+            let data = serde_json::json!({"title": n.title, "body": n.body, "rule": n.rule});
+            Some(Ok::<_, std::convert::Infallible>(
+                Event::default()
+                    .event("notification")
+                    .data(data.to_string()),
+            ))
+        });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
