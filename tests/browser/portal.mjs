@@ -149,6 +149,25 @@ try {
     await ctx.close();
   }
 
+  // A session that ran out sends the person to sign in again (a second portal whose
+  // sessions last 3 s).
+  if (process.env.PORTAL_SHORT) {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(`${process.env.PORTAL_SHORT}/t/${TENANT}/login`);
+    await page.waitForSelector('#login');
+    await page.fill('#login', 'ana@example.com');
+    await page.fill('#password', PASSWORD);
+    await page.click('button[type=submit]');
+    await page.waitForURL(`${process.env.PORTAL_SHORT}/t/${TENANT}/`);
+    check(/EUR/.test(await page.textContent('#total')), 'signed in on the short-session portal');
+    await page.waitForTimeout(4000);
+    await page.goto(`${process.env.PORTAL_SHORT}/t/${TENANT}/`);
+    await page.waitForLoadState('load');
+    check(!page.url().startsWith(`${process.env.PORTAL_SHORT}/t/`), `an expired session redirects to sign-in (${page.url()})`);
+    await ctx.close();
+  }
+
   // Chinese, from the browser's language.
   {
     const { ctx, page } = await signIn('ana@example.com', 'zh-CN');

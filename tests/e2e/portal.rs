@@ -96,42 +96,51 @@ async fn people_use_the_portal_in_a_real_browser() {
         .await;
     }
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(env.log_dir.join("portal.log")).unwrap();
-    let mut portal = tokio::process::Command::new(binary("spm-portal"))
-        .env("SPM_PORTAL_ADDR", format!("127.0.0.1:{port}"))
-        .env("SPM_PORTAL_PUBLIC_URL", &url)
-        .env("SPM_INGEST_URL", format!("http://{}", ingest.grpc))
-        .env("SPM_SCORING_URL", format!("http://{}", scoring.grpc))
-        .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc))
-        .env(
-            "SPM_NOTIFICATION_URL",
-            format!("http://{}", notification.grpc),
-        )
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spm-portal");
-    eventually(Duration::from_secs(20), "the portal to listen", || {
-        let url = url.clone();
-        async move {
-            spm_testkit::http()
-                .get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
+    let start_portal = |session_secs: u32| {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(env.log_dir.join(format!("portal-{port}.log"))).unwrap();
+        let child = tokio::process::Command::new(binary("spm-portal"))
+            .env("SPM_PORTAL_ADDR", format!("127.0.0.1:{port}"))
+            .env("SPM_PORTAL_PUBLIC_URL", &url)
+            .env("SPM_INGEST_URL", format!("http://{}", ingest.grpc))
+            .env("SPM_SCORING_URL", format!("http://{}", scoring.grpc))
+            .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc))
+            .env(
+                "SPM_NOTIFICATION_URL",
+                format!("http://{}", notification.grpc),
+            )
+            .env("SPM_PORTAL_SESSION_SECS", session_secs.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spm-portal");
+        (url, child)
+    };
+    let (url, mut portal) = start_portal(3600);
+    let (short_url, _short) = start_portal(3);
+    for u in [url.clone(), short_url.clone()] {
+        eventually(Duration::from_secs(20), "the portal to listen", || {
+            let u = u.clone();
+            async move {
+                spm_testkit::http()
+                    .get(&u)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
 
     let shots = repo_root().join("target/screenshots/portal");
     let mut node = tokio::process::Command::new("node")
         .arg(repo_root().join("tests/browser/portal.mjs"))
         .env("PORTAL", &url)
+        .env("PORTAL_SHORT", &short_url)
         .env("TENANT", "acme")
         .env("OUT", &shots)
         .env("NODE_MODULES", repo_root().join(".local/node_modules"))
