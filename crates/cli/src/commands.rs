@@ -685,8 +685,8 @@ pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
                     })
                     .unwrap_or_default(),
             ),
-            Cell::new(kind_name(p.kind)),
-            Cell::new(status_name(p.status)),
+            Cell::new(spm_proto::ext::earning_kind_name(p.kind)),
+            Cell::new(spm_proto::ext::earning_status_name(p.status)),
             num(&p.amount),
             Cell::new(format!(
                 "{} (posted in {}; {})",
@@ -737,7 +737,7 @@ pub fn print_statement(s: &incentive::Statement, limit: Option<usize>) {
     for l in s.lines.iter().take(limit.unwrap_or(usize::MAX)) {
         t.add_row(vec![
             Cell::new(&l.key),
-            Cell::new(kind_name(l.kind)),
+            Cell::new(spm_proto::ext::earning_kind_name(l.kind)),
             num(&l.amount),
             Cell::new(statuses(&l.by_status)),
             Cell::new(crate::demo::trim(&l.summary, 70)),
@@ -764,33 +764,17 @@ pub fn print_statement(s: &incentive::Statement, limit: Option<usize>) {
     ));
 }
 
-/// "commission", "clawback", ... for an `EarningKind`.
-fn kind_name(k: i32) -> String {
-    spm_proto::events::v1::EarningKind::try_from(k)
-        .map(|k| {
-            k.as_str_name()
-                .trim_start_matches("EARNING_KIND_")
-                .to_lowercase()
-        })
-        .unwrap_or_default()
-}
-
 /// "earned 100.00, payable 100.00".
 fn statuses(parts: &[spm_proto::incentive::v1::StatusAmount]) -> String {
     parts
         .iter()
-        .map(|x| format!("{} {}", status_name(x.status), x.amount))
+        .map(|x| {
+            format!(
+                "{} {}",
+                spm_proto::ext::earning_status_name(x.status),
+                x.amount
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// "earned", "payable", ... for an `EarningStatus`.
-fn status_name(s: i32) -> String {
-    spm_proto::events::v1::EarningStatus::try_from(s)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("EARNING_STATUS_")
-                .to_lowercase()
-        })
-        .unwrap_or_default()
 }

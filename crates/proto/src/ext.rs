@@ -35,6 +35,29 @@ impl Payload {
     }
 }
 
+/// An earning kind's short name ("commission", "spiff"...), as people read it; empty for
+/// an unknown value.
+pub fn earning_kind_name(k: i32) -> String {
+    crate::events::v1::EarningKind::try_from(k)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("EARNING_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// An earning status's short name ("earned", "payable"...); empty for an unknown value.
+pub fn earning_status_name(s: i32) -> String {
+    crate::events::v1::EarningStatus::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("EARNING_STATUS_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
 impl EventEnvelope {
     /// The event type name, or "Unknown" for an envelope without payload.
     pub fn event_type(&self) -> &'static str {

@@ -391,10 +391,11 @@ impl KeyStore {
             }
             return self.person(&tenant, &login).await;
         }
-        self.verify_token(token).await
+        self.verify_token(token, digest).await
     }
 
-    async fn verify_token(&self, token: &str) -> Result<Caller, ApiError> {
+    /// Verifies a token not seen in the last [`KeyStore::CACHE_TTL`] (`digest`: its SHA-256).
+    async fn verify_token(&self, token: &str, digest: [u8; 32]) -> Result<Caller, ApiError> {
         let bad = |e: TokenError| ApiError::Unauthenticated(e.to_string().into());
         let head = oidc::peek(token).map_err(bad)?;
         let idps = self.idps_of(&head.iss).await?;
@@ -452,7 +453,7 @@ impl KeyStore {
             .unwrap_or(now);
         remember(
             &self.verified,
-            Sha256::digest(token.as_bytes()).into(),
+            digest,
             (idp.tenant_id.clone(), login.clone(), exp),
         );
         self.person(&idp.tenant_id, &login).await
@@ -517,6 +518,13 @@ impl KeyStore {
     }
 }
 
+/// A rep as a person: id, name, active, and whether anyone reports to them or they manage
+/// a team (then they sign in as a manager).
+const REP_OF_PERSON: &str = "SELECT r.rep_id, r.display_name, r.active,
+        EXISTS (SELECT 1 FROM org_reps x WHERE x.tenant_id = r.tenant_id AND x.manager_id = r.rep_id)
+     OR EXISTS (SELECT 1 FROM org_teams t WHERE t.tenant_id = r.tenant_id AND t.manager_id = r.rep_id)
+   FROM org_reps r";
+
 /// Who a signed-in person is: an explicit grant in `auth_people` (role, optional rep,
 /// disabled), else the rep whose login (or, without one, e-mail) is `login`, as a manager
 /// when anyone reports to them or they manage a team, as a rep otherwise.
@@ -535,26 +543,20 @@ async fn resolve_person(pool: &PgPool, tenant: &str, login: &str) -> Result<Call
     // (rep_id, display_name, active, manages anyone)
     let reps: Vec<(String, String, bool, bool)> = match grant.as_ref().map(|g| g.1.as_str()) {
         Some(rep) if !rep.is_empty() => {
-            sqlx::query_as(
-                "SELECT r.rep_id, r.display_name, r.active,
-                        EXISTS (SELECT 1 FROM org_reps x WHERE x.tenant_id = r.tenant_id AND x.manager_id = r.rep_id)
-                     OR EXISTS (SELECT 1 FROM org_teams t WHERE t.tenant_id = r.tenant_id AND t.manager_id = r.rep_id)
-                   FROM org_reps r WHERE r.tenant_id = $1 AND r.rep_id = $2",
-            )
+            sqlx::query_as(&format!(
+                "{REP_OF_PERSON} WHERE r.tenant_id = $1 AND r.rep_id = $2"
+            ))
             .bind(tenant)
             .bind(rep)
             .fetch_all(pool)
             .await?
         }
         _ => {
-            sqlx::query_as(
-                "SELECT r.rep_id, r.display_name, r.active,
-                        EXISTS (SELECT 1 FROM org_reps x WHERE x.tenant_id = r.tenant_id AND x.manager_id = r.rep_id)
-                     OR EXISTS (SELECT 1 FROM org_teams t WHERE t.tenant_id = r.tenant_id AND t.manager_id = r.rep_id)
-                   FROM org_reps r
+            sqlx::query_as(&format!(
+                "{REP_OF_PERSON}
                   WHERE r.tenant_id = $1 AND lower(CASE WHEN r.login <> '' THEN r.login ELSE r.email END) = $2
-                  LIMIT 2",
-            )
+                  LIMIT 2"
+            ))
             .bind(tenant)
             .bind(login)
             .fetch_all(pool)

@@ -554,26 +554,6 @@ async fn logout(State(p): State<Portal>, h: HeaderMap, body: String) -> Response
     r
 }
 
-fn kind_name(k: i32) -> String {
-    spm_proto::events::v1::EarningKind::try_from(k)
-        .map(|k| {
-            k.as_str_name()
-                .trim_start_matches("EARNING_KIND_")
-                .to_lowercase()
-        })
-        .unwrap_or_default()
-}
-
-fn status_name(k: i32) -> String {
-    spm_proto::events::v1::EarningStatus::try_from(k)
-        .map(|k| {
-            k.as_str_name()
-                .trim_start_matches("EARNING_STATUS_")
-                .to_lowercase()
-        })
-        .unwrap_or_default()
-}
-
 fn percent(share: &str) -> String {
     share
         .parse::<rust_decimal::Decimal>()
@@ -627,10 +607,14 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
         .unwrap_or_else(|| "—".into());
     let cur = st.currency.clone();
     let page = HomePage {
+        // A report's page is titled with the name the leaderboard gives them.
         heading: if rep == s.rep_id {
             s.name.clone()
         } else {
-            rep.to_owned()
+            board
+                .iter()
+                .find(|b| b.rep_id == rep && b.name != "—")
+                .map_or_else(|| rep.to_owned(), |b| b.name.clone())
         },
         period: st
             .period
@@ -641,7 +625,12 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
         statuses: st
             .totals_by_status
             .iter()
-            .map(|x| (status_name(x.status), l.money(&x.amount, &cur)))
+            .map(|x| {
+                (
+                    spm_proto::ext::earning_status_name(x.status),
+                    l.money(&x.amount, &cur),
+                )
+            })
             .collect(),
         attainment: percent(&st.attainment),
         revenue: l.money(&st.revenue, &cur),
@@ -657,12 +646,18 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
             .map(|x| LineRow {
                 id: x.line_id.clone(),
                 key: x.key.clone(),
-                kind: kind_name(x.kind),
+                kind: spm_proto::ext::earning_kind_name(x.kind),
                 amount: l.money(&x.amount, &cur),
                 status: x
                     .by_status
                     .iter()
-                    .map(|b| format!("{} {}", status_name(b.status), l.money(&b.amount, &cur)))
+                    .map(|b| {
+                        format!(
+                            "{} {}",
+                            spm_proto::ext::earning_status_name(b.status),
+                            l.money(&b.amount, &cur)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
                 summary: x.summary.clone(),
@@ -862,8 +857,8 @@ async fn line_view(
                         .and_then(spm_proto::ext::datetime)
                         .map(|t| l.date(t))
                         .unwrap_or_default(),
-                    kind_name(x.kind),
-                    status_name(x.status),
+                    spm_proto::ext::earning_kind_name(x.kind),
+                    spm_proto::ext::earning_status_name(x.status),
                     l.money(&x.amount, cur).trim_end().to_owned(),
                     x.reason.clone(),
                 )
