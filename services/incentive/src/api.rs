@@ -210,6 +210,18 @@ impl Api {
         .await?;
         let mut conn = self.pool.acquire().await?;
         let (closed, paid) = store::period_state(&mut conn, &ctx.tenant, kind, key).await?;
+        let next_tier = result.as_ref().and_then(|r| {
+            let plan = ctx
+                .plans
+                .iter()
+                .find(|p| p.plan_id == r.0 && i64::from(p.version) == i64::from(r.1))?;
+            let n = crate::domain::compute::next_tier(plan, rep, r.2, ctx.currency)?;
+            Some(pb::NextTier {
+                from: s(n.from),
+                rate: s(n.rate),
+                revenue_needed: money_s(ctx, n.revenue_needed),
+            })
+        });
         Ok(pb::Statement {
             rep_id: rep.to_owned(),
             period: Some(ctx.period_pb(kind, key)),
@@ -241,6 +253,7 @@ impl Api {
             attainment: result.and_then(|r| r.3).map(s).unwrap_or_default(),
             closed,
             paid,
+            next_tier,
         })
     }
 

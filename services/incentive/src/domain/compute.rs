@@ -208,6 +208,36 @@ fn days_between(a: DateTime<Utc>, b: DateTime<Utc>) -> i64 {
     (b - a).num_seconds().div_euclid(86_400)
 }
 
+/// The commission tier above the one a period's `revenue` reached: where it starts (a share
+/// of quota, or an amount on the cumulative basis), its rate, and the revenue still needed
+/// to reach it (rounded once to the currency). None on the top tier or without commission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextTier {
+    pub from: Decimal,
+    pub rate: Decimal,
+    pub revenue_needed: Decimal,
+}
+
+pub fn next_tier(plan: &Plan, rep: &str, revenue: Decimal, cur: Currency) -> Option<NextTier> {
+    let c = plan.commission.as_ref()?;
+    let unit = if c.basis == Basis::Attainment {
+        plan.quota_for(rep)
+    } else {
+        Decimal::ONE
+    };
+    let bounds: Vec<(Decimal, Decimal)> = c
+        .tiers
+        .iter()
+        .map(|(from, rate)| (*from * unit, *rate))
+        .collect();
+    let (reached, _) = rate_at(&bounds, revenue);
+    c.tiers.get(reached + 1).map(|(from, rate)| NextTier {
+        from: *from,
+        rate: *rate,
+        revenue_needed: cur.round(*from * unit - revenue),
+    })
+}
+
 fn rate_at(tiers: &[(Decimal, Decimal)], pos: Decimal) -> (usize, Decimal) {
     let mut idx = 0;
     for (i, (from, _)) in tiers.iter().enumerate() {
@@ -392,8 +422,8 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
         };
         let below = revenue < c.threshold * unit;
         let (reached_tier, retro_rate) = rate_at(&bounds, revenue);
-        let next_tier = c.tiers.get(reached_tier + 1).map(|(from, rate)| {
-            json!({ "from": money(*from), "rate": money(*rate), "revenue_needed": money(cur.round(*from * unit - revenue)) })
+        let next_tier = next_tier(plan, &rp.rep_id, revenue, cur).map(|n| {
+            json!({ "from": money(n.from), "rate": money(n.rate), "revenue_needed": money(n.revenue_needed) })
         });
         let deal_cap = c.per_deal_cap.map(|v| cur.floor(v));
         let period_cap = c.period_cap.map(|v| cur.floor(v));
@@ -828,6 +858,38 @@ pub(crate) mod tests {
             eur(),
         );
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn next_tier_is_the_one_above_the_revenue_reached() {
+        let plan = plan_with(|p| {
+            p.commission
+                .as_mut()
+                .unwrap()
+                .rep_quotas
+                .insert("r-big".into(), "30000".into());
+        });
+        // Quota 10 000: tiers at 0, 100% and 150%.
+        let n = next_tier(&plan, "r1", dec!(4000.004), eur()).unwrap();
+        assert_eq!(
+            (n.from, n.rate, n.revenue_needed),
+            (dec!(1), dec!(0.08), dec!(6000.00))
+        );
+        let n = next_tier(&plan, "r1", dec!(10000), eur()).unwrap();
+        assert_eq!((n.from, n.revenue_needed), (dec!(1.5), dec!(5000)));
+        assert_eq!(next_tier(&plan, "r1", dec!(15000), eur()), None);
+        // A rep's own quota sets the boundary.
+        let n = next_tier(&plan, "r-big", dec!(10000), eur()).unwrap();
+        assert_eq!(n.revenue_needed, dec!(20000));
+        // Cumulative basis: boundaries are amounts.
+        let plan = plan_with(|p| {
+            let c = p.commission.as_mut().unwrap();
+            c.basis = pb::TierBasis::CumulativeAmount as i32;
+            c.tiers[1].from = "2500".into();
+            c.tiers[2].from = "9000".into();
+        });
+        let n = next_tier(&plan, "r1", dec!(3000), eur()).unwrap();
+        assert_eq!((n.from, n.revenue_needed), (dec!(9000), dec!(6000)));
     }
 
     #[test]
