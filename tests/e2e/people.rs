@@ -280,6 +280,25 @@ async fn people_see_only_what_their_role_allows() {
     ))
     .await
     .expect("scorecard");
+    // Revenue goals this month for a rep of each manager: calibration is per subtree.
+    for r in ["ana", "cy"] {
+        spm_proto::scoring::v1::scoring_admin_service_client::ScoringAdminServiceClient::new(
+            scoring.channel().await,
+        )
+        .set_goal(authed(
+            spb::SetGoalRequest {
+                subject_kind: spb::SubjectKind::Rep as i32,
+                subject_id: r.into(),
+                metric: "revenue".into(),
+                period: None,
+                target: "20000".into(),
+                effective_from: None,
+            },
+            &a.admin_key,
+        ))
+        .await
+        .expect("goal");
+    }
     submit(
         &ingest,
         &a.admin_key,
@@ -347,6 +366,38 @@ async fn people_see_only_what_their_role_allows() {
     assert!(
         wrong_password.is_err(),
         "the provider refuses a wrong password"
+    );
+
+    // Goal calibration: a manager's covers his subtree's goals, a comp admin's the
+    // tenant's; a rep may not ask.
+    let calibrate = |token: String| {
+        let mut sc = sc.clone();
+        async move {
+            sc.get_goal_calibration(authed(
+                spb::GetGoalCalibrationRequest {
+                    metric: "revenue".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .map(|r| r.into_inner().goals)
+        }
+    };
+    // (Projections need 10% of the period gone; the count of goals weighed does not.)
+    assert_eq!(
+        calibrate(dee.clone()).await.unwrap(),
+        1,
+        "dee: ana's goal only"
+    );
+    assert_eq!(
+        calibrate(eve.clone()).await.unwrap(),
+        2,
+        "eve: ana's and cy's"
+    );
+    assert_eq!(
+        calibrate(ana.clone()).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
     );
 
     // What each one sees.

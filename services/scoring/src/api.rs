@@ -768,7 +768,11 @@ impl ScoringService for Api {
         req: Request<pb::GetGoalCalibrationRequest>,
     ) -> Result<Response<pb::GetGoalCalibrationResponse>, Status> {
         let c = caller(&req)?;
-        c.require_tenant_reader()?;
+        // A manager calibrates the goals of their reporting subtree; a rep none.
+        if c.role == spm_server::auth::Role::Rep {
+            c.require_tenant_reader()?;
+        }
+        let scope = c.scope(&self.pool).await?;
         let r = req.into_inner();
         if !is_metric(&r.metric) {
             return Err(
@@ -796,7 +800,9 @@ impl ScoringService for Api {
             .goals_in_force(&mut conn, &c.tenant_id, &p)
             .await?
             .into_iter()
-            .filter(|g| g.subject_kind == "rep" && g.metric == r.metric)
+            .filter(|g| {
+                g.subject_kind == "rep" && g.metric == r.metric && scope.allows(&g.subject_id)
+            })
             .collect();
         let reps: Vec<String> = goals.iter().map(|g| g.subject_id.clone()).collect();
         let months = months_of(&cal, &p);
