@@ -93,6 +93,11 @@ try {
   check(marker && (await page.evaluate(() => window.__noReload === true)), 'the page was not reloaded');
   check(true, `a new deal changed the open page's total in ${liveMs} ms (from ${before} to ${await page.textContent('#total')}), feed: ${await page.textContent('#feed-list li')}`);
   await shots(page, 'rep-home-live');
+  // 10 000.00 of a 10 000 quota: the next tier is 10% from 150%, 5 000.00 away.
+  const next = await page.textContent('#next-tier');
+  check(next.includes('10%') && next.includes('5,000.00 EUR'), `the next tier and the revenue that reaches it (${next.trim()})`);
+  check((await page.locator('.chart .bar').count()) === 6, 'the chart shows six periods');
+  check((await page.locator('table.narrow tbody tr').count()) > 0, 'the score breakdown or chart table has rows');
   const link = page.locator('table a').first();
   const lineKey = (await link.textContent()).trim();
   await link.click();
@@ -106,6 +111,20 @@ try {
   await page.click('form.card button[type=submit]');
   await page.waitForSelector('.notice');
   check((await page.textContent('.notice')).includes('sent'), 'the dispute was sent');
+  await page.goto(`${PORTAL}/t/${TENANT}/`);
+  check((await page.textContent('#my-disputes + ul')).includes('open'), 'her open question is listed on her page');
+
+  // The estimator: what a deal would earn; a bad amount says what to fix beside the field.
+  await page.fill('#amount', '5000');
+  await page.click('form[action$="/whatif"] button');
+  await page.waitForSelector('#delta');
+  const delta = await page.textContent('#delta');
+  check(/\+[\d,]+\.\d\d EUR/.test(delta) && delta !== '+0.00 EUR', `the what-if says what the deal adds (${delta})`);
+  await axe(page, 'what-if');
+  await shots(page, 'whatif');
+  const badWhatIf = await page.goto(`${PORTAL}/t/${TENANT}/whatif?amount=lots`);
+  check(badWhatIf.status() === 422 && (await page.getAttribute('#amount', 'aria-invalid')) === 'true', 'a bad what-if amount is marked on its field');
+  check((await page.textContent('#amount-error')).length > 5, `and says why (${await page.textContent('#amount-error')})`);
 
   // A form without the session's CSRF token changes nothing.
   const forged = await page.request.post(`${lineUrl}/dispute`, { form: { reason: 'forged' }, maxRedirects: 0 });
@@ -137,6 +156,92 @@ try {
     await shots(page, 'manager-report');
     const other = await page.goto(`${PORTAL}/t/${TENANT}/reps/cy`);
     check(other.status() === 403, 'the manager is refused a rep outside his team');
+    // His team: figures, leaderboard of his reports only, alerts, calibration.
+    await page.goto(`${PORTAL}/t/${TENANT}/team`);
+    const board = await page.textContent('.board');
+    check(/ana/i.test(board) && /bo/i.test(board) && !/cy/i.test(board), `the team leaderboard holds his reports only (${board.replace(/\s+/g, ' ').trim()})`);
+    check((await page.locator('#calibration').count()) === 1 && (await page.locator('#alerts').count()) === 1, 'the team page has alerts and goal calibration');
+    check((await page.textContent('.notice')).includes('1'), 'one open question waits for him');
+    await axe(page, 'team');
+    await shots(page, 'team');
+    // The dispute queue: a bad adjustment is refused beside the form, then he accepts.
+    await page.goto(`${PORTAL}/t/${TENANT}/disputes`);
+    check((await page.locator('section.dispute').count()) === 1, 'his queue holds the one question');
+    await page.fill('section.dispute input[name=adjustment]', 'fifty');
+    await page.click('section.dispute button[type=submit]');
+    await page.waitForSelector('section.dispute .error');
+    check((await page.getAttribute('section.dispute input[name=adjustment]', 'aria-invalid')) === 'true', 'a bad adjustment is marked on its field');
+    await axe(page, 'disputes with an error');
+    await page.fill('section.dispute input[name=adjustment]', '50.00');
+    await page.fill('section.dispute textarea', 'Split corrected: half of the deal.');
+    await page.click('section.dispute button[type=submit]');
+    await page.waitForSelector('.notice');
+    check((await page.textContent('section.dispute .status')).includes('accepted'), 'the question is answered and accepted');
+    await shots(page, 'disputes');
+    await ctx.close();
+  }
+
+  // A comp admin: plans, a draft simulated against the current plan, a bad field beside
+  // the field and nothing saved, a new version saved; periods closed and paid.
+  {
+    const { ctx, page } = await signIn('eve@example.com');
+    await page.click('nav.sections a[href$="/plans"]');
+    await page.waitForSelector('h1');
+    check((await page.locator('section table tbody tr').count()) === 1, 'plan ae has one version');
+    await axe(page, 'plans');
+    await shots(page, 'plans');
+    await page.click('a[href*="/plans/edit?plan=ae"]');
+    await page.waitForSelector('#f-commission-quota');
+    check((await page.inputValue('#f-commission-quota')) === '10000', 'the form starts from the current version');
+    await page.fill('#f-commission-tiers-0--rate', '0.06');
+    await page.click('button[value=simulate]');
+    await page.waitForSelector('#simulation');
+    const rows = await page.locator('#simulation tbody tr').allTextContents();
+    check(rows.length === 3, `the simulation lists each rep (${rows.length})`);
+    const anaRow = rows.find((r) => r.includes('ana')) || '';
+    check(anaRow.includes('100.00'), `ana earns 100.00 more under the draft (${anaRow.replace(/\s+/g, ' ')})`);
+    check((await page.inputValue('#f-commission-tiers-0--rate')) === '0.06', 'the draft stays in the form');
+    await axe(page, 'simulation');
+    await shots(page, 'simulation');
+    // A bad field: its error beside it, the summary links to it, nothing saved.
+    await page.fill('#f-commission-quota', '-5');
+    await page.click('button[value=save]');
+    await page.waitForSelector('#f-commission-quota-error');
+    check((await page.getAttribute('#f-commission-quota', 'aria-invalid')) === 'true', 'the bad quota is marked invalid');
+    check((await page.textContent('#f-commission-quota-error')).includes('greater than zero'), `its error is beside it (${await page.textContent('#f-commission-quota-error')})`);
+    check((await page.locator('#errors a[href="#f-commission-quota"]').count()) === 1, 'the summary links to the field');
+    await axe(page, 'plan with an error');
+    await shots(page, 'plan-error');
+    await page.goto(`${PORTAL}/t/${TENANT}/plans`);
+    check((await page.locator('section table tbody tr').count()) === 1, 'the bad version changed nothing');
+    const forgedPlan = await page.request.post(`${PORTAL}/t/${TENANT}/plans`, { form: { plan_id: 'ae', action: 'save' }, maxRedirects: 0 });
+    check(forgedPlan.status() === 403, 'a plan form without the CSRF token is refused');
+    // A good version is saved.
+    await page.click('a[href*="/plans/edit?plan=ae"]');
+    await page.fill('#f-name', 'AE (2027 rates)');
+    await page.fill('#f-commission-tiers-0--rate', '0.06');
+    await page.click('button[value=save]');
+    await page.waitForSelector('.notice');
+    check((await page.textContent('.notice')).includes('version 2'), 'the new version is saved');
+    // Periods: last month closed, refused twice, then paid; a bad key said beside it.
+    await page.click('nav.sections a[href$="/periods"]');
+    await page.waitForSelector('#key');
+    const key = await page.inputValue('#key');
+    await page.click('button[value=close]');
+    await page.waitForSelector('#period-notice');
+    check((await page.textContent('#period-notice')).includes(`Closed ${key}`), `last month ${key} closed`);
+    await page.click('button[value=close]');
+    await page.waitForSelector('#key-error');
+    check((await page.textContent('#key-error')).includes('already closed'), 'closing it again says it is closed');
+    await page.click('button[value=paid]');
+    await page.waitForSelector('#period-notice');
+    check((await page.textContent('#period-notice')).includes('paid'), `${key} marked paid`);
+    await page.fill('#key', '2026-13');
+    await page.click('button[value=close]');
+    await page.waitForSelector('#key-error');
+    check((await page.getAttribute('#key', 'aria-invalid')) === 'true', 'a bad period key is marked on its field');
+    await axe(page, 'periods');
+    await shots(page, 'periods');
     await ctx.close();
   }
 

@@ -172,7 +172,7 @@ async fn people_use_the_portal_in_a_real_browser() {
     assert!(status.success(), "the browser checks failed:\n{stdout}");
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
-    assert!(report["checks"].as_array().unwrap().len() >= 25, "{report}");
+    assert!(report["checks"].as_array().unwrap().len() >= 60, "{report}");
     for page in [
         "start",
         "rep-home",
@@ -180,6 +180,13 @@ async fn people_use_the_portal_in_a_real_browser() {
         "manager-report",
         "no-rep",
         "rep-home-zh",
+        "whatif",
+        "team",
+        "disputes",
+        "plans",
+        "simulation",
+        "plan-error",
+        "periods",
     ] {
         for size in ["desktop", "375"] {
             let f = shots.join(format!("{page}-{size}.png"));
@@ -192,13 +199,14 @@ async fn people_use_the_portal_in_a_real_browser() {
             );
         }
     }
-    // The dispute the browser opened is on ana's line, opened by her login.
+    // The dispute the browser opened is on ana's line, opened by her login and accepted by
+    // her manager with the adjustment he typed.
     let disputes = inc
         .clone()
         .list_disputes(authed(
             pb::ListDisputesRequest {
                 rep_id: "ana".into(),
-                open_only: true,
+                open_only: false,
             },
             &t.admin_key,
         ))
@@ -212,5 +220,25 @@ async fn people_use_the_portal_in_a_real_browser() {
         "one dispute, none from the forged forms: {disputes:?}"
     );
     assert_eq!(disputes[0].opened_by, "ana@example.com");
+    assert_eq!(disputes[0].status, pb::DisputeStatus::Accepted as i32);
+    assert_eq!(disputes[0].resolved_by, "dee@example.com");
+    assert_eq!(
+        disputes[0].adjustment.parse::<rust_decimal::Decimal>().ok(),
+        Some(rust_decimal_macros::dec!(50))
+    );
+    // The plan: the bad version left nothing, the good one is version 2 with the new rate.
+    let plans = IncentiveAdminServiceClient::new(incentive.channel().await)
+        .list_plans(authed(pb::ListPlansRequest { history: true }, &t.admin_key))
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert_eq!(plans.len(), 2, "{plans:?}");
+    let v2 = &plans[1];
+    assert_eq!((v2.version, v2.name.as_str()), (2, "AE (2027 rates)"));
+    assert_eq!(v2.commission.as_ref().unwrap().tiers[0].rate, "0.06");
+    // What the form does not show is kept from version 1.
+    assert_eq!(v2.gates, plans[0].gates);
+    assert_eq!(v2.payout, plans[0].payout);
     portal.kill().await.ok();
 }

@@ -89,6 +89,107 @@ impl Lang {
         }
     }
 
+    /// An earning kind's name (commission, bonus...).
+    pub fn earning_kind(self, k: i32) -> String {
+        let code = spm_proto::ext::earning_kind_name(k);
+        let zh = match code.as_str() {
+            "commission" => "提成",
+            "bonus" => "奖金",
+            "spiff" => "专项激励",
+            "clawback" => "追回",
+            "adjustment" => "调整",
+            _ => "",
+        };
+        self.pick(code, zh)
+    }
+
+    /// An earning status's name (earned, payable...).
+    pub fn earning_status(self, st: i32) -> String {
+        let code = spm_proto::ext::earning_status_name(st);
+        let zh = match code.as_str() {
+            "earned" => "已赚取",
+            "payable" => "待发放",
+            "held" => "暂扣",
+            "paid" => "已发放",
+            "reversed" => "已冲回",
+            _ => "",
+        };
+        self.pick(code, zh)
+    }
+
+    /// A dispute's status (open, rejected, accepted).
+    pub fn dispute_status(self, st: i32) -> String {
+        use spm_proto::incentive::v1::DisputeStatus as D;
+        let (en, zh) = match D::try_from(st) {
+            Ok(D::Open) => ("open", "待处理"),
+            Ok(D::Rejected) => ("rejected", "已驳回"),
+            Ok(D::Accepted) => ("accepted", "已接受"),
+            _ => ("", ""),
+        };
+        self.pick(en.to_owned(), zh)
+    }
+
+    /// A goal calibration's verdict, said for a manager.
+    pub fn verdict(self, v: i32) -> &'static str {
+        use spm_proto::scoring::v1::CalibrationVerdict as V;
+        let (en, zh) = match V::try_from(v) {
+            Ok(V::Plausible) => ("The goals look plausible.", "目标设定合理。"),
+            Ok(V::TooHigh) => (
+                "The goals look too high: few are on track to be met.",
+                "目标可能过高：能按进度完成的很少。",
+            ),
+            Ok(V::TooLow) => (
+                "The goals look too easy: nearly all are on track to be beaten.",
+                "目标可能过低：几乎所有人都会超额完成。",
+            ),
+            Ok(V::TooEarly) => (
+                "Too early in the period to judge the goals.",
+                "本期刚开始，尚无法判断目标是否合理。",
+            ),
+            Ok(V::NoGoals) => (
+                "No revenue goals are set for this period.",
+                "本期未设置销售额目标。",
+            ),
+            _ => ("", ""),
+        };
+        match self {
+            Self::En => en,
+            Self::Zh => zh,
+        }
+    }
+
+    /// A metric's name (revenue, deals won...).
+    pub fn metric(self, code: &str) -> String {
+        let zh = match code {
+            "revenue" => "销售额",
+            "deals_won" => "成交单数",
+            "avg_deal_size" => "平均单笔金额",
+            "amount_due" => "应收金额",
+            "collected" => "已回款",
+            "collection_rate" => "回款率",
+            "amount_collected" => "回款金额",
+            "csat_avg" => "客户满意度",
+            "nps" => "净推荐值",
+            "visits" => "拜访",
+            "calls" => "电话",
+            "meetings" => "会议",
+            "emails" => "邮件",
+            "demos" => "演示",
+            "contracts_signed" => "签约",
+            "after_sales_resolved" => "售后解决",
+            "trainings_completed" => "完成培训",
+            _ => "",
+        };
+        self.pick(code.replace('_', " "), zh)
+    }
+
+    fn pick(self, en: String, zh: &str) -> String {
+        match self {
+            Self::Zh if !zh.is_empty() => zh.to_owned(),
+            _ => en,
+        }
+    }
+
     /// The text of `key` in this language.
     pub fn t(self, key: &str) -> &'static str {
         let (en, zh) = match key {
@@ -169,6 +270,188 @@ impl Lang {
                 "No sign-in is set up for this company id. Check the spelling, or ask your administrator for your company's id.",
                 "未找到此公司标识的登录设置。请检查拼写，或向管理员询问贵公司的标识。",
             ),
+            "sections" => ("Sections", "栏目"),
+            "nav_home" => ("My numbers", "我的业绩"),
+            "nav_team" => ("My team", "我的团队"),
+            "nav_plans" => ("Plans", "薪酬方案"),
+            "nav_periods" => ("Periods", "结算期"),
+            "nav_disputes" => ("Questions", "异议处理"),
+            "next_tier" => ("Next tier", "下一档"),
+            "next_tier_text" => (
+                "{rate} from {needed} more revenue",
+                "再完成 {needed} 销售额，提成比例升至 {rate}",
+            ),
+            "top_tier" => ("Top tier reached", "已达最高档"),
+            "kpis" => ("Score breakdown", "考核得分明细"),
+            "kpi" => ("KPI", "指标"),
+            "value" => ("Value", "数值"),
+            "points" => ("Points", "得分"),
+            "weight" => ("Weight", "权重"),
+            "awards" => ("Badges and promotion", "荣誉与晋升"),
+            "no_awards" => (
+                "No badges yet. Badges and promotion eligibility are granted by your plan's rules, mostly when a period closes.",
+                "暂无荣誉。荣誉和晋升资格按方案规则授予，多数在结算期结束时授予。",
+            ),
+            "promotion_yes" => ("Eligible for promotion", "已具备晋升资格"),
+            "my_disputes" => ("Questions on my lines", "我提出的异议"),
+            "questions" => ("Questions", "异议"),
+            "earlier_line" => ("a line of an earlier period", "以前结算期的明细"),
+            "answer" => ("Answer", "答复"),
+            "adjustment" => ("Adjustment", "调整金额"),
+            "chart" => ("Earnings and attainment by period", "各期收入与目标达成率"),
+            "period" => ("Period", "结算期"),
+            "whatif" => ("What would a deal earn?", "这笔交易能带来多少收入？"),
+            "whatif_amount" => ("Deal amount", "交易金额"),
+            "whatif_hint" => (
+                "What the deal would close at, in {cur}, e.g. 25000",
+                "预计成交金额（{cur}），例如 25000",
+            ),
+            "estimate" => ("Estimate", "估算"),
+            "whatif_title" => ("If this deal closes today", "如果这笔交易今天成交"),
+            "now" => ("Now", "当前"),
+            "with_deal" => ("With the deal", "成交后"),
+            "difference" => ("Difference", "差额"),
+            "changed_lines" => ("Lines that change", "会变化的明细"),
+            "rep" => ("Rep", "销售代表"),
+            "whatif_no_plan" => (
+                "No plan covers you this period, so there is nothing to estimate. Ask your compensation administrator.",
+                "本期没有适用于您的薪酬方案，无法估算。请联系薪酬管理员。",
+            ),
+            "team_rollup" => ("Team figures this period", "本期团队指标"),
+            "metric" => ("Metric", "指标"),
+            "reps_count" => ("reps", "名销售"),
+            "alerts" => ("Process alerts", "过程预警"),
+            "no_alerts" => ("No process alerts.", "暂无过程预警。"),
+            "alert_text" => (
+                "{rep}: {metric} {actual} in {window}, {expected} expected by the goal's pace",
+                "{rep}：{window} 内 {metric} 为 {actual}，按目标进度应达到 {expected}",
+            ),
+            "calibration" => ("Goal calibration: revenue", "目标校准：销售额"),
+            "projected" => ("Projected attainment", "预计达成率"),
+            "target" => ("Target", "目标"),
+            "on_track" => ("On track", "进度正常"),
+            "behind" => ("Behind", "落后"),
+            "no_team" => (
+                "You do not manage a team in SPM yet. Ask your compensation administrator to set you as a team's manager.",
+                "您在 SPM 中尚未管理任何团队。请联系薪酬管理员将您设为团队经理。",
+            ),
+            "open_questions" => ("Open questions from your team", "团队待处理的异议"),
+            "plans_title" => ("Compensation plans", "薪酬方案"),
+            "version" => ("Version", "版本"),
+            "effective_from" => ("Effective from", "生效日期"),
+            "created" => ("Created", "创建时间"),
+            "new_version" => ("New version", "新建版本"),
+            "new_plan" => ("New plan", "新建方案"),
+            "no_plans" => ("No plans yet.", "暂无薪酬方案。"),
+            "plan_saved" => (
+                "Saved {plan} version {version}. Open periods were recomputed with it.",
+                "已保存 {plan} 第 {version} 版，未结算的期间已按新版本重新计算。",
+            ),
+            "plan_edit" => ("Plan {plan}", "方案 {plan}"),
+            "plan_based_on" => (
+                "A new version of {plan}, starting from version {version}. Gates, bonuses, SPIFFs, badges and the promotion rule are kept from that version.",
+                "基于第 {version} 版新建 {plan} 的版本。门槛条件、奖金、专项激励、荣誉和晋升规则沿用该版本。",
+            ),
+            "f_plan" => ("Plan", "方案"),
+            "f_plan_id" => ("Plan id", "方案标识"),
+            "f_name" => ("Name", "名称"),
+            "f_effective_from" => ("Effective from (YYYY-MM-DD)", "生效日期（YYYY-MM-DD）"),
+            "f_period_kind" => ("Period", "结算周期"),
+            "month" => ("Month", "月"),
+            "quarter" => ("Quarter", "季度"),
+            "f_assignment" => ("Who it applies to", "适用范围"),
+            "f_tenant_default" => ("Everyone without another plan", "所有未分配其他方案的人员"),
+            "f_team_ids" => ("Teams (ids, comma-separated)", "团队（标识，逗号分隔）"),
+            "f_rep_ids" => ("Reps (ids, comma-separated)", "销售代表（标识，逗号分隔）"),
+            "f_commission" => ("Commission", "提成"),
+            "f_basis" => ("Tiers measured by", "分档依据"),
+            "basis_attainment" => ("Attainment (share of quota)", "目标达成率（占定额比例）"),
+            "basis_cumulative" => ("Cumulative revenue (amount)", "累计销售额（金额）"),
+            "f_mode" => ("How a tier's rate applies", "档位比例的适用方式"),
+            "mode_marginal" => (
+                "Marginal: each slice at its tier's rate",
+                "分段累进：每段按所在档位计",
+            ),
+            "mode_retroactive" => (
+                "Retroactive: all revenue at the reached tier's rate",
+                "全额追溯：全部按达到的档位计",
+            ),
+            "f_quota" => ("Quota", "定额"),
+            "f_threshold" => (
+                "Threshold (share of quota from which commission is paid)",
+                "起付线（达到定额的比例后才计提成）",
+            ),
+            "f_per_deal_cap" => ("Cap per deal", "单笔上限"),
+            "f_period_cap" => ("Cap per period", "每期上限"),
+            "eg_50" => ("e.g. 50", "例如 50"),
+            "f_tiers" => ("Tiers", "提成档位"),
+            "f_tier_from" => ("Tier {n} starts at", "第 {n} 档起点"),
+            "f_tier_rate" => ("Tier {n} rate", "第 {n} 档比例"),
+            "f_tiers_hint" => (
+                "Starts are shares of quota (1 = 100%) or amounts on the cumulative basis; rates are decimals (0.08 = 8%). Leave a row empty to drop it.",
+                "起点为定额比例（1 = 100%），累计销售额依据时为金额；比例为小数（0.08 = 8%）。整行留空即删除该档。",
+            ),
+            "f_payout" => ("Payout", "发放方式"),
+            "f_at_close" => ("Percent payable at close", "成交时可发放的百分比"),
+            "f_on_collection" => ("Percent payable on collection", "回款时可发放的百分比"),
+            "f_clawback" => ("Clawback window (days)", "追回期（天）"),
+            "whole_days" => ("must be a whole number of days", "必须是整数天数"),
+            "simulate" => ("Simulate against the current plan", "与现行方案对比模拟"),
+            "save_version" => ("Save as a new version", "保存为新版本"),
+            "sim_title" => ("Simulation for {period}", "{period} 模拟结果"),
+            "sim_summary" => (
+                "{reps} reps, {deals} deals: {current} now, {draft} with the draft ({difference}). Nothing was saved.",
+                "{reps} 名销售、{deals} 笔交易：现行 {current}，草案 {draft}（差额 {difference}）。未保存任何内容。",
+            ),
+            "current" => ("Current", "现行"),
+            "draft" => ("Draft", "草案"),
+            "errors_title" => (
+                "Please correct the marked fields. Nothing was saved.",
+                "请更正标出的字段。未保存任何内容。",
+            ),
+            "periods_title" => ("Close and pay periods", "结算与发放"),
+            "periods_intro" => (
+                "Closing a period settles held amounts, badges and promotion eligibility and freezes it: later changes go to the next period as adjustments. Mark a closed period paid once payroll has paid it.",
+                "结算会处理暂扣金额、荣誉和晋升资格并冻结该期：之后的变动会作为调整计入下一期。薪资发放后，再将已结算的期间标记为已支付。",
+            ),
+            "f_period_key" => (
+                "Period (e.g. 2026-11 or FY2027-Q1)",
+                "结算期（例如 2026-11 或 FY2027-Q1）",
+            ),
+            "close_period" => ("Close the period", "结算该期"),
+            "mark_paid" => ("Mark paid", "标记为已支付"),
+            "closed_msg" => (
+                "Closed {key}: {reps} reps, {postings} postings, {awards} awards.",
+                "已结算 {key}：{reps} 名销售、{postings} 条记账、{awards} 项荣誉。",
+            ),
+            "paid_msg" => (
+                "Marked {key} paid: {reps} reps, {paid} in total.",
+                "已将 {key} 标记为已支付：{reps} 名销售，共 {paid}。",
+            ),
+            "close_refused" => (
+                "{key} is already closed. Changes to it now go to the next period.",
+                "{key} 已结算，之后的变动将计入下一期。",
+            ),
+            "paid_refused" => (
+                "{key} cannot be marked paid: close it first, and a period is marked paid only once.",
+                "无法将 {key} 标记为已支付：请先结算；每个期间只能标记一次。",
+            ),
+            "disputes_title" => ("Questions on lines", "异议处理"),
+            "no_disputes" => ("No questions.", "暂无异议。"),
+            "opened" => ("Opened", "提出时间"),
+            "decision" => ("Decision", "处理结果"),
+            "accept" => ("Accept, with an adjustment", "接受并调整"),
+            "reject" => ("Reject", "驳回"),
+            "adjustment_hint" => (
+                "The amount to add (or subtract, with a minus sign), e.g. 150.00",
+                "增加的金额（减少请加负号），例如 150.00",
+            ),
+            "resolve" => ("Send the answer", "提交处理结果"),
+            "resolved_msg" => (
+                "The answer was sent to the rep.",
+                "处理结果已发送给销售代表。",
+            ),
+            "resolved_by" => ("Answered by", "处理人"),
             _ => ("", ""),
         };
         match self {
@@ -198,6 +481,19 @@ mod tests {
     }
 
     #[test]
+    fn names_of_kinds_and_statuses_in_both_languages() {
+        use spm_proto::events::v1::{EarningKind, EarningStatus};
+        assert_eq!(Lang::En.earning_kind(EarningKind::Spiff as i32), "spiff");
+        assert_eq!(Lang::Zh.earning_kind(EarningKind::Spiff as i32), "专项激励");
+        assert_eq!(Lang::Zh.earning_status(EarningStatus::Held as i32), "暂扣");
+        assert_eq!(Lang::En.earning_status(EarningStatus::Held as i32), "held");
+        assert_eq!(Lang::Zh.dispute_status(1), "待处理");
+        for v in 1..=5 {
+            assert!(!Lang::Zh.verdict(v).is_empty() && !Lang::En.verdict(v).is_empty());
+        }
+    }
+
+    #[test]
     fn money_is_grouped_and_rounded() {
         assert_eq!(Lang::En.money("1604.625", "EUR"), "1,604.63 EUR");
         assert_eq!(Lang::En.money("-3", "EUR"), "-3.00 EUR");
@@ -207,14 +503,34 @@ mod tests {
 
     #[test]
     fn every_key_has_both_languages() {
-        for k in [
-            "title",
-            "dispute",
-            "no_rep_body",
-            "denied_body",
-            "csrf_body",
-            "unknown_company",
-        ] {
+        // Every key the templates and pages use.
+        let used = [
+            include_str!("../templates/base.html"),
+            include_str!("../templates/home.html"),
+            include_str!("../templates/line.html"),
+            include_str!("../templates/index.html"),
+            include_str!("../templates/message.html"),
+            include_str!("../templates/team.html"),
+            include_str!("../templates/plans.html"),
+            include_str!("../templates/plan.html"),
+            include_str!("../templates/periods.html"),
+            include_str!("../templates/disputes.html"),
+            include_str!("../templates/whatif.html"),
+            include_str!("pages.rs"),
+            include_str!("team.rs"),
+            include_str!("admin.rs"),
+        ];
+        let mut keys = Vec::new();
+        for text in used {
+            for (i, _) in text.match_indices(".t(\"") {
+                let rest = &text[i + 4..];
+                if let Some(end) = rest.find('"') {
+                    keys.push(rest[..end].to_owned());
+                }
+            }
+        }
+        assert!(keys.len() > 100, "{} keys found", keys.len());
+        for k in keys.iter().map(String::as_str) {
             assert!(
                 !Lang::En.t(k).is_empty() && !Lang::Zh.t(k).is_empty(),
                 "{k}"

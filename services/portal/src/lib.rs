@@ -6,9 +6,11 @@
 //! with ingest's `GetSignIn`); the session cookie is HttpOnly, SameSite=Lax, Secure when the
 //! public URL is https; every form carries the session's CSRF token.
 
+mod admin;
 mod i18n;
 mod pages;
 mod session;
+mod team;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

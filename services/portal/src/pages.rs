@@ -34,13 +34,26 @@ pub fn router(p: Portal) -> Router {
         .route("/t/{tenant}/lines/{line}/dispute", post(dispute))
         .route("/t/{tenant}/reps/{rep}", get(rep_page))
         .route("/t/{tenant}/live", get(live))
+        .route("/t/{tenant}/whatif", get(what_if))
+        .route("/t/{tenant}/team", get(crate::team::team))
+        .route("/t/{tenant}/disputes", get(crate::admin::disputes))
+        .route("/t/{tenant}/disputes/{id}", post(crate::admin::resolve))
+        .route(
+            "/t/{tenant}/plans",
+            get(crate::admin::plans).post(crate::admin::put_plan),
+        )
+        .route("/t/{tenant}/plans/edit", get(crate::admin::edit_plan))
+        .route(
+            "/t/{tenant}/periods",
+            get(crate::admin::periods).post(crate::admin::period_action),
+        )
         .fallback(fallback)
         .with_state(p)
 }
 
 const COOKIE: &str = "spm_session";
 
-fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -51,32 +64,36 @@ fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-fn lang(h: &HeaderMap) -> Lang {
+pub(crate) fn lang(h: &HeaderMap) -> Lang {
     Lang::choose(
         cookie(h, "lang"),
         h.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()),
     )
 }
 
-fn form(body: &str) -> std::collections::HashMap<String, String> {
+pub(crate) fn form(body: &str) -> std::collections::HashMap<String, String> {
     url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect()
 }
 
 /// What every page's frame shows.
-struct Chrome {
-    l: Lang,
-    tenant: String,
-    who: String,
-    csrf: String,
-    other_lang: &'static str,
-    path: String,
+pub(crate) struct Chrome {
+    pub l: Lang,
+    pub tenant: String,
+    pub who: String,
+    pub csrf: String,
+    pub other_lang: &'static str,
+    pub path: String,
+    /// The sections the person's role opens: (href, label, whether this page is in it).
+    pub nav: Vec<(String, &'static str, bool)>,
 }
 
 impl Chrome {
-    fn new(l: Lang, s: Option<&Session>, path: &str) -> Self {
+    pub(crate) fn new(l: Lang, s: Option<&Session>, path: &str) -> Self {
+        let nav = s.map(|s| nav_of(l, s, path)).unwrap_or_default();
         Self {
+            nav,
             l,
             tenant: s.map(|s| s.tenant.clone()).unwrap_or_default(),
             who: s
@@ -93,6 +110,39 @@ impl Chrome {
             path: path.to_owned(),
         }
     }
+}
+
+/// The sections of the portal a role opens (the services still decide what each shows).
+fn nav_of(l: Lang, s: &Session, path: &str) -> Vec<(String, &'static str, bool)> {
+    let t = &s.tenant;
+    let mut out = vec![(format!("/t/{t}/"), l.t("nav_home"), false)];
+    let role = s.role.as_str();
+    if role == "manager" {
+        out.push((format!("/t/{t}/team"), l.t("nav_team"), false));
+    }
+    if matches!(role, "comp_admin" | "finance" | "auditor" | "admin") {
+        out.push((format!("/t/{t}/plans"), l.t("nav_plans"), false));
+        out.push((format!("/t/{t}/periods"), l.t("nav_periods"), false));
+    }
+    if matches!(
+        role,
+        "manager" | "comp_admin" | "finance" | "auditor" | "admin"
+    ) {
+        out.push((format!("/t/{t}/disputes"), l.t("nav_disputes"), false));
+    }
+    // The longest matching section is the current one.
+    if let Some(i) = out
+        .iter()
+        .enumerate()
+        .filter(|(_, (h, _, _))| {
+            path == h || (h.len() > t.len() + 4 && path.starts_with(h.as_str()))
+        })
+        .max_by_key(|(_, (h, _, _))| h.len())
+        .map(|(i, _)| i)
+    {
+        out[i].2 = true;
+    }
+    out
 }
 
 #[derive(Template)]
@@ -122,13 +172,13 @@ struct LineRow {
     summary: String,
 }
 
-struct Board {
-    rank: u32,
-    rep_id: String,
-    name: String,
-    value: String,
-    mine: bool,
-    link: bool,
+pub(crate) struct Board {
+    pub rank: u32,
+    pub rep_id: String,
+    pub name: String,
+    pub value: String,
+    pub mine: bool,
+    pub link: bool,
 }
 
 #[derive(Template)]
@@ -141,11 +191,22 @@ struct HomePage {
     statuses: Vec<(String, String)>,
     attainment: String,
     revenue: String,
+    /// "8% from here: 6,000.00 EUR more revenue" (empty on the top tier).
+    next_tier: String,
     score: String,
+    /// (KPI, value, points, weight).
+    kpis: Vec<(String, String, String, String)>,
     rank: String,
     lines: Vec<LineRow>,
+    /// (title, period, reason, is the promotion eligibility).
+    awards: Vec<(String, String, String, bool)>,
+    disputes: Vec<DisputeRow>,
+    chart: Vec<Bar>,
+    currency: String,
     board: Vec<Board>,
     has_statement: bool,
+    /// The person's own page: the what-if estimator.
+    own: bool,
     /// The person's own page: it follows their notifications live.
     live: bool,
 }
@@ -166,7 +227,7 @@ struct LinePage {
     reason: String,
 }
 
-fn html(status: StatusCode, t: &impl Template) -> Response {
+pub(crate) fn html(status: StatusCode, t: &impl Template) -> Response {
     match t.render() {
         Ok(body) => (
             status,
@@ -185,7 +246,13 @@ fn html(status: StatusCode, t: &impl Template) -> Response {
     }
 }
 
-fn message(status: StatusCode, c: Chrome, title: &str, body: &str, back: Option<&str>) -> Response {
+pub(crate) fn message(
+    status: StatusCode,
+    c: Chrome,
+    title: &str,
+    body: &str,
+    back: Option<&str>,
+) -> Response {
     let (action, href) = match back {
         Some(h) => (c.l.t("back").to_owned(), h.to_owned()),
         None => (String::new(), String::new()),
@@ -203,7 +270,12 @@ fn message(status: StatusCode, c: Chrome, title: &str, body: &str, back: Option<
 }
 
 /// A service's refusal as a page; an ended token sends the person to sign in again.
-fn failed(s: &tonic::Status, l: Lang, session: Option<&Session>, path: &str) -> Response {
+pub(crate) fn failed(
+    s: &tonic::Status,
+    l: Lang,
+    session: Option<&Session>,
+    path: &str,
+) -> Response {
     let c = Chrome::new(l, session, path);
     let home = session.map(|s| format!("/t/{}/", s.tenant));
     match s.code() {
@@ -238,7 +310,7 @@ fn failed(s: &tonic::Status, l: Lang, session: Option<&Session>, path: &str) -> 
     }
 }
 
-fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Ok(v) = format!("Bearer {token}").parse() {
         r.metadata_mut().insert("authorization", v);
@@ -247,7 +319,7 @@ fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
 }
 
 /// The session of this request for `tenant`, or a redirect to sign in.
-fn session_of(p: &Portal, h: &HeaderMap, tenant: &str) -> Result<Session, Redirect> {
+pub(crate) fn session_of(p: &Portal, h: &HeaderMap, tenant: &str) -> Result<Session, Redirect> {
     match cookie(h, COOKIE).and_then(|id| p.sessions.get(id)) {
         Some(s) if s.tenant == tenant => Ok(s),
         _ => Err(Redirect::to(&format!("/t/{tenant}/login"))),
@@ -521,11 +593,11 @@ async fn callback(State(p): State<Portal>, h: HeaderMap, Query(q): Query<Callbac
 }
 
 /// A form's CSRF token must be the session's.
-fn csrf_ok(s: &Session, f: &std::collections::HashMap<String, String>) -> bool {
+pub(crate) fn csrf_ok(s: &Session, f: &std::collections::HashMap<String, String>) -> bool {
     f.get("csrf").is_some_and(|t| same(t, &s.csrf))
 }
 
-fn csrf_refused(l: Lang, s: Option<&Session>) -> Response {
+pub(crate) fn csrf_refused(l: Lang, s: Option<&Session>) -> Response {
     message(
         StatusCode::FORBIDDEN,
         Chrome::new(l, s, "/"),
@@ -554,7 +626,7 @@ async fn logout(State(p): State<Portal>, h: HeaderMap, body: String) -> Response
     r
 }
 
-fn percent(share: &str) -> String {
+pub(crate) fn percent(share: &str) -> String {
     share
         .parse::<rust_decimal::Decimal>()
         .map(|d| {
@@ -568,7 +640,69 @@ fn percent(share: &str) -> String {
         .unwrap_or_else(|_| "—".into())
 }
 
-/// One rep's page: their statement of the current period, score and rank.
+/// The period before `key` ("2026-11" → "2026-10", "FY2027-Q1" → "FY2026-Q4").
+fn previous_key(key: &str) -> Option<String> {
+    if let Some(rest) = key.strip_prefix("FY") {
+        let (y, q) = rest.split_once("-Q")?;
+        let (y, q) = (y.parse::<i32>().ok()?, q.parse::<u32>().ok()?);
+        return Some(if q > 1 {
+            format!("FY{y}-Q{}", q - 1)
+        } else {
+            format!("FY{}-Q4", y - 1)
+        });
+    }
+    let (y, m) = key.split_once('-')?;
+    let (y, m) = (y.parse::<i32>().ok()?, m.parse::<u32>().ok()?);
+    Some(if m > 1 {
+        format!("{y}-{:02}", m - 1)
+    } else {
+        format!("{}-12", y - 1)
+    })
+}
+
+/// One bar pair of the chart over periods.
+pub(crate) struct Bar {
+    pub period: String,
+    pub earned: String,
+    pub attainment: String,
+    /// Heights in percent of the tallest.
+    pub earned_h: u32,
+    pub attainment_h: u32,
+}
+
+/// Bars from (period, earned, attainment share), oldest first, scaled to the largest.
+fn bars(l: Lang, cur: &str, rows: &[(String, String, String)]) -> Vec<Bar> {
+    use rust_decimal::Decimal;
+    let dec = |x: &str| x.parse::<Decimal>().unwrap_or_default();
+    let max_e = rows.iter().map(|r| dec(&r.1)).max().unwrap_or_default();
+    let max_a = rows.iter().map(|r| dec(&r.2)).max().unwrap_or_default();
+    let h = |v: Decimal, max: Decimal| -> u32 {
+        if max <= Decimal::ZERO || v <= Decimal::ZERO {
+            0
+        } else {
+            u32::try_from((v * Decimal::ONE_HUNDRED / max).round().mantissa()).unwrap_or(0)
+        }
+    };
+    rows.iter()
+        .map(|(p, e, a)| Bar {
+            period: p.clone(),
+            earned: l.money(e, cur),
+            attainment: if a.is_empty() {
+                "—".into()
+            } else {
+                percent(a)
+            },
+            earned_h: h(dec(e), max_e),
+            attainment_h: h(dec(a), max_a),
+        })
+        .collect()
+}
+
+/// How many periods the chart shows.
+const CHART_PERIODS: usize = 6;
+
+/// One rep's page: their statement of the current period, score, rank, badges, questions
+/// and the periods before.
 async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Response {
     let mut inc = IncentiveServiceClient::new(p.incentive.clone());
     let st = match inc
@@ -585,9 +719,33 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
         Ok(r) => r.into_inner().statement.unwrap_or_default(),
         Err(e) => return failed(&e, l, Some(s), path),
     };
+    let period = st.period.clone().unwrap_or_default();
+    // The periods before this one, for the chart (cached statements: cheap).
+    let mut keys = vec![period.key.clone()];
+    while keys.len() < CHART_PERIODS {
+        match keys.last().and_then(|k| previous_key(k)) {
+            Some(k) => keys.push(k),
+            None => break,
+        }
+    }
+    let history = futures::future::join_all(keys.iter().skip(1).map(|k| {
+        let mut inc = inc.clone();
+        let req = bearer(
+            ipb::GetStatementRequest {
+                rep_id: rep.to_owned(),
+                period: Some(spm_proto::common::v1::Period {
+                    kind: period.kind,
+                    key: k.clone(),
+                }),
+                with_explanations: false,
+            },
+            &s.token,
+        );
+        async move { inc.get_statement(req).await.ok()?.into_inner().statement }
+    }));
     let mut sc = ScoringServiceClient::new(p.scoring.clone());
-    let score = sc
-        .get_score(bearer(
+    let score = async {
+        sc.get_score(bearer(
             spb::GetScoreRequest {
                 rep_id: rep.to_owned(),
                 period: None,
@@ -597,15 +755,76 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
         .await
         .ok()
         .and_then(|r| r.into_inner().score)
-        .map(|x| x.score)
-        .unwrap_or_default();
-    let board = leaderboard(p, s, l, &st.currency, "").await;
+    };
+    let mut inc2 = inc.clone();
+    let awards = async {
+        inc2.list_awards(bearer(
+            ipb::ListAwardsRequest {
+                rep_id: rep.to_owned(),
+            },
+            &s.token,
+        ))
+        .await
+        .map(|r| r.into_inner().awards)
+        .unwrap_or_default()
+    };
+    let mut inc3 = inc.clone();
+    let disputes = async {
+        inc3.list_disputes(bearer(
+            ipb::ListDisputesRequest {
+                rep_id: rep.to_owned(),
+                open_only: false,
+            },
+            &s.token,
+        ))
+        .await
+        .map(|r| r.into_inner().disputes)
+        .unwrap_or_default()
+    };
+    let board = leaderboard(p, s, l, &st.currency, "");
+    let (history, score, awards, disputes, board) =
+        tokio::join!(history, score, awards, disputes, board);
     let rank = board
         .iter()
         .find(|b| b.rep_id == rep)
         .map(|b| format!("#{}", b.rank))
         .unwrap_or_else(|| "—".into());
     let cur = st.currency.clone();
+    let mut chart_rows: Vec<(String, String, String)> = history
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            (
+                h.period.map(|p| p.key).unwrap_or_default(),
+                h.total,
+                h.attainment,
+            )
+        })
+        .collect();
+    chart_rows.reverse();
+    chart_rows.push((period.key.clone(), st.total.clone(), st.attainment.clone()));
+    let line_keys: std::collections::HashMap<&str, &str> = st
+        .lines
+        .iter()
+        .map(|x| (x.line_id.as_str(), x.key.as_str()))
+        .collect();
+    let (score_value, kpis) = match score {
+        Some(x) => (
+            x.score.clone(),
+            x.kpis
+                .iter()
+                .map(|k| {
+                    (
+                        l.metric(&k.metric),
+                        k.value.clone(),
+                        k.points.clone(),
+                        k.weight.clone(),
+                    )
+                })
+                .collect(),
+        ),
+        None => (String::new(), Vec::new()),
+    };
     let page = HomePage {
         // A report's page is titled with the name the leaderboard gives them.
         heading: if rep == s.rep_id {
@@ -616,29 +835,30 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
                 .find(|b| b.rep_id == rep && b.name != "—")
                 .map_or_else(|| rep.to_owned(), |b| b.name.clone())
         },
-        period: st
-            .period
-            .as_ref()
-            .map(|x| x.key.clone())
-            .unwrap_or_default(),
+        period: period.key.clone(),
         total: l.money(&st.total, &cur),
         statuses: st
             .totals_by_status
             .iter()
-            .map(|x| {
-                (
-                    spm_proto::ext::earning_status_name(x.status),
-                    l.money(&x.amount, &cur),
-                )
-            })
+            .map(|x| (l.earning_status(x.status), l.money(&x.amount, &cur)))
             .collect(),
         attainment: percent(&st.attainment),
         revenue: l.money(&st.revenue, &cur),
-        score: if score.is_empty() {
+        next_tier: st
+            .next_tier
+            .as_ref()
+            .map(|n| {
+                l.t("next_tier_text")
+                    .replace("{rate}", &percent(&n.rate))
+                    .replace("{needed}", &l.money(&n.revenue_needed, &cur))
+            })
+            .unwrap_or_default(),
+        score: if score_value.is_empty() {
             "—".into()
         } else {
-            score
+            score_value
         },
+        kpis,
         rank,
         lines: st
             .lines
@@ -646,7 +866,7 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
             .map(|x| LineRow {
                 id: x.line_id.clone(),
                 key: x.key.clone(),
-                kind: spm_proto::ext::earning_kind_name(x.kind),
+                kind: l.earning_kind(x.kind),
                 amount: l.money(&x.amount, &cur),
                 status: x
                     .by_status
@@ -654,7 +874,7 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
                     .map(|b| {
                         format!(
                             "{} {}",
-                            spm_proto::ext::earning_status_name(b.status),
+                            l.earning_status(b.status),
                             l.money(&b.amount, &cur)
                         )
                     })
@@ -663,15 +883,62 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
                 summary: x.summary.clone(),
             })
             .collect(),
+        awards: awards
+            .iter()
+            .map(|a| {
+                (
+                    a.title.clone(),
+                    a.period.as_ref().map(|p| p.key.clone()).unwrap_or_default(),
+                    a.reason.clone(),
+                    a.kind == spm_proto::events::v1::AwardKind::PromotionEligibility as i32,
+                )
+            })
+            .collect(),
+        disputes: disputes
+            .iter()
+            .rev()
+            .map(|d| DisputeRow {
+                line_id: d.line_id.clone(),
+                line: line_keys
+                    .get(d.line_id.as_str())
+                    .map_or_else(|| l.t("earlier_line").to_owned(), |k| (*k).to_owned()),
+                reason: d.reason.clone(),
+                status: l.dispute_status(d.status),
+                note: d.note.clone(),
+                adjustment: if d.adjustment.is_empty() {
+                    String::new()
+                } else {
+                    l.money(&d.adjustment, &cur)
+                },
+            })
+            .collect(),
+        chart: bars(l, &cur, &chart_rows),
+        currency: cur.clone(),
         board,
         has_statement: true,
+        own: rep == s.rep_id,
         live: rep == s.rep_id,
         c: Chrome::new(l, Some(s), path),
     };
     html(StatusCode::OK, &page)
 }
 
-async fn leaderboard(p: &Portal, s: &Session, l: Lang, cur: &str, team: &str) -> Vec<Board> {
+pub(crate) struct DisputeRow {
+    pub line_id: String,
+    pub line: String,
+    pub reason: String,
+    pub status: String,
+    pub note: String,
+    pub adjustment: String,
+}
+
+pub(crate) async fn leaderboard(
+    p: &Portal,
+    s: &Session,
+    l: Lang,
+    cur: &str,
+    team: &str,
+) -> Vec<Board> {
     let mut sc = ScoringServiceClient::new(p.scoring.clone());
     let Ok(r) = sc
         .get_leaderboard(bearer(
@@ -732,11 +999,18 @@ async fn home(State(p): State<Portal>, h: HeaderMap, Path(tenant): Path<String>)
             statuses: Vec::new(),
             attainment: String::new(),
             revenue: String::new(),
+            next_tier: String::new(),
             score: String::new(),
+            kpis: Vec::new(),
             rank: String::new(),
             lines: Vec::new(),
+            awards: Vec::new(),
+            disputes: Vec::new(),
+            chart: Vec::new(),
+            currency: String::new(),
             board,
             has_statement: false,
+            own: false,
             live: false,
             c: Chrome::new(l, Some(&s), &path),
         },
@@ -857,8 +1131,8 @@ async fn line_view(
                         .and_then(spm_proto::ext::datetime)
                         .map(|t| l.date(t))
                         .unwrap_or_default(),
-                    spm_proto::ext::earning_kind_name(x.kind),
-                    spm_proto::ext::earning_status_name(x.status),
+                    l.earning_kind(x.kind),
+                    l.earning_status(x.status),
                     l.money(&x.amount, cur).trim_end().to_owned(),
                     x.reason.clone(),
                 )
@@ -902,17 +1176,11 @@ async fn dispute(
     {
         Ok(_) => Redirect::to(&format!("/t/{tenant}/lines/{line}?sent=1")).into_response(),
         Err(e) if e.code() == Code::InvalidArgument => {
-            use tonic_types::StatusExt as _;
-            let why = e
-                .get_details_bad_request()
-                .map(|b| {
-                    b.field_violations
-                        .iter()
-                        .map(|v| format!("{}: {}", v.field, v.description))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_else(|| e.message().to_owned());
+            let why = violations(&e)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect::<Vec<_>>()
+                .join("; ");
             let mut r = line_view(&p, &s, l, &line, String::new(), why, reason).await;
             *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             r
@@ -959,4 +1227,149 @@ async fn live(State(p): State<Portal>, h: HeaderMap, Path(tenant): Path<String>)
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[derive(Template)]
+#[template(path = "whatif.html")]
+struct WhatIfPage {
+    c: Chrome,
+    amount: String,
+    currency: String,
+    error: String,
+    has_result: bool,
+    period: String,
+    now: String,
+    with: String,
+    delta: String,
+    attainment_before: String,
+    attainment_after: String,
+    summary: String,
+    /// (line, kind, amount, how).
+    lines: Vec<(String, String, String, String)>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct WhatIfQ {
+    #[serde(default)]
+    amount: String,
+}
+
+/// The estimator: what the person's statement would be if a deal closed today at `amount`
+/// (incentive's `WhatIf`; nothing is recorded).
+async fn what_if(
+    State(p): State<Portal>,
+    h: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(q): Query<WhatIfQ>,
+) -> Response {
+    let s = match session_of(&p, &h, &tenant) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let l = lang(&h);
+    let path = format!("/t/{tenant}/whatif");
+    if s.rep_id.is_empty() {
+        return failed(&tonic::Status::permission_denied(""), l, Some(&s), &path);
+    }
+    let mut inc = IncentiveServiceClient::new(p.incentive.clone());
+    // The statement's currency is the tenant's base currency, the one WhatIf takes.
+    let currency = match inc
+        .get_statement(bearer(
+            ipb::GetStatementRequest {
+                rep_id: s.rep_id.clone(),
+                period: None,
+                with_explanations: false,
+            },
+            &s.token,
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().statement.unwrap_or_default().currency,
+        Err(e) => return failed(&e, l, Some(&s), &path),
+    };
+    let amount = q.amount.trim().replace([',', ' '], "");
+    let mut page = WhatIfPage {
+        amount: q.amount.trim().to_owned(),
+        currency: currency.clone(),
+        error: String::new(),
+        has_result: false,
+        period: String::new(),
+        now: String::new(),
+        with: String::new(),
+        delta: String::new(),
+        attainment_before: String::new(),
+        attainment_after: String::new(),
+        summary: String::new(),
+        lines: Vec::new(),
+        c: Chrome::new(l, Some(&s), &path),
+    };
+    if amount.is_empty() {
+        return html(StatusCode::OK, &page);
+    }
+    match inc
+        .what_if(bearer(
+            ipb::WhatIfRequest {
+                rep_id: s.rep_id.clone(),
+                amount: Some(spm_proto::common::v1::Money {
+                    amount,
+                    currency: currency.clone(),
+                }),
+                lines: Vec::new(),
+                close_at: None,
+            },
+            &s.token,
+        ))
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            page.has_result = true;
+            page.period = r.period.map(|p| p.key).unwrap_or_default();
+            page.now = l.money(&r.current_total, &currency);
+            page.with = l.money(&r.new_total, &currency);
+            page.delta = format!("+{}", l.money(&r.delta, &currency));
+            page.attainment_before = percent(&r.attainment_before);
+            page.attainment_after = percent(&r.attainment_after);
+            page.summary = r.summary;
+            page.lines = r
+                .changed_lines
+                .iter()
+                .map(|x| {
+                    (
+                        x.key.clone(),
+                        l.earning_kind(x.kind),
+                        l.money(&x.amount, &currency),
+                        x.summary.clone(),
+                    )
+                })
+                .collect();
+            html(StatusCode::OK, &page)
+        }
+        Err(e) if e.code() == Code::InvalidArgument => {
+            page.error = violations(&e)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect::<Vec<_>>()
+                .join("; ");
+            html(StatusCode::UNPROCESSABLE_ENTITY, &page)
+        }
+        Err(e) if e.code() == Code::FailedPrecondition => {
+            page.error = l.t("whatif_no_plan").to_owned();
+            html(StatusCode::UNPROCESSABLE_ENTITY, &page)
+        }
+        Err(e) => failed(&e, l, Some(&s), &path),
+    }
+}
+
+/// The field violations of an INVALID_ARGUMENT answer: (field, what to fix).
+pub(crate) fn violations(e: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt as _;
+    match e.get_details_bad_request() {
+        Some(b) if !b.field_violations.is_empty() => b
+            .field_violations
+            .iter()
+            .map(|v| (v.field.clone(), v.description.clone()))
+            .collect(),
+        _ => vec![(String::new(), e.message().to_owned())],
+    }
 }
