@@ -26,6 +26,7 @@ pub fn router(p: Portal) -> Router {
         .route("/go", get(go))
         .route("/lang", get(set_lang))
         .route("/portal.css", get(css))
+        .route("/healthz", get(|| async { "ok" }))
         .route("/auth/callback", get(callback))
         .route("/logout", post(logout))
         .route("/t/{tenant}/", get(home))
