@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "broker,ingest,scoring,incentive,auth,notification,rebuild"
+        default_value = "broker,ingest,scoring,incentive,auth,portal,notification,rebuild"
     )]
     pub only: Vec<String>,
     /// Markdown report.
@@ -424,6 +424,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             "scoring" => scoring(&sizes, &mut report).await?,
             "incentive" => incentive(&sizes, &mut report).await?,
             "auth" => auth(&sizes, &mut report).await?,
+            "portal" => portal(&sizes, &mut report).await?,
             "notification" => notification(&sizes, &mut report).await?,
             "rebuild" => rebuild(&sizes, &mut report).await?,
             other => anyhow::bail!("unknown section {other}"),
@@ -1237,6 +1238,338 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
 /// What a person's token costs against an API key: the authentication itself in process
 /// (each service's `KeyStore`, with the issuer's keys and the person cached, the signature
 /// verified every time), and `GetStatement` at 2,000 req/s end to end with each.
+/// Signs `email` in to the portal at `portal` through the provider (as a browser does)
+/// and returns the session cookie.
+async fn portal_session(
+    http: &reqwest::Client,
+    idp: &spm_testkit::oidc::Idp,
+    portal: &str,
+    tenant: &str,
+    email: &str,
+) -> anyhow::Result<String> {
+    let login = http
+        .get(format!("{portal}/t/{tenant}/login"))
+        .send()
+        .await?;
+    let authorize = login
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .context("the portal's sign-in redirects to the provider")?
+        .to_owned();
+    let back = idp
+        .browse(&authorize, email, spm_testkit::oidc::PASSWORD)
+        .await
+        .map_err(|e| anyhow::anyhow!("signing in {email}: {e}"))?;
+    let done = http.get(&back).send().await?;
+    done.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("spm_session="))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_owned)
+        .with_context(|| format!("{email} got no session ({})", done.status()))
+}
+
+/// The portal's main pages on a tenant like the demo's: server time of the rep home (the
+/// statement with its six-period chart, score, badges, questions, leaderboard: 11 service
+/// calls), a statement line with its trace, and the manager's team page, at a fixed rate;
+/// against /healthz (the HTTP floor) and one GetStatement straight to incentive.
+async fn portal(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let s = "portal";
+    let idp = spm_testkit::oidc::Idp::from_env();
+    let env = with_service_env("bench-portal", 3).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let incentive = env.start_with("incentive", QUIET).await;
+    let scoring = env.start_with("scoring", QUIET).await;
+    let notification = env.start_with("notification", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    for svc in [&ingest, &incentive, &scoring, &notification] {
+        wait_key_known(svc, &t.admin_key).await;
+    }
+    spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient::new(
+        ingest.channel().await,
+    )
+    .set_identity_provider(authed(
+        pb::SetIdentityProviderRequest {
+            provider: Some(pb::IdentityProvider {
+                issuer: idp.issuer.clone(),
+                audience: spm_testkit::oidc::audience_for("bench"),
+                person_claim: "email".into(),
+                jwks_uri: String::new(),
+            }),
+        },
+        &t.admin_key,
+    ))
+    .await
+    .context("the bench tenant's identity provider (is the stack's OpenID provider up?)")?;
+    let now = Utc::now();
+    let month = Calendar::default().period(PeriodKind::Month, now);
+    spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+        incentive.channel().await,
+    )
+    .put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+        },
+        &t.admin_key,
+    ))
+    .await?;
+    // 50 reps in 5 teams of 10; dee manages team t0, where ana is rep-0.
+    let mut org: Vec<ev::EventEnvelope> = vec![envelope(
+        "bench",
+        "mgr",
+        month.start,
+        Out::RepUpserted(ev::RepUpserted {
+            rep_id: "mgr".into(),
+            display_name: "Dee Manager".into(),
+            email: "dee@example.com".into(),
+            active: true,
+            ..Default::default()
+        }),
+    )];
+    for team in 0..5 {
+        org.push(envelope(
+            "bench",
+            &format!("t{team}"),
+            month.start,
+            Out::TeamUpserted(ev::TeamUpserted {
+                team_id: format!("t{team}"),
+                name: format!("Team {team}"),
+                parent_team_id: String::new(),
+                manager_id: if team == 0 {
+                    "mgr".into()
+                } else {
+                    String::new()
+                },
+            }),
+        ));
+    }
+    org.extend((0..50).map(|i| {
+        envelope(
+            "bench",
+            &format!("rep-{i}"),
+            month.start,
+            Out::RepUpserted(ev::RepUpserted {
+                rep_id: format!("rep-{i}"),
+                display_name: format!("Rep {i}"),
+                email: format!("rep-{i}@bench.example"),
+                team_id: format!("t{}", i / 10),
+                manager_id: if i < 10 { "mgr".into() } else { String::new() },
+                login: if i == 0 {
+                    "ana@example.com".into()
+                } else {
+                    String::new()
+                },
+                active: true,
+                ..Default::default()
+            }),
+        )
+    }));
+    let org_n = org.len();
+    produce(&env, topics::ORG, &org).await?;
+    let deals: Vec<ev::EventEnvelope> = (0..1000)
+        .map(|i| {
+            deal_env(
+                "bench",
+                &format!("rep-{}", i % 50),
+                i,
+                month.start + chrono::Duration::seconds(i64::try_from(i).unwrap_or(0)),
+                "1000.00",
+            )
+        })
+        .collect();
+    produce(&env, topics::DEALS, &deals).await?;
+    wait_count(
+        &env.pool("incentive").await,
+        "SELECT count(*) FROM inbox",
+        i64::try_from(1000 + org_n).unwrap_or(i64::MAX),
+        Duration::from_secs(120),
+    )
+    .await?;
+    wait_count(
+        &env.pool("scoring").await,
+        "SELECT count(*) FROM inbox",
+        i64::try_from(1000 + org_n).unwrap_or(i64::MAX),
+        Duration::from_secs(120),
+    )
+    .await?;
+
+    let port = spm_testkit::process::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(spm_testkit::process::binary("spm-portal"))
+        .env("SPM_PORTAL_ADDR", format!("127.0.0.1:{port}"))
+        .env("SPM_PORTAL_PUBLIC_URL", &url)
+        .env("SPM_INGEST_URL", format!("http://{}", ingest.grpc))
+        .env("SPM_SCORING_URL", format!("http://{}", scoring.grpc))
+        .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc))
+        .env(
+            "SPM_NOTIFICATION_URL",
+            format!("http://{}", notification.grpc),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting spm-portal (cargo build --release --workspace --bins)")?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{url}/healthz")).send().await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the portal never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rep = portal_session(&http, &idp, &url, "bench", "ana@example.com").await?;
+    let mgr = portal_session(&http, &idp, &url, "bench", "dee@example.com").await?;
+    // A line of ana's statement, for the line page.
+    let line = {
+        let mut c = spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient::new(
+            incentive.channel().await,
+        );
+        c.get_statement(authed(
+            ipb::GetStatementRequest {
+                rep_id: "rep-0".into(),
+                period: None,
+                with_explanations: false,
+            },
+            &t.admin_key,
+        ))
+        .await?
+        .into_inner()
+        .statement
+        .and_then(|x| x.lines.into_iter().next())
+        .context("rep-0 has a statement line")?
+        .line_id
+    };
+    const RATE: u32 = 50;
+    let secs = sz.query_secs.max(5);
+    let pages = [
+        (
+            "/healthz (the HTTP floor)",
+            "/healthz".to_owned(),
+            rep.clone(),
+        ),
+        (
+            "rep home (statement, chart, score, badges, leaderboard)",
+            "/t/bench/".to_owned(),
+            rep.clone(),
+        ),
+        (
+            "statement line with its trace",
+            format!("/t/bench/lines/{line}"),
+            rep.clone(),
+        ),
+        ("manager team page", "/t/bench/team".to_owned(), mgr.clone()),
+    ];
+    for (name, path, cookie) in pages {
+        let check = http
+            .get(format!("{url}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await?;
+        anyhow::ensure!(check.status().is_success(), "{path}: {}", check.status());
+        let (lat, errors) = open_loop(RATE, secs, {
+            let (http, target) = (http.clone(), format!("{url}{path}"));
+            move |_| {
+                let req = http.get(&target).header("cookie", &cookie);
+                async move {
+                    let res = req.send().await.map_err(|e| e.to_string())?;
+                    if !res.status().is_success() {
+                        return Err(format!("{}", res.status()));
+                    }
+                    res.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await;
+        let baseline = path == "/healthz";
+        r.add(
+            s,
+            &format!("{name}: p50 at {RATE} req/s"),
+            lat.q(0.5),
+            "ms",
+            "",
+            None,
+        );
+        r.add(
+            s,
+            &format!("{name}: p99 at {RATE} req/s"),
+            lat.q(0.99),
+            "ms",
+            if baseline { "" } else { "< 50 ms" },
+            (!baseline).then(|| lat.q(0.99) < 50.0),
+        );
+        #[allow(clippy::cast_precision_loss)]
+        r.add(
+            s,
+            &format!("{name}: errors"),
+            errors as f64,
+            "requests",
+            "0",
+            Some(errors == 0),
+        );
+    }
+    // One backend call the rep home makes, straight over gRPC at the same rate.
+    let (lat, errors) = open_loop(RATE, secs, {
+        let ch = incentive.channel().await;
+        let key = t.admin_key.clone();
+        move |_| {
+            let mut c =
+                spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient::new(
+                    ch.clone(),
+                );
+            let req = authed(
+                ipb::GetStatementRequest {
+                    with_explanations: false,
+                    rep_id: "rep-0".into(),
+                    period: None,
+                },
+                &key,
+            );
+            async move {
+                c.get_statement(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    })
+    .await;
+    r.add(
+        s,
+        &format!(
+            "GetStatement straight to incentive (one of the home's calls): p50 at {RATE} req/s"
+        ),
+        lat.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        &format!("GetStatement straight to incentive: p99 at {RATE} req/s"),
+        lat.q(0.99),
+        "ms",
+        "",
+        None,
+    );
+    #[allow(clippy::cast_precision_loss)]
+    r.add(
+        s,
+        "GetStatement straight to incentive: errors",
+        errors as f64,
+        "requests",
+        "0",
+        Some(errors == 0),
+    );
+    child.kill().await.ok();
+    Ok(())
+}
+
 async fn auth(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let s = "auth";
     let idp = spm_testkit::oidc::Idp::from_env();
