@@ -1238,6 +1238,45 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
 /// What a person's token costs against an API key: the authentication itself in process
 /// (each service's `KeyStore`, with the issuer's keys and the person cached, the signature
 /// verified every time), and `GetStatement` at 2,000 req/s end to end with each.
+/// Gives the bench tenant the stack's provider (people sign in) and the bench plan from the
+/// start of this month; returns the month.
+async fn people_tenant(
+    idp: &spm_testkit::oidc::Idp,
+    ingest: &spm_testkit::Service,
+    incentive: &spm_testkit::Service,
+    key: &str,
+    audience: &str,
+) -> anyhow::Result<spm_core::period::Period> {
+    spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient::new(
+        ingest.channel().await,
+    )
+    .set_identity_provider(authed(
+        pb::SetIdentityProviderRequest {
+            provider: Some(pb::IdentityProvider {
+                issuer: idp.issuer.clone(),
+                audience: audience.to_owned(),
+                person_claim: "email".into(),
+                jwks_uri: String::new(),
+            }),
+        },
+        key,
+    ))
+    .await
+    .context("the bench tenant's identity provider (is the stack's OpenID provider up?)")?;
+    let month = Calendar::default().period(PeriodKind::Month, Utc::now());
+    spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+        incentive.channel().await,
+    )
+    .put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+        },
+        key,
+    ))
+    .await?;
+    Ok(month)
+}
+
 /// Signs `email` in to the portal at `portal` through the provider (as a browser does)
 /// and returns the session cookie.
 async fn portal_session(
@@ -1288,33 +1327,13 @@ async fn portal(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     for svc in [&ingest, &incentive, &scoring, &notification] {
         wait_key_known(svc, &t.admin_key).await;
     }
-    spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient::new(
-        ingest.channel().await,
-    )
-    .set_identity_provider(authed(
-        pb::SetIdentityProviderRequest {
-            provider: Some(pb::IdentityProvider {
-                issuer: idp.issuer.clone(),
-                audience: spm_testkit::oidc::audience_for("bench"),
-                person_claim: "email".into(),
-                jwks_uri: String::new(),
-            }),
-        },
+    let month = people_tenant(
+        &idp,
+        &ingest,
+        &incentive,
         &t.admin_key,
-    ))
-    .await
-    .context("the bench tenant's identity provider (is the stack's OpenID provider up?)")?;
-    let now = Utc::now();
-    let month = Calendar::default().period(PeriodKind::Month, now);
-    spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
-        incentive.channel().await,
+        &spm_testkit::oidc::audience_for("bench"),
     )
-    .put_plan(authed(
-        ipb::PutPlanRequest {
-            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
-        },
-        &t.admin_key,
-    ))
     .await?;
     // 50 reps in 5 teams of 10; dee manages team t0, where ana is rep-0.
     let mut org: Vec<ev::EventEnvelope> = vec![envelope(
@@ -1579,34 +1598,7 @@ async fn auth(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let t = create_tenant(&env, &ingest, "bench").await;
     wait_key_known(&incentive, &t.admin_key).await;
     let audience = spm_testkit::oidc::audience_for("bench");
-    spm_proto::ingest::v1::ingest_admin_service_client::IngestAdminServiceClient::new(
-        ingest.channel().await,
-    )
-    .set_identity_provider(authed(
-        pb::SetIdentityProviderRequest {
-            provider: Some(pb::IdentityProvider {
-                issuer: idp.issuer.clone(),
-                audience: audience.clone(),
-                person_claim: "email".into(),
-                jwks_uri: String::new(),
-            }),
-        },
-        &t.admin_key,
-    ))
-    .await
-    .context("the bench tenant's identity provider (is the stack's OpenID provider up?)")?;
-    let now = Utc::now();
-    let month = Calendar::default().period(PeriodKind::Month, now);
-    spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
-        incentive.channel().await,
-    )
-    .put_plan(authed(
-        ipb::PutPlanRequest {
-            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
-        },
-        &t.admin_key,
-    ))
-    .await?;
+    let month = people_tenant(&idp, &ingest, &incentive, &t.admin_key, &audience).await?;
     // The person is rep-0 by the login on the org event.
     let org: Vec<ev::EventEnvelope> = (0..50)
         .map(|i| {
@@ -2382,6 +2374,7 @@ async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<(
     md.push_str("- **scoring**: events are produced to the topics first, then scoring starts and applies them; the rate is events over the span between the first and last inbox commit. `GetScore` runs open-loop at 2,000 requests/s (latency from each request's scheduled time).\n");
     md.push_str("- **incentive**: deal credits are produced first; the rate is deals over the inbox span, each recomputing its rep-period and posting ledger lines. What-if is 2,000 sequential calls; simulation runs a draft plan over every deal of the month.\n");
     md.push_str("- **auth**: one tenant with the stack's OpenID provider (oidc-provider 9.13.3, RS256 keys) and a person mapped to a rep by the login on its org event. In process, the `KeyStore` every service's gRPC edge runs authenticates an API key, the same access token again and again (a client reusing its token: verified once per 5 s, its expiry checked every call), and a new token on every call (signature and claims verified each time; the tokens are signed with the provider's key before the clock starts), then the key again; the issuer's keys and the person are cached as in the services. The target compares the new tokens' p99 with the worse of the two key runs. Then `GetStatement` of that rep runs open loop at 2,000 requests/s with the API key and then with the token.\n");
+    md.push_str("- **portal**: the four services and the portal (release builds) on a tenant of 50 reps in 5 teams with 1,000 deals this month; a rep (rep-0) and the manager of her 10-rep team sign in through the stack's OpenID provider as a browser does (authorization code with PKCE). Each page is requested open loop at 50 requests/s with the session cookie, latency from each request's scheduled time to the last byte of the page: `/healthz` (the HTTP floor, no service call), the rep home (11 service calls, concurrent where they can be: six statements for the chart, score, awards, questions, leaderboard), one statement line with its trace and postings, the manager's team page (rollup, leaderboard, alerts, calibration, questions). The last figure is one `GetStatement` straight to incentive at the same rate.\n");
     md.push_str("- **notification**: deals are submitted to ingest at 1,000/s (open loop) with all four services running; latency is from each deal's ingest acknowledgement to the first signed webhook for its commission at a receiver in the bench process. Every 25th deal also polls `GetStatement` every 2 ms until its line shows (earnings visible over gRPC). One priming deal goes through the whole path before the clock starts (fresh services and topics: the first records took ~0.5 s in about one run in ten).\n");
     md.push_str("- **rebuild**: the events are produced to the topics; the baseline COPYs the same events into one Postgres table; then `spm-scoring rebuild` and `spm-incentive rebuild` replay the topics from offset 0 into their projections.\n");
     md.push_str(

@@ -15,9 +15,7 @@ use spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServ
 use spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient;
 use tonic::Code;
 
-use crate::pages::{
-    Chrome, bearer, csrf_ok, csrf_refused, failed, form, html, lang, session_of, violations,
-};
+use crate::pages::{Chrome, bearer, failed, html, lang, posted, session_of, violations};
 use crate::session::Session;
 use crate::{Lang, Portal};
 
@@ -648,16 +646,11 @@ pub async fn put_plan(
     Path(tenant): Path<String>,
     body: String,
 ) -> Response {
-    let s = match session_of(&p, &h, &tenant) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
+    let (s, l, f) = match posted(&p, &h, &tenant, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    let l = lang(&h);
     let path = format!("/t/{tenant}/plans");
-    let f = form(&body);
-    if !csrf_ok(&s, &f) {
-        return csrf_refused(l, Some(&s));
-    }
     let pf = PlanForm::parse(&f);
     let base = if pf.base_version == 0 {
         None
@@ -801,16 +794,11 @@ pub async fn period_action(
     Path(tenant): Path<String>,
     body: String,
 ) -> Response {
-    let s = match session_of(&p, &h, &tenant) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
+    let (s, l, f) = match posted(&p, &h, &tenant, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    let l = lang(&h);
     let path = format!("/t/{tenant}/periods");
-    let f = form(&body);
-    if !csrf_ok(&s, &f) {
-        return csrf_refused(l, Some(&s));
-    }
     let key = f
         .get("key")
         .map(|k| k.trim().to_owned())
@@ -1024,15 +1012,10 @@ pub async fn resolve(
     Path((tenant, id)): Path<(String, String)>,
     body: String,
 ) -> Response {
-    let s = match session_of(&p, &h, &tenant) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
+    let (s, l, f) = match posted(&p, &h, &tenant, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    let l = lang(&h);
-    let f = form(&body);
-    if !csrf_ok(&s, &f) {
-        return csrf_refused(l, Some(&s));
-    }
     let accept = f.get("outcome").map(String::as_str) != Some("reject");
     let req = ipb::ResolveDisputeRequest {
         dispute_id: id.clone(),

@@ -593,6 +593,23 @@ async fn callback(State(p): State<Portal>, h: HeaderMap, Query(q): Query<Callbac
     r
 }
 
+/// A posted form of `tenant`'s signed-in person, its CSRF token checked: the session, the
+/// language and the fields; else the response (sign-in redirect or CSRF refusal).
+pub(crate) fn posted(
+    p: &Portal,
+    h: &HeaderMap,
+    tenant: &str,
+    body: &str,
+) -> Result<(Session, Lang, std::collections::HashMap<String, String>), Box<Response>> {
+    let s = session_of(p, h, tenant).map_err(|r| Box::new(r.into_response()))?;
+    let l = lang(h);
+    let f = form(body);
+    if !csrf_ok(&s, &f) {
+        return Err(Box::new(csrf_refused(l, Some(&s))));
+    }
+    Ok((s, l, f))
+}
+
 /// A form's CSRF token must be the session's.
 pub(crate) fn csrf_ok(s: &Session, f: &std::collections::HashMap<String, String>) -> bool {
     f.get("csrf").is_some_and(|t| same(t, &s.csrf))
@@ -1154,15 +1171,10 @@ async fn dispute(
     Path((tenant, line)): Path<(String, String)>,
     body: String,
 ) -> Response {
-    let s = match session_of(&p, &h, &tenant) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
+    let (s, l, f) = match posted(&p, &h, &tenant, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    let l = lang(&h);
-    let f = form(&body);
-    if !csrf_ok(&s, &f) {
-        return csrf_refused(l, Some(&s));
-    }
     let reason = f.get("reason").cloned().unwrap_or_default();
     match IncentiveServiceClient::new(p.incentive.clone())
         .open_dispute(bearer(
