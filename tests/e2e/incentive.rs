@@ -111,6 +111,7 @@ async fn statement(
     let mut inc = inc.clone();
     inc.get_statement(authed(
         pb::GetStatementRequest {
+            as_of: None,
             with_explanations: false,
             rep_id: rep.into(),
             period,
@@ -246,6 +247,7 @@ async fn statement_lines_explain_themselves_and_follow_collection() {
         .clone()
         .get_statement(authed(
             pb::GetStatementRequest {
+                as_of: None,
                 rep_id: "r1".into(),
                 period: None,
                 with_explanations: true,
@@ -267,6 +269,7 @@ async fn statement_lines_explain_themselves_and_follow_collection() {
     let ex = inc2
         .explain_line(authed(
             pb::ExplainLineRequest {
+                as_of: None,
                 line_id: line(&s, "commission:d2").line_id.clone(),
             },
             &w.key,
@@ -282,6 +285,7 @@ async fn statement_lines_explain_themselves_and_follow_collection() {
     let ex1 = inc2
         .explain_line(authed(
             pb::ExplainLineRequest {
+                as_of: None,
                 line_id: line(&s, "commission:d1").line_id.clone(),
             },
             &w.key,
@@ -596,6 +600,7 @@ async fn closed_periods_stay_closed_late_deals_become_adjustments() {
     let e = inc_b
         .explain_line(authed(
             pb::ExplainLineRequest {
+                as_of: None,
                 line_id: adj.line_id.clone(),
             },
             &b.admin_key,
@@ -852,6 +857,7 @@ async fn cached_statements_follow_changes_made_anywhere() {
     // Statements are served from encoded replies: the errors and isolation still hold.
     let ask = |rep: &str, key: Option<&str>| {
         let req = pb::GetStatementRequest {
+            as_of: None,
             with_explanations: false,
             rep_id: rep.into(),
             period: None,

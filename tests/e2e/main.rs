@@ -2,6 +2,7 @@
 //! Postgres and the real broker of the local stack (`deploy/local/stack up`), each test in
 //! its own database and topic prefix.
 
+mod audit;
 mod broker;
 mod faults;
 mod incentive;

@@ -113,6 +113,7 @@ async fn statements(
                 .clone()
                 .get_statement(authed(
                     ipb::GetStatementRequest {
+                        as_of: None,
                         rep_id: r.into(),
                         period: Some(common::Period {
                             kind: common::PeriodKind::Month as i32,

@@ -54,6 +54,7 @@ async fn statement(
 ) -> Result<pb::Statement, Status> {
     inc.get_statement(authed(
         pb::GetStatementRequest {
+            as_of: None,
             rep_id: rep.into(),
             period: None,
             with_explanations: false,
@@ -822,6 +823,7 @@ async fn people_see_only_what_their_role_allows() {
         Code::NotFound,
         inc.explain_line(authed(
             pb::ExplainLineRequest {
+                as_of: None,
                 line_id: bo_line.clone(),
             },
             &ana,
@@ -1153,6 +1155,7 @@ fn statement_call<'a>(
 ) -> impl Future<Output = Result<tonic::Response<pb::GetStatementResponse>, Status>> + 'a {
     inc.get_statement(authed(
         pb::GetStatementRequest {
+            as_of: None,
             rep_id: rep.into(),
             period: None,
             with_explanations: false,

@@ -80,6 +80,7 @@ async fn people_use_the_portal_in_a_real_browser() {
                 let s = inc
                     .get_statement(authed(
                         pb::GetStatementRequest {
+                            as_of: None,
                             rep_id: r.into(),
                             period: None,
                             with_explanations: false,

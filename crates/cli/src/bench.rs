@@ -1126,6 +1126,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         let t0 = Instant::now();
         c.get_statement(authed(
             ipb::GetStatementRequest {
+                as_of: None,
                 with_explanations: false,
                 rep_id: rep.clone(),
                 period: None,
@@ -1162,6 +1163,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
                 );
             let req = authed(
                 ipb::GetStatementRequest {
+                    as_of: None,
                     with_explanations: false,
                     rep_id: reps[i % reps.len()].clone(),
                     period: None,
@@ -1451,6 +1453,7 @@ async fn portal(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         );
         c.get_statement(authed(
             ipb::GetStatementRequest {
+                as_of: None,
                 rep_id: "rep-0".into(),
                 period: None,
                 with_explanations: false,
@@ -1543,6 +1546,7 @@ async fn portal(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
                 );
             let req = authed(
                 ipb::GetStatementRequest {
+                    as_of: None,
                     with_explanations: false,
                     rep_id: "rep-0".into(),
                     period: None,
@@ -1744,6 +1748,7 @@ async fn auth(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
                     );
                 let req = authed(
                     ipb::GetStatementRequest {
+                        as_of: None,
                         with_explanations: false,
                         rep_id: "rep-0".into(),
                         period: None,
@@ -1944,6 +1949,7 @@ async fn notification(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
                     let s = ic
                         .get_statement(authed(
                             ipb::GetStatementRequest {
+                                as_of: None,
                                 with_explanations: false,
                                 rep_id: rep.clone(),
                                 period: None,

@@ -619,6 +619,12 @@ pub struct StatementArgs {
     /// Show one line's postings and calculation trace (its key, e.g. commission:D-00042).
     #[arg(long)]
     pub line: Option<String>,
+    /// The statement as it was at this moment (RFC 3339), later postings left out.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// What was posted on the statement since this moment (RFC 3339), with the reasons.
+    #[arg(long, conflicts_with = "line")]
+    pub changes_since: Option<String>,
 }
 
 pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
@@ -629,9 +635,61 @@ pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
         None if a.period.is_empty() => None,
         None => bail!("--period needs --kind (month or quarter)"),
     };
+    let as_of = a
+        .as_of
+        .as_deref()
+        .map(|t| crate::audit::instant("--as-of", t))
+        .transpose()?;
+    if let Some(since) = &a.changes_since {
+        let d = c
+            .diff_statement(authed(
+                incentive::DiffStatementRequest {
+                    rep_id: a.rep.clone(),
+                    period,
+                    from: Some(crate::audit::instant("--changes-since", since)?),
+                    to: as_of,
+                },
+                &key,
+            ))
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        title(&format!(
+            "statement of {} for {}: {} then, {} now ({} postings in between)",
+            a.rep,
+            d.period
+                .as_ref()
+                .map(|p| p.key.as_str())
+                .unwrap_or_default(),
+            d.total_from,
+            d.total_to,
+            d.postings.len()
+        ));
+        let mut t = table(&["posted", "line", "kind", "status", "amount", "why"]);
+        for p in &d.postings {
+            let Some(x) = &p.posting else { continue };
+            t.add_row(vec![
+                Cell::new(
+                    x.posted_at
+                        .as_ref()
+                        .and_then(spm_proto::ext::datetime)
+                        .map(|d| d.to_rfc3339())
+                        .unwrap_or_default(),
+                ),
+                Cell::new(&p.line_key),
+                Cell::new(spm_proto::ext::earning_kind_name(x.kind)),
+                Cell::new(spm_proto::ext::earning_status_name(x.status)),
+                num(&x.amount),
+                Cell::new(crate::demo::trim(&x.reason, 70)),
+            ]);
+        }
+        println!("{t}");
+        return Ok(());
+    }
     let s = c
         .get_statement(authed(
             incentive::GetStatementRequest {
+                as_of,
                 with_explanations: false,
                 rep_id: a.rep.clone(),
                 period,
@@ -660,6 +718,7 @@ pub async fn statement(cli: &Cli, a: &StatementArgs) -> anyhow::Result<()> {
     let e = c
         .explain_line(authed(
             incentive::ExplainLineRequest {
+                as_of,
                 line_id: line.line_id.clone(),
             },
             &key,

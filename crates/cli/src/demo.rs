@@ -341,6 +341,7 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     let stmt = inc
         .get_statement(authed(
             incentive::GetStatementRequest {
+                as_of: None,
                 with_explanations: false,
                 rep_id: top.clone(),
                 period: Some(month(&this_month.key)),
@@ -871,6 +872,7 @@ async fn wait_incentive(cli: &Cli, key: &str, rep: &str, traced_event: &str) -> 
         let s = inc
             .get_statement(authed(
                 incentive::GetStatementRequest {
+                    as_of: None,
                     with_explanations: true,
                     rep_id: rep.to_owned(),
                     period: None,

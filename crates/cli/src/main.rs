@@ -1,5 +1,6 @@
 //! `spm`: run SPM on this machine and talk to it.
 
+mod audit;
 mod bench;
 mod commands;
 mod demo;
@@ -96,6 +97,10 @@ pub enum Command {
     Login(login::Args),
     /// Forget the person signed in with `spm login`.
     Logout,
+    /// Tamper evidence and the audit trail: `verify` the ledger and every service's trail,
+    /// `export` a period for auditors, `log` who changed what.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Benchmarks: measure, print, and write docs/benchmarks.md (build with --release).
     Bench(bench::Args),
 }
@@ -116,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Parked(c) => commands::parked(&cli, c).await,
         Command::Replay { services } => local::replay(services).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Audit(c) => audit::run(&cli, c).await,
         Command::Login(a) => login::login(a).await,
         Command::Logout => login::logout(),
     }

@@ -1,6 +1,7 @@
 //! Pure, I/O-free rules shared by every SPM service: money and currencies, the tenant's
 //! fiscal calendar, Kafka keys, topic names and derived ids.
 
+pub mod chain;
 pub mod metrics;
 pub mod money;
 pub mod period;

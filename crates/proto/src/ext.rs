@@ -26,6 +26,7 @@ impl Payload {
             Payload::AwardGranted(_) => "AwardGranted",
             Payload::DisputeOpened(_) => "DisputeOpened",
             Payload::DisputeResolved(_) => "DisputeResolved",
+            Payload::LedgerSealed(_) => "LedgerSealed",
             Payload::TenantUpserted(_) => "TenantUpserted",
             Payload::ApiKeyIssued(_) => "ApiKeyIssued",
             Payload::ApiKeyRevoked(_) => "ApiKeyRevoked",

@@ -63,3 +63,9 @@ pub mod notification {
         tonic::include_proto!("spm.notification.v1");
     }
 }
+
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("spm.audit.v1");
+    }
+}

@@ -148,6 +148,15 @@ impl App {
     /// Serves `grpc` and `http` (merged with `/metrics` and `/healthz`) until SIGTERM or
     /// SIGINT, then drains and returns.
     pub async fn serve(mut self, grpc: GrpcServer, http: axum::Router) -> anyhow::Result<()> {
+        let mut grpc = grpc;
+        grpc.add_service(
+            spm_proto::audit::v1::audit_service_server::AuditServiceServer::new(
+                crate::audit::AuditApi {
+                    pool: self.pool.clone(),
+                },
+            ),
+        )
+        .people_may_call(crate::audit::PEOPLE_METHODS);
         let c = self.cancel.clone();
         let (grpc_addr, grpc_fut) = grpc
             .bind(self.config.grpc_addr, async move { c.cancelled().await })

@@ -53,6 +53,7 @@ fn shared_migrations() -> Vec<Migration> {
         .iter()
         .chain(crate::auth::MIGRATIONS)
         .chain(crate::org::MIGRATIONS)
+        .chain(crate::audit::MIGRATIONS)
         .map(|(version, desc, sql)| {
             Migration::new(
                 *version,

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use prost::Message as _;
 use prost::bytes::Bytes;
 use rust_decimal::Decimal;
@@ -170,6 +171,7 @@ impl Api {
         kind: PeriodKind,
         key: &str,
         with_explanations: bool,
+        at: DateTime<Utc>,
     ) -> Result<pb::Statement, ApiError> {
         let columns = if with_explanations {
             STATEMENT_COLUMNS
@@ -177,12 +179,14 @@ impl Api {
             STATEMENT_COLUMNS_BRIEF
         };
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {columns} FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 ORDER BY seq"
+            "SELECT {columns} FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4
+               AND posted_at <= $5 ORDER BY chain_seq"
         ))
         .bind(&ctx.tenant)
         .bind(rep)
         .bind(kind.as_str())
         .bind(key)
+        .bind(at)
         .fetch_all(&self.pool)
         .await?;
         let lines = lines_of(ctx, key, &rows);
@@ -199,17 +203,19 @@ impl Api {
             }
         }
         let result: Option<(String, i32, Decimal, Option<Decimal>)> = sqlx::query_as(
-            "SELECT plan_id, plan_version, revenue, attainment FROM period_results
-              WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4",
+            "SELECT plan_id, plan_version, revenue, attainment FROM period_results_history
+              WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 AND recorded_at <= $5
+              ORDER BY recorded_at DESC LIMIT 1",
         )
         .bind(&ctx.tenant)
         .bind(rep)
         .bind(kind.as_str())
         .bind(key)
+        .bind(at)
         .fetch_optional(&self.pool)
         .await?;
         let mut conn = self.pool.acquire().await?;
-        let (closed, paid) = store::period_state(&mut conn, &ctx.tenant, kind, key).await?;
+        let (closed, paid) = store::period_state_at(&mut conn, &ctx.tenant, kind, key, at).await?;
         let next_tier = result.as_ref().and_then(|r| {
             let plan = ctx
                 .plans
@@ -254,7 +260,47 @@ impl Api {
             closed,
             paid,
             next_tier,
+            as_of: Some(spm_proto::ext::timestamp(at)),
         })
+    }
+
+    /// The moment a read of a rep's statement period is of: the shared locks of its chain
+    /// and period wait for postings in flight, then the database's clock is read (see
+    /// `chain::Locks`). `asked` (an `as_of`) must not be later than that.
+    async fn moment(
+        &self,
+        tenant: &str,
+        rep: &str,
+        kind: PeriodKind,
+        key: &str,
+        asked: Option<&prost_types::Timestamp>,
+        field: &str,
+    ) -> Result<DateTime<Utc>, ApiError> {
+        let asked = match asked {
+            None => None,
+            Some(t) => Some(
+                spm_proto::ext::datetime(t)
+                    .ok_or_else(|| ApiError::invalid(field, "is not a valid timestamp"))?,
+            ),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let now = crate::chain::Locks::default()
+            .period(tenant, kind, key, true)
+            .chain(tenant, rep, kind, key, true)
+            .take(&mut conn)
+            .await?;
+        match asked {
+            Some(t) if t > now => Err(ApiError::invalid(
+                field,
+                format!(
+                    "{} is in the future (now is {}): a statement can only be asked as it was",
+                    spm_core::chain::instant(t),
+                    spm_core::chain::instant(now)
+                ),
+            )),
+            Some(t) => Ok(t),
+            None => Ok(now),
+        }
     }
 
     async fn ctx(&self, tenant: &str) -> Result<Arc<Ctx>, ApiError> {
@@ -284,11 +330,16 @@ impl Api {
         let default = self.rep_kind(&ctx, &r.rep_id).await?;
         let kind = kind_of(r.period.as_ref(), default)?;
         let key = period_key(&ctx, r.period.as_ref(), kind)?;
+        let at = self
+            .moment(tenant, &r.rep_id, kind, &key, r.as_of.as_ref(), "as_of")
+            .await?;
         let s = self
-            .statement(&ctx, &r.rep_id, kind, &key, r.with_explanations)
+            .statement(&ctx, &r.rep_id, kind, &key, r.with_explanations, at)
             .await?;
         let reply = Bytes::from(pb::GetStatementResponse { statement: Some(s) }.encode_to_vec());
-        self.statements.put(cache_key, ticket, reply.clone());
+        if r.as_of.is_none() {
+            self.statements.put(cache_key, ticket, reply.clone());
+        }
         Ok(reply)
     }
 
@@ -310,6 +361,10 @@ impl Api {
             r.rep_id.clone(),
             (asked, r.with_explanations),
         );
+        if r.as_of.is_some() {
+            // The past is not cached (each moment is asked rarely); it is exact anyway.
+            return Ok(self.load_statement(&c.tenant_id, &r, cache_key).await?);
+        }
         if let Some(reply) = self.statements.get(&cache_key) {
             return Ok(reply);
         }
@@ -359,6 +414,34 @@ impl Api {
         self.relay.notify_one();
         Ok(())
     }
+}
+
+fn posting_pb(ctx: &Ctx, r: &Row) -> pb::Posting {
+    pb::Posting {
+        posting_id: r.posting_id.to_string(),
+        kind: Kind::parse(&r.kind).map_or(0, Kind::to_proto),
+        status: St::parse(&r.status).map_or(0, St::to_proto),
+        amount: money_s(ctx, r.amount),
+        period: r.period_key.clone(),
+        posted_at: Some(spm_proto::ext::timestamp(r.posted_at)),
+        reason: r.summary.clone(),
+        explanation_json: r.explanation.clone(),
+        caused_by: r.caused_by.clone(),
+    }
+}
+
+/// A dispute as the audit trail shows it.
+fn dispute_pb_json(r: &DisputeRow) -> serde_json::Value {
+    serde_json::json!({
+        "dispute_id": r.dispute_id.to_string(),
+        "line_id": r.line_id.to_string(),
+        "rep_id": r.rep_id,
+        "status": r.status,
+        "note": r.note,
+        "resolved_by": r.resolved_by,
+        "adjustment": r.adjustment.map(spm_core::chain::decimal),
+        "adjustment_posting": r.adjustment_posting.map(|p| p.to_string()),
+    })
 }
 
 fn dispute_pb(r: DisputeRow) -> pb::Dispute {
@@ -425,29 +508,42 @@ impl IncentiveService for Api {
         let r = req.into_inner();
         let id = Uuid::parse_str(&r.line_id)
             .map_err(|_| ApiError::invalid("line_id", "must be a UUID"))?;
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant_id = $1 AND line_id = $2 ORDER BY seq"
-        ))
-        .bind(&c.tenant_id)
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(ApiError::from)?;
-        let Some(first) = rows.first() else {
-            return Err(ApiError::NotFound(format!("line {id}")).into());
-        };
-        let rep: String = sqlx::query_scalar(
-            "SELECT rep_id FROM ledger WHERE tenant_id = $1 AND posting_id = $2",
+        let origin: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT rep_id, period_kind, source_period_key FROM ledger WHERE tenant_id = $1 AND line_id = $2 ORDER BY seq LIMIT 1",
         )
         .bind(&c.tenant_id)
-        .bind(first.posting_id)
-        .fetch_one(&self.pool)
+        .bind(id)
+        .fetch_optional(&self.pool)
         .await
         .map_err(ApiError::from)?;
+        let Some((rep, kind_s, source)) = origin else {
+            return Err(ApiError::NotFound(format!("line {id}")).into());
+        };
         // A line out of the caller's scope is as absent as one that does not exist.
         if c.require_rep(&self.pool, &rep).await.is_err() {
             return Err(ApiError::NotFound(format!("line {id}")).into());
         }
+        // Writers of a line's later adjustments also hold its source period's chain lock.
+        let kind: PeriodKind = kind_s.parse().unwrap_or(PeriodKind::Month);
+        let at = self
+            .moment(&c.tenant_id, &rep, kind, &source, r.as_of.as_ref(), "as_of")
+            .await?;
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant_id = $1 AND line_id = $2 AND posted_at <= $3 ORDER BY posted_at, seq"
+        ))
+        .bind(&c.tenant_id)
+        .bind(id)
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ApiError::from)?;
+        let Some(first) = rows.first() else {
+            return Err(ApiError::NotFound(format!(
+                "line {id} had no postings yet at {}",
+                spm_core::chain::instant(at)
+            ))
+            .into());
+        };
         let ctx = self.ctx(&c.tenant_id).await?;
         let line = lines_of(&ctx, &first.source_period_key, &rows)
             .into_iter()
@@ -459,20 +555,7 @@ impl IncentiveService for Api {
                 summary: "fully cancelled by later postings".into(),
                 ..Default::default()
             });
-        let postings = rows
-            .iter()
-            .map(|r| pb::Posting {
-                posting_id: r.posting_id.to_string(),
-                kind: Kind::parse(&r.kind).map_or(0, Kind::to_proto),
-                status: St::parse(&r.status).map_or(0, St::to_proto),
-                amount: money_s(&ctx, r.amount),
-                period: r.period_key.clone(),
-                posted_at: Some(spm_proto::ext::timestamp(r.posted_at)),
-                reason: r.summary.clone(),
-                explanation_json: r.explanation.clone(),
-                caused_by: r.caused_by.clone(),
-            })
-            .collect();
+        let postings = rows.iter().map(|r| posting_pb(&ctx, r)).collect();
         Ok(Response::new(pb::ExplainLineResponse {
             line: Some(line),
             rep_id: rep,
@@ -730,6 +813,94 @@ impl IncentiveService for Api {
         }))
     }
 
+    async fn diff_statement(
+        &self,
+        req: Request<pb::DiffStatementRequest>,
+    ) -> Result<Response<pb::DiffStatementResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        if r.rep_id.is_empty() {
+            return Err(ApiError::invalid("rep_id", "is required").into());
+        }
+        c.require_rep(&self.pool, &r.rep_id).await?;
+        let from = r
+            .from
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("from", "is required"))?;
+        let from = spm_proto::ext::datetime(from)
+            .ok_or_else(|| ApiError::invalid("from", "is not a valid timestamp"))?;
+        let ctx = self.ctx(&c.tenant_id).await?;
+        let default = self.rep_kind(&ctx, &r.rep_id).await?;
+        let kind = kind_of(r.period.as_ref(), default)?;
+        let key = period_key(&ctx, r.period.as_ref(), kind)?;
+        let to = self
+            .moment(&c.tenant_id, &r.rep_id, kind, &key, r.to.as_ref(), "to")
+            .await?;
+        if from > to {
+            return Err(ApiError::invalid("from", "must not be after to").into());
+        }
+        #[derive(sqlx::FromRow)]
+        struct DiffRow {
+            #[sqlx(flatten)]
+            row: Row,
+            plan_id: String,
+            plan_version: i32,
+        }
+        let rows: Vec<DiffRow> = sqlx::query_as(&format!(
+            "SELECT {ROW_COLUMNS}, plan_id, plan_version
+               FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4
+                AND posted_at > $5 AND posted_at <= $6 ORDER BY chain_seq"
+        ))
+        .bind(&c.tenant_id)
+        .bind(&r.rep_id)
+        .bind(kind.as_str())
+        .bind(&key)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ApiError::from)?;
+        let total_at = |t: DateTime<Utc>| {
+            let pool = self.pool.clone();
+            let tenant = c.tenant_id.clone();
+            let rep = r.rep_id.clone();
+            let key = key.clone();
+            async move {
+                sqlx::query_scalar::<_, Decimal>(
+                    "SELECT COALESCE(sum(amount), 0) FROM ledger
+                      WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 AND posted_at <= $5",
+                )
+                .bind(tenant)
+                .bind(rep)
+                .bind(kind.as_str())
+                .bind(key)
+                .bind(t)
+                .fetch_one(&pool)
+                .await
+            }
+        };
+        let total_from = total_at(from).await.map_err(ApiError::from)?;
+        let total_to = total_at(to).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::DiffStatementResponse {
+            period: Some(ctx.period_pb(kind, &key)),
+            from: Some(spm_proto::ext::timestamp(from)),
+            to: Some(spm_proto::ext::timestamp(to)),
+            total_from: money_s(&ctx, total_from),
+            total_to: money_s(&ctx, total_to),
+            postings: rows
+                .into_iter()
+                .map(|d| pb::DiffPosting {
+                    line_id: d.row.line_id.to_string(),
+                    line_key: d.row.line_key.clone(),
+                    deal_id: d.row.deal_id.clone(),
+                    plan_id: d.plan_id,
+                    plan_version: u32::try_from(d.plan_version).unwrap_or(0),
+                    posting: Some(posting_pb(&ctx, &d.row)),
+                })
+                .collect(),
+        }))
+    }
+
     async fn who_am_i(
         &self,
         req: Request<pb::WhoAmIRequest>,
@@ -894,6 +1065,92 @@ pub async fn simulate(
 
 #[tonic::async_trait]
 impl IncentiveAdminService for Api {
+    type ExportLedgerStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::ExportLedgerResponse, Status>> + Send>,
+    >;
+
+    async fn verify_ledger(
+        &self,
+        req: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        let c = caller(&req)?;
+        spm_server::audit::require_audit_reader(&c)?;
+        let r = req.into_inner();
+        let ctx = self.ctx(&c.tenant_id).await?;
+        let period = match r.period.as_ref().filter(|p| !p.key.is_empty()) {
+            None => None,
+            Some(p) => {
+                let kind = kind_of(Some(p), PeriodKind::Month)?;
+                Some((kind, period_key(&ctx, Some(p), kind)?))
+            }
+        };
+        let started = std::time::Instant::now();
+        let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
+        let v = crate::chain::verify(
+            &mut conn,
+            &c.tenant_id,
+            period.as_ref().map(|(k, p)| (*k, p.as_str())),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let took = started.elapsed();
+        tracing::info!(tenant = %c.tenant_id, postings = v.postings, breaks = v.breaks.len(), ?took, "ledger verified");
+        Ok(Response::new(pb::VerifyLedgerResponse {
+            ok: v.breaks.is_empty(),
+            postings: v.postings,
+            chains: v.chains,
+            seals: v.seals,
+            breaks: v
+                .breaks
+                .into_iter()
+                .take(1000)
+                .map(|b| pb::ChainBreak {
+                    chain: b.chain,
+                    seq: b.seq,
+                    id: b.id,
+                    problem: b.problem,
+                })
+                .collect(),
+            took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    async fn export_ledger(
+        &self,
+        req: Request<pb::ExportLedgerRequest>,
+    ) -> Result<Response<Self::ExportLedgerStream>, Status> {
+        let c = caller(&req)?;
+        spm_server::audit::require_audit_reader(&c)?;
+        let r = req.into_inner();
+        let p = r
+            .period
+            .as_ref()
+            .filter(|p| !p.key.is_empty())
+            .ok_or_else(|| ApiError::invalid("period.key", "is required"))?;
+        let ctx = self.ctx(&c.tenant_id).await?;
+        let kind = kind_of(Some(p), PeriodKind::Month)?;
+        let key = period_key(&ctx, Some(p), kind)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<String>>(4);
+        let (etx, erx) = tokio::sync::oneshot::channel::<Status>();
+        let pool = self.pool.clone();
+        let tenant = c.tenant_id.clone();
+        tokio::spawn(async move {
+            let mut sink = crate::chain::Sink::new(tx);
+            let done = async {
+                let mut conn = pool.acquire().await?;
+                crate::chain::export(&mut conn, &tenant, kind, &key, &mut sink).await
+            }
+            .await;
+            if let Err(e) = done {
+                let _ = etx.send(ApiError::from(e).into());
+            }
+        });
+        let lines = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|lines| Ok(pb::ExportLedgerResponse { lines }));
+        let failed = futures::stream::once(erx).filter_map(|e| async move { e.ok().map(Err) });
+        Ok(Response::new(Box::pin(lines.chain(failed))))
+    }
+
     async fn put_plan(
         &self,
         req: Request<pb::PutPlanRequest>,
@@ -952,25 +1209,46 @@ impl IncentiveAdminService for Api {
         .await
         .map_err(ApiError::from)?;
         let mut out = Outbox::new(&self.kafka);
+        // One recompute for every open period: its chain locks are taken at once, in order.
+        let mut pairs: Vec<(String, PeriodKind, String)> = Vec::new();
         for key in keys {
             let reps = store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key)
                 .await
                 .map_err(ApiError::from)?;
-            let pairs: Vec<(String, PeriodKind, String)> = reps
-                .into_iter()
-                .map(|r| (r, p.period_kind, key.clone()))
-                .collect();
-            engine::recompute_many(
-                &mut tx,
-                &ctx,
-                &pairs,
-                &std::collections::HashMap::new(),
-                Mode::Normal,
-                &mut out,
-            )
-            .await
-            .map_err(ApiError::from)?;
+            pairs.extend(reps.into_iter().map(|r| (r, p.period_kind, key.clone())));
         }
+        let report = engine::recompute_many(
+            &mut tx,
+            &ctx,
+            &pairs,
+            &std::collections::HashMap::new(),
+            Mode::Normal,
+            &mut out,
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let before: Option<sqlx::types::Json<Plan>> = sqlx::query_scalar(
+            "SELECT definition FROM plans WHERE tenant_id = $1 AND plan_id = $2 AND version = $3",
+        )
+        .bind(&c.tenant_id)
+        .bind(&p.plan_id)
+        .bind(version - 1)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new("incentive", "plan.put", format!("plan:{}", p.plan_id))
+                .before(before.map(|b| b.0))
+                .after(serde_json::json!({
+                    "plan": &p,
+                    "rep_periods_recomputed": pairs.len(),
+                    "postings": report.postings,
+                })),
+        )
+        .await
+        .map_err(ApiError::from)?;
         crate::cache::changed(&mut tx, &c.tenant_id, None)
             .await
             .map_err(ApiError::from)?;
@@ -1034,6 +1312,15 @@ impl IncentiveAdminService for Api {
         let (reps, report) = engine::settle_period(&mut tx, &ctx, kind, &key, false, &mut out)
             .await
             .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new("incentive", "period.close", format!("period:{}/{key}", kind.as_str()))
+                .before(serde_json::json!({"closed": false}))
+                .after(serde_json::json!({"closed": true, "reps": reps, "postings": report.postings, "awards": report.awards})),
+        )
+        .await
+        .map_err(ApiError::from)?;
         self.commit(&c.tenant_id, tx, out).await?;
         tracing::info!(tenant = %c.tenant_id, period = %key, reps, postings = report.postings, "period closed");
         Ok(Response::new(pb::ClosePeriodResponse {
@@ -1078,6 +1365,15 @@ impl IncentiveAdminService for Api {
         .bind(kind.as_str())
         .bind(&key)
         .fetch_one(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new("incentive", "period.pay", format!("period:{}/{key}", kind.as_str()))
+                .before(serde_json::json!({"closed": true, "paid": false}))
+                .after(serde_json::json!({"closed": true, "paid": true, "reps": reps, "paid_total": spm_core::chain::decimal(paid_total)})),
+        )
         .await
         .map_err(ApiError::from)?;
         self.commit(&c.tenant_id, tx, out).await?;
@@ -1167,6 +1463,12 @@ impl IncentiveAdminService for Api {
             let post_key = store::next_open(&mut tx, &c.tenant_id, &ctx.calendar, kind, &now_key)
                 .await
                 .map_err(ApiError::from)?;
+            let at = crate::chain::Locks::default()
+                .period(&c.tenant_id, kind, &post_key, true)
+                .chain(&c.tenant_id, &d.rep_id, kind, &post_key, false)
+                .take(&mut tx)
+                .await
+                .map_err(ApiError::from)?;
             let pid = Uuid::new_v4();
             let line_key = format!("dispute:{id}");
             let row = store::LedgerRow {
@@ -1188,7 +1490,7 @@ impl IncentiveAdminService for Api {
                 explanation: serde_json::json!({"dispute": id.to_string(), "disputed_line": d.line_id.to_string(), "disputed_period": source, "reason": d.reason, "note": r.note}),
                 caused_by: Vec::new(),
             };
-            store::append(&mut tx, &c.tenant_id, std::slice::from_ref(&row))
+            crate::chain::append(&mut tx, &c.tenant_id, std::slice::from_ref(&row), at)
                 .await
                 .map_err(ApiError::from)?;
             let total = store::period_total(&mut tx, &c.tenant_id, &d.rep_id, kind, &post_key)
@@ -1242,6 +1544,15 @@ impl IncentiveAdminService for Api {
         .bind(posting.map(|p| p.1))
         .bind(posting.map(|p| p.0))
         .fetch_one(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new("incentive", "dispute.resolve", format!("dispute:{id}"))
+                .before(dispute_pb_json(&d))
+                .after(dispute_pb_json(&row)),
+        )
         .await
         .map_err(ApiError::from)?;
         out.emit(

@@ -286,6 +286,36 @@ pub async fn recompute_many(
     } else {
         HashMap::new()
     };
+    // Lock every chain this call may post to, and share the periods' locks (a period is
+    // not closed under our feet): writers of a chain are ordered, and the posting time
+    // taken after the locks orders them against statement reads (see `chain::Locks`).
+    let mut locks = crate::chain::Locks::default();
+    let mut post_keys: HashMap<(PeriodKind, String), String> = HashMap::new();
+    for ((kind, key), reps) in &rounds {
+        let post_key = match post_keys.get(&(*kind, key.clone())) {
+            Some(p) => p.clone(),
+            None => {
+                let p = post_key_of(conn, ctx, *kind, key, mode).await?;
+                post_keys.insert((*kind, key.clone()), p.clone());
+                locks.period(&ctx.tenant, *kind, key, true);
+                if p != *key {
+                    locks.period(&ctx.tenant, *kind, &p, true);
+                }
+                p
+            }
+        };
+        for r in reps {
+            locks.chain(&ctx.tenant, r, *kind, key, false);
+            if post_key != *key {
+                locks.chain(&ctx.tenant, r, *kind, &post_key, false);
+            }
+        }
+    }
+    let at = if rounds.is_empty() {
+        Utc::now()
+    } else {
+        locks.take(conn).await?
+    };
     for ((kind, key), reps) in rounds {
         let Ok(period) = ctx.calendar.parse_key(kind, &key) else {
             continue;
@@ -329,6 +359,15 @@ pub async fn recompute_many(
             key.clone()
         };
         let late = post_key != key;
+        if post_keys.get(&(kind, key.clone())) != Some(&post_key) {
+            // The period was closed between our look and our locks: lock where we post now.
+            let mut more = crate::chain::Locks::default();
+            more.period(&ctx.tenant, kind, &post_key, true);
+            for r in &live {
+                more.chain(&ctx.tenant, r, kind, &post_key, false);
+            }
+            more.take(conn).await?;
+        }
         // What badges granted during a period need, read only if a plan here has one.
         let (with_deal, granted) = if plans.values().any(awards::any_during) {
             (
@@ -422,7 +461,7 @@ pub async fn recompute_many(
             }
         }
 
-        store::append(conn, &ctx.tenant, &rows).await?;
+        crate::chain::append(conn, &ctx.tenant, &rows, at).await?;
         report.postings += u32::try_from(rows.len()).unwrap_or(u32::MAX);
         if ctx.emit && !rows.is_empty() {
             let posted_reps: Vec<String> = rows
@@ -502,7 +541,7 @@ pub async fn recompute_many(
                 );
             }
         }
-        store::save_results(conn, &ctx.tenant, kind, &key, &results).await?;
+        store::save_results(conn, &ctx.tenant, kind, &key, &results, at).await?;
         for (rep, a) in awards_due {
             let cause = causes.get(&rep).unwrap_or(&no_cause);
             report.awards +=
@@ -510,6 +549,26 @@ pub async fn recompute_many(
         }
     }
     Ok(report)
+}
+
+/// Where changes to a period are posted: the period itself while open (and when settling
+/// it), else the first open period after it.
+async fn post_key_of(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    kind: PeriodKind,
+    key: &str,
+    mode: Mode,
+) -> Result<String, sqlx::Error> {
+    if mode != Mode::Normal {
+        return Ok(key.to_owned());
+    }
+    let (closed, _) = store::period_state(conn, &ctx.tenant, kind, key).await?;
+    if closed {
+        store::next_open(conn, &ctx.tenant, &ctx.calendar, kind, key).await
+    } else {
+        Ok(key.to_owned())
+    }
 }
 
 /// Postings of one round grouped by line (and by posted vs adjusted), in posting order:
@@ -604,6 +663,12 @@ pub async fn settle_period(
     paid: bool,
     out: &mut Outbox,
 ) -> Result<(u32, Report), sqlx::Error> {
+    // Exclusively: no posting to the period and no statement read of it is in flight
+    // while it settles, and the seal covers exactly what the period holds.
+    let at = crate::chain::Locks::default()
+        .period(&ctx.tenant, kind, key, false)
+        .take(&mut *conn)
+        .await?;
     let reps = store::reps_of_period(conn, &ctx.tenant, kind, key).await?;
     let pairs: Vec<(String, PeriodKind, String)> = reps
         .iter()
@@ -620,14 +685,43 @@ pub async fn settle_period(
     .await?;
     let col = if paid { "paid_at" } else { "closed_at" };
     sqlx::query(&format!(
-        "INSERT INTO periods (tenant_id, period_kind, period_key, {col}) VALUES ($1, $2, $3, now())
-         ON CONFLICT (tenant_id, period_kind, period_key) DO UPDATE SET {col} = COALESCE(periods.{col}, now())"
+        "INSERT INTO periods (tenant_id, period_kind, period_key, {col}) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id, period_kind, period_key) DO UPDATE SET {col} = COALESCE(periods.{col}, $4)"
     ))
     .bind(&ctx.tenant)
     .bind(kind.as_str())
     .bind(key)
+    .bind(spm_core::chain::micros(at))
     .execute(&mut *conn)
     .await?;
+    let seal = crate::chain::seal(
+        conn,
+        &ctx.tenant,
+        kind,
+        key,
+        if paid { "paid" } else { "close" },
+    )
+    .await?;
+    out.emit(
+        &tracing::Span::current(),
+        topics::EARNINGS,
+        spm_core::kafka_key(&ctx.tenant, "seals"),
+        &ctx.envelope(
+            "",
+            Payload::LedgerSealed(ev::LedgerSealed {
+                period: Some(ctx.period_pb(kind, key)),
+                seal_no: u64::try_from(seal.seal_no).unwrap_or(0),
+                reason: seal.reason.clone(),
+                chains: u64::try_from(seal.chains).unwrap_or(0),
+                postings: u64::try_from(seal.postings).unwrap_or(0),
+                root: spm_core::chain::hex(&seal.root),
+                sealed_at: Some(spm_proto::ext::timestamp(seal.sealed_at)),
+                prev_hash: spm_core::chain::hex(&seal.prev_hash),
+                hash: spm_core::chain::hex(&seal.hash),
+            }),
+        ),
+    );
+    tracing::info!(tenant = %ctx.tenant, period = key, seal = seal.seal_no, root = %spm_core::chain::hex(&seal.root), "period sealed");
     // Every statement of the period shows closed/paid now.
     crate::cache::changed(&mut *conn, &ctx.tenant, None).await?;
     if !paid {

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod chain;
 pub mod consume;
 pub mod domain;
 pub mod engine;
@@ -51,6 +52,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut app = App::start("incentive", config.service.clone(), &MIGRATOR).await?;
+    let adopted = chain::adopt(&app.pool).await?;
+    if adopted > 0 {
+        tracing::info!(
+            postings = adopted,
+            "chained the postings made before chains existed"
+        );
+    }
     // Batches recompute rep-periods (~2k deals/s): 1,000 records queued and 1 MiB fetches
     // keep up, and on a backlog hold ~30 MiB less than the defaults (10,000 and 8 MiB).
     app.consume_with(
@@ -116,6 +124,9 @@ pub const PEOPLE_METHODS: &[&str] = &[
     "/spm.incentive.v1.IncentiveAdminService/ClosePeriod",
     "/spm.incentive.v1.IncentiveAdminService/MarkPeriodPaid",
     "/spm.incentive.v1.IncentiveAdminService/ResolveDispute",
+    "/spm.incentive.v1.IncentiveService/DiffStatement",
+    "/spm.incentive.v1.IncentiveAdminService/VerifyLedger",
+    "/spm.incentive.v1.IncentiveAdminService/ExportLedger",
 ];
 
 /// Input projections rebuilt from the topics (the ledger, plans, periods, awards and

@@ -323,6 +323,28 @@ pub async fn period_state(
     Ok(row.map_or((false, false), |(c, p)| (c.is_some(), p.is_some())))
 }
 
+/// (closed, paid) of a period as it was at `at`.
+pub async fn period_state_at(
+    conn: &mut PgConnection,
+    tenant: &str,
+    kind: PeriodKind,
+    key: &str,
+    at: DateTime<Utc>,
+) -> Result<(bool, bool), sqlx::Error> {
+    type StateRow = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let row: Option<StateRow> = sqlx::query_as(
+        "SELECT closed_at, paid_at FROM periods WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3",
+    )
+    .bind(tenant)
+    .bind(kind.as_str())
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map_or((false, false), |(c, p)| {
+        (c.is_some_and(|c| c <= at), p.is_some_and(|p| p <= at))
+    }))
+}
+
 /// The first period from `key` on that is not closed (where late changes are posted).
 pub async fn next_open(
     conn: &mut PgConnection,
@@ -488,12 +510,15 @@ pub type ResultRow = (
     Option<Decimal>,
 );
 
+/// Stores rep-periods' results; what changed is also added to their history at `at` (the
+/// moment of the ledger postings made with them).
 pub async fn save_results(
     conn: &mut PgConnection,
     tenant: &str,
     kind: PeriodKind,
     key: &str,
     rows: &[ResultRow],
+    at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -506,10 +531,19 @@ pub async fn save_results(
     let att: Vec<Option<Decimal>> = rows.iter().map(|r| r.4).collect();
     let score: Vec<Option<Decimal>> = rows.iter().map(|r| r.5).collect();
     sqlx::query(
-        "INSERT INTO period_results (tenant_id, rep_id, period_kind, period_key, plan_id, plan_version, revenue, attainment, score)
+        "WITH changed AS (
+         INSERT INTO period_results (tenant_id, rep_id, period_kind, period_key, plan_id, plan_version, revenue, attainment, score)
          SELECT $1, u.rep, $2, $3, u.plan, u.ver, u.rev, u.att, u.score
            FROM UNNEST($4::text[], $5::text[], $6::int[], $7::numeric[], $8::numeric[], $9::numeric[]) AS u(rep, plan, ver, rev, att, score)
          ON CONFLICT (tenant_id, rep_id, period_kind, period_key) DO UPDATE SET
+           plan_id = EXCLUDED.plan_id, plan_version = EXCLUDED.plan_version, revenue = EXCLUDED.revenue,
+           attainment = EXCLUDED.attainment, score = EXCLUDED.score
+         WHERE (period_results.plan_id, period_results.plan_version, period_results.revenue, period_results.attainment, period_results.score)
+               IS DISTINCT FROM (EXCLUDED.plan_id, EXCLUDED.plan_version, EXCLUDED.revenue, EXCLUDED.attainment, EXCLUDED.score)
+         RETURNING *)
+         INSERT INTO period_results_history (tenant_id, rep_id, period_kind, period_key, recorded_at, plan_id, plan_version, revenue, attainment, score)
+         SELECT tenant_id, rep_id, period_kind, period_key, $10, plan_id, plan_version, revenue, attainment, score FROM changed
+         ON CONFLICT (tenant_id, rep_id, period_kind, period_key, recorded_at) DO UPDATE SET
            plan_id = EXCLUDED.plan_id, plan_version = EXCLUDED.plan_version, revenue = EXCLUDED.revenue,
            attainment = EXCLUDED.attainment, score = EXCLUDED.score",
     )
@@ -522,6 +556,7 @@ pub async fn save_results(
     .bind(&revenue)
     .bind(&att)
     .bind(&score)
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())
@@ -549,14 +584,19 @@ pub struct LedgerRow {
     pub caused_by: Vec<String>,
 }
 
-pub async fn append(
+/// Appends chained postings (see [`crate::chain::append`], which computes the chain
+/// columns) and moves their chains' heads, in one statement.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_chained(
     conn: &mut PgConnection,
     tenant: &str,
     rows: &[LedgerRow],
+    at: DateTime<Utc>,
+    seqs: &[i64],
+    prevs: &[Vec<u8>],
+    hashes: &[Vec<u8>],
+    heads: &std::collections::HashMap<(String, String, String), (i64, [u8; 32])>,
 ) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let reps: Vec<&str> = rows.iter().map(|r| r.rep_id.as_str()).collect();
     crate::cache::changed(&mut *conn, tenant, Some(&reps)).await?;
     let col = |f: fn(&LedgerRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
@@ -570,15 +610,36 @@ pub async fn append(
         .iter()
         .map(|r| serde_json::json!(r.caused_by))
         .collect();
+    // Only the heads of the chains written here (the map may hold more).
+    let mut written: Vec<(&String, &String, &String, i64, Vec<u8>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in rows {
+        let k = (
+            r.rep_id.clone(),
+            r.period_kind.as_str().to_owned(),
+            r.period_key.clone(),
+        );
+        if seen.insert(k.clone()) {
+            if let Some(((rep, kind, key), (n, h))) = heads.get_key_value(&k) {
+                written.push((rep, kind, key, *n, h.to_vec()));
+            }
+        }
+    }
     sqlx::query(
-        "INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
-                             kind, status, amount, currency, plan_id, plan_version, deal_id, summary, explanation, caused_by)
-         SELECT u.id, $1, u.rep, u.pk, u.key, u.src, u.lk, u.lid, u.kind, u.status, u.amount, u.cur, u.plan, u.ver, u.deal,
-                u.summary, u.expl, ARRAY(SELECT jsonb_array_elements_text(u.caused))
-           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::text[],
-                       $10::text[], $11::numeric[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
-                       $17::jsonb[], $18::jsonb[])
-                AS u(id, rep, pk, key, src, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused)",
+        "WITH posted AS (
+           INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
+                               kind, status, amount, currency, plan_id, plan_version, deal_id, summary, explanation, caused_by,
+                               posted_at, chain_seq, prev_hash, hash)
+           SELECT u.id, $1, u.rep, u.pk, u.key, u.src, u.lk, u.lid, u.kind, u.status, u.amount, u.cur, u.plan, u.ver, u.deal,
+                  u.summary, u.expl, ARRAY(SELECT jsonb_array_elements_text(u.caused)), $19, u.cseq, u.prev, u.hash
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::text[],
+                         $10::text[], $11::numeric[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
+                         $17::jsonb[], $18::jsonb[], $20::bigint[], $21::bytea[], $22::bytea[])
+                  AS u(id, rep, pk, key, src, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused, cseq, prev, hash)
+         )
+         INSERT INTO ledger_chains (tenant_id, rep_id, period_kind, period_key, length, head)
+         SELECT $1, * FROM UNNEST($23::text[], $24::text[], $25::text[], $26::bigint[], $27::bytea[])
+         ON CONFLICT (tenant_id, period_kind, period_key, rep_id) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head",
     )
     .bind(tenant)
     .bind(&ids)
@@ -598,6 +659,15 @@ pub async fn append(
     .bind(col(|r| r.summary.clone()))
     .bind(&expl)
     .bind(&caused)
+    .bind(at)
+    .bind(seqs)
+    .bind(prevs)
+    .bind(hashes)
+    .bind(written.iter().map(|w| w.0.as_str()).collect::<Vec<_>>())
+    .bind(written.iter().map(|w| w.1.as_str()).collect::<Vec<_>>())
+    .bind(written.iter().map(|w| w.2.as_str()).collect::<Vec<_>>())
+    .bind(written.iter().map(|w| w.3).collect::<Vec<_>>())
+    .bind(written.iter().map(|w| w.4.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

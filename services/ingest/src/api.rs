@@ -313,6 +313,26 @@ impl IngestAdminService for Api {
             .execute(&mut *tx)
             .await
             .map_err(ApiError::from)?;
+        spm_server::audit::record_as(
+            &mut tx,
+            &r.tenant_id,
+            "operator",
+            "operator",
+            spm_server::audit::Action::new(
+                "ingest",
+                "tenant.create",
+                format!("tenant:{}", r.tenant_id),
+            )
+            .after(serde_json::json!({
+                "name": r.name,
+                "time_zone": ctx.time_zone,
+                "fiscal_year_start_month": ctx.fiscal_year_start_month,
+                "base_currency": ctx.base_currency,
+                "admin_key_id": key.key_id,
+            })),
+        )
+        .await
+        .map_err(ApiError::from)?;
         let events = vec![
             (
                 r.tenant_id.clone(),
@@ -367,6 +387,33 @@ impl IngestAdminService for Api {
         };
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        let before: Option<(String, String, i32, String, String)> = sqlx::query_as(
+            "SELECT name, time_zone, fiscal_year_start_month, base_currency, peer_view FROM auth_tenants WHERE tenant_id = $1 FOR UPDATE",
+        )
+        .bind(&c.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let tenant_json = |name: &str, tz: &str, fy: i64, cur: &str, view: &str| serde_json::json!({"name": name, "time_zone": tz, "fiscal_year_start_month": fy, "base_currency": cur, "leaderboard_peer_view": view});
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "ingest",
+                "tenant.update",
+                format!("tenant:{}", c.tenant_id),
+            )
+            .before(before.map(|b| tenant_json(&b.0, &b.1, i64::from(b.2), &b.3, &b.4)))
+            .after(tenant_json(
+                &r.name,
+                &ctx.time_zone,
+                i64::from(ctx.fiscal_year_start_month),
+                &ctx.base_currency,
+                auth::peer_view_str(peer_view),
+            )),
+        )
+        .await
+        .map_err(ApiError::from)?;
         sqlx::query(
             "UPDATE auth_tenants SET name = $2, time_zone = $3, fiscal_year_start_month = $4, base_currency = $5,
                     peer_view = $6, updated_at = now()
@@ -430,6 +477,20 @@ impl IngestAdminService for Api {
         let key = auth::generate_key();
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
         insert_key(&mut tx, &c.tenant_id, &key, role, &r.label).await?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "ingest",
+                "api_key.issue",
+                format!("api_key:{}", key.key_id),
+            )
+            .after(
+                serde_json::json!({"key_id": key.key_id, "role": role.as_str(), "label": r.label}),
+            ),
+        )
+        .await
+        .map_err(ApiError::from)?;
         self.emit_and_commit(
             tx,
             vec![key_event(&c.tenant_id, &t.context, &key, role, &r.label)],
@@ -448,18 +509,39 @@ impl IngestAdminService for Api {
         let (c, t) = self.admin(&req).await?;
         let r = req.into_inner();
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
-        let n = sqlx::query(
+        let before: Option<(String, String, bool)> = sqlx::query_as(
+            "SELECT role, label, revoked_at IS NOT NULL FROM auth_keys WHERE tenant_id = $1 AND key_id = $2 FOR UPDATE",
+        )
+        .bind(&c.tenant_id)
+        .bind(&r.key_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let Some((role, label, revoked)) = before else {
+            return Err(ApiError::NotFound(format!("key {} of this tenant", r.key_id)).into());
+        };
+        sqlx::query(
             "UPDATE auth_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE tenant_id = $1 AND key_id = $2",
         )
         .bind(&c.tenant_id)
         .bind(&r.key_id)
         .execute(&mut *tx)
         .await
-        .map_err(ApiError::from)?
-        .rows_affected();
-        if n == 0 {
-            return Err(ApiError::NotFound(format!("key {} of this tenant", r.key_id)).into());
-        }
+        .map_err(ApiError::from)?;
+        let key_json = |revoked: bool| serde_json::json!({"key_id": r.key_id, "role": role, "label": label, "revoked": revoked});
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "ingest",
+                "api_key.revoke",
+                format!("api_key:{}", r.key_id),
+            )
+            .before(key_json(revoked))
+            .after(key_json(true)),
+        )
+        .await
+        .map_err(ApiError::from)?;
         let env = admin_envelope(
             &c.tenant_id,
             &t.context,
@@ -478,15 +560,30 @@ impl IngestAdminService for Api {
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
         let (c, _) = self.admin(&req).await?;
         let secret = auth::generate_secret();
+        let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
         sqlx::query(
             "UPDATE tenant_secrets SET previous_secret = webhook_secret, webhook_secret = $2, rotated_at = now()
               WHERE tenant_id = $1",
         )
         .bind(&c.tenant_id)
         .bind(&secret)
-        .execute(&self.pipeline.pool)
+        .execute(&mut *tx)
         .await
         .map_err(ApiError::from)?;
+        // Never the secrets themselves: only that the previous one still verifies.
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "ingest",
+                "webhook_secret.rotate",
+                format!("tenant:{}", c.tenant_id),
+            )
+            .after(serde_json::json!({"rotated": true, "previous_secret_still_accepted": true})),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::RotateWebhookSecretResponse {
             webhook_secret: secret,
         }))
@@ -532,15 +629,25 @@ impl IngestAdminService for Api {
             return Err(ApiError::InvalidArgument(v.0).into());
         };
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
-        crate::store::set_fx_rate(
-            &self.pipeline.pool,
-            &c.tenant_id,
-            &rate.currency,
-            from,
-            value,
+        let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        let before = crate::store::set_fx_rate(&mut tx, &c.tenant_id, &rate.currency, from, value)
+            .await
+            .map_err(ApiError::from)?;
+        let rate_json = |r: rust_decimal::Decimal| serde_json::json!({"currency": rate.currency, "effective_from": from.to_string(), "rate": spm_core::chain::decimal(r)});
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "ingest",
+                "fx_rate.set",
+                format!("fx_rate:{}/{from}", rate.currency),
+            )
+            .before(before.map(rate_json))
+            .after(rate_json(value)),
         )
         .await
         .map_err(ApiError::from)?;
+        tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::SetFxRateResponse {
             rate: Some(pb::FxRate {
                 currency: rate.currency,
@@ -654,16 +761,10 @@ impl IngestAdminService for Api {
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
         let id = id.expect("a bad event_id is a violation above");
         let by = format!("key:{}", c.key_id);
-        let row = crate::store::discard_parked(
-            &self.pipeline.pool,
-            &c.tenant_id,
-            id,
-            &by,
-            reason,
-            Utc::now(),
-        )
-        .await
-        .map_err(ApiError::from)?;
+        let row =
+            crate::store::discard_parked(&self.pipeline.pool, &c, id, &by, reason, Utc::now())
+                .await
+                .map_err(ApiError::from)?;
         match row {
             None => Err(ApiError::NotFound(format!("no parked event {id}")).into()),
             Some(Err(state)) => Err(ApiError::FailedPrecondition(format!(
@@ -741,6 +842,27 @@ impl IngestAdminService for Api {
             }
         }
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        let before: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT issuer, audience, person_claim FROM auth_idps WHERE tenant_id = $1 FOR UPDATE",
+        )
+        .bind(&c.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let idp_json = |i: &str, a: &str, p: &str| serde_json::json!({"issuer": i, "audience": a, "person_claim": p});
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "ingest",
+                "identity_provider.set",
+                format!("tenant:{}", c.tenant_id),
+            )
+            .before(before.map(|b| idp_json(&b.0, &b.1, &b.2)))
+            .after(idp_json(&issuer, &audience, &claim)),
+        )
+        .await
+        .map_err(ApiError::from)?;
         sqlx::query(
             "INSERT INTO auth_idps (tenant_id, issuer, audience, person_claim, updated_at) VALUES ($1, $2, $3, $4, now())
              ON CONFLICT (tenant_id) DO UPDATE SET issuer = EXCLUDED.issuer, audience = EXCLUDED.audience,
@@ -845,6 +967,29 @@ impl IngestAdminService for Api {
             }
         }
         let mut tx = self.pipeline.pool.begin().await.map_err(ApiError::from)?;
+        let before: Option<(String, String, bool, String)> = sqlx::query_as(
+            "SELECT role, rep_id, active, display_name FROM auth_people WHERE tenant_id = $1 AND login = $2 FOR UPDATE",
+        )
+        .bind(&c.tenant_id)
+        .bind(&login)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let person_json = |role: &str, rep: &str, active: bool, name: &str| serde_json::json!({"login": login, "role": role, "rep_id": rep, "active": active, "display_name": name});
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new("ingest", "person.put", format!("person:{login}"))
+                .before(before.map(|b| person_json(&b.0, &b.1, b.2, &b.3)))
+                .after(person_json(
+                    role.as_str(),
+                    &p.rep_id,
+                    p.active,
+                    &p.display_name,
+                )),
+        )
+        .await
+        .map_err(ApiError::from)?;
         sqlx::query(
             "INSERT INTO auth_people (tenant_id, login, role, rep_id, active, display_name, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, now())

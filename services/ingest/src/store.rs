@@ -483,14 +483,16 @@ pub async fn list_parked(
 
 /// Discards a waiting or failed event; `Ok(None)` when there is no such parked event,
 /// `Err(state)` inside when it is in another state.
+/// Discards a parked event, recorded in the audit trail as `caller`'s.
 pub async fn discard_parked(
     pool: &PgPool,
-    tenant_id: &str,
+    caller: &spm_server::Caller,
     event_id: Uuid,
     by: &str,
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Result<ParkedRow, String>>, sqlx::Error> {
+    let tenant_id = caller.tenant_id.as_str();
     let mut tx = pool.begin().await?;
     let current: Option<String> = sqlx::query_scalar(
         "SELECT state FROM parked WHERE tenant_id = $1 AND event_id = $2 FOR UPDATE",
@@ -515,6 +517,18 @@ pub async fn discard_parked(
     .bind(by)
     .bind(reason)
     .fetch_one(&mut *tx)
+    .await?;
+    spm_server::audit::record(
+        &mut tx,
+        caller,
+        spm_server::audit::Action::new(
+            "ingest",
+            "parked_event.discard",
+            format!("parked_event:{event_id}"),
+        )
+        .before(serde_json::json!({"state": current}))
+        .after(serde_json::json!({"state": "discarded", "reason": reason})),
+    )
     .await?;
     tx.commit().await?;
     Ok(Some(Ok(row)))
@@ -581,13 +595,22 @@ pub async fn save_state(
     Ok(())
 }
 
+/// Sets a rate; returns the rate it replaced for that date, if any.
 pub async fn set_fx_rate(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     tenant_id: &str,
     currency: &str,
     from: NaiveDate,
     rate: Decimal,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<Decimal>, sqlx::Error> {
+    let before: Option<Decimal> = sqlx::query_scalar(
+        "SELECT rate FROM fx_rates WHERE tenant_id = $1 AND currency = $2 AND effective_from = $3 FOR UPDATE",
+    )
+    .bind(tenant_id)
+    .bind(currency)
+    .bind(from)
+    .fetch_optional(&mut *conn)
+    .await?;
     sqlx::query(
         "INSERT INTO fx_rates (tenant_id, currency, effective_from, rate) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, currency, effective_from) DO UPDATE SET rate = EXCLUDED.rate, created_at = now()",
@@ -596,9 +619,9 @@ pub async fn set_fx_rate(
     .bind(currency)
     .bind(from)
     .bind(rate)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(before)
 }
 
 pub async fn fx_rates(

@@ -344,6 +344,19 @@ fn settings_pb(s: &crate::store::Settings) -> pb::Settings {
     }
 }
 
+/// Settings as the audit trail shows them.
+fn settings_json(s: &crate::store::Settings) -> serde_json::Value {
+    serde_json::json!({
+        "quiet_start": s.quiet_start,
+        "quiet_end": s.quiet_end,
+        "rate_limit_per_hour": s.rate_limit_per_hour,
+        "digest": s.digest,
+        "digest_hour": s.digest_hour,
+        "top_n": s.top_n,
+        "disabled_rules": s.disabled_rules,
+    })
+}
+
 #[tonic::async_trait]
 impl NotificationAdminService for Api {
     async fn put_webhook(
@@ -366,15 +379,25 @@ impl NotificationAdminService for Api {
         let () = v.finish(()).map_err(ApiError::InvalidArgument)?;
         let id = Uuid::new_v4();
         let secret = spm_server::auth::generate_secret();
+        let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
         sqlx::query("INSERT INTO webhooks (tenant_id, webhook_id, url, secret, rules) VALUES ($1, $2, $3, $4, $5)")
             .bind(&c.tenant_id)
             .bind(id)
             .bind(&r.url)
             .bind(&secret)
             .bind(&r.rules)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new("notification", "webhook.put", format!("webhook:{id}"))
+                .after(serde_json::json!({"url": r.url, "rules": r.rules, "enabled": true})),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::PutWebhookResponse {
             webhook: Some(pb::Webhook {
                 webhook_id: id.to_string(),
@@ -418,18 +441,38 @@ impl NotificationAdminService for Api {
         c.require_admin()?;
         let id = Uuid::parse_str(&req.into_inner().webhook_id)
             .map_err(|_| ApiError::invalid("webhook_id", "must be a UUID"))?;
-        let n = sqlx::query(
-            "UPDATE webhooks SET enabled = false WHERE tenant_id = $1 AND webhook_id = $2",
+        let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
+        let before: Option<(String, Vec<String>, bool)> = sqlx::query_as(
+            "SELECT url, rules, enabled FROM webhooks WHERE tenant_id = $1 AND webhook_id = $2 FOR UPDATE",
         )
         .bind(&c.tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(ApiError::from)?
-        .rows_affected();
-        if n == 0 {
+        .map_err(ApiError::from)?;
+        let Some((url, rules, enabled)) = before else {
             return Err(ApiError::NotFound(format!("webhook {id}")).into());
-        }
+        };
+        sqlx::query("UPDATE webhooks SET enabled = false WHERE tenant_id = $1 AND webhook_id = $2")
+            .bind(&c.tenant_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "notification",
+                "webhook.disable",
+                format!("webhook:{id}"),
+            )
+            .before(serde_json::json!({"url": url, "rules": rules, "enabled": enabled}))
+            .after(serde_json::json!({"url": url, "rules": rules, "enabled": false})),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::DisableWebhookResponse {}))
     }
 
@@ -490,6 +533,23 @@ impl NotificationAdminService for Api {
             top_n: i32::try_from(if s.top_n == 0 { 5 } else { s.top_n }).unwrap_or(5),
             disabled_rules: s.disabled_rules.clone(),
         };
+        let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
+        let before = crate::store::settings(&mut tx, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "notification",
+                "settings.set",
+                format!("tenant:{}", c.tenant_id),
+            )
+            .before(settings_json(&before))
+            .after(settings_json(&stored)),
+        )
+        .await
+        .map_err(ApiError::from)?;
         sqlx::query(
             "INSERT INTO settings (tenant_id, quiet_start, quiet_end, rate_limit_per_hour, digest, digest_hour, top_n, disabled_rules)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -505,9 +565,10 @@ impl NotificationAdminService for Api {
         .bind(stored.digest_hour)
         .bind(stored.top_n)
         .bind(&stored.disabled_rules)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(ApiError::from)?;
+        tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::SetSettingsResponse {
             settings: Some(settings_pb(&stored)),
         }))

@@ -726,6 +726,7 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
     let st = match inc
         .get_statement(bearer(
             ipb::GetStatementRequest {
+                as_of: None,
                 rep_id: rep.to_owned(),
                 period: None,
                 with_explanations: false,
@@ -750,6 +751,7 @@ async fn rep_view(p: &Portal, s: &Session, l: Lang, rep: &str, path: &str) -> Re
         let mut inc = inc.clone();
         let req = bearer(
             ipb::GetStatementRequest {
+                as_of: None,
                 rep_id: rep.to_owned(),
                 period: Some(spm_proto::common::v1::Period {
                     kind: period.kind,
@@ -1109,6 +1111,7 @@ async fn line_view(
     let r = match IncentiveServiceClient::new(p.incentive.clone())
         .explain_line(bearer(
             ipb::ExplainLineRequest {
+                as_of: None,
                 line_id: line.to_owned(),
             },
             &s.token,
@@ -1289,6 +1292,7 @@ async fn what_if(
     let currency = match inc
         .get_statement(bearer(
             ipb::GetStatementRequest {
+                as_of: None,
                 rep_id: s.rep_id.clone(),
                 period: None,
                 with_explanations: false,

@@ -223,6 +223,30 @@ impl ScoringAdminService for Admin {
         .fetch_one(&mut *tx)
         .await
         .map_err(ApiError::from)?;
+        let before: Option<(i32, Decimal, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT version, target, effective_from FROM goals WHERE tenant_id = $1 AND goal_id = $2 AND superseded_at IS NULL",
+        )
+        .bind(&c.tenant_id)
+        .bind(goal_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        let goal_json = |version: i32, target: Decimal, from: DateTime<Utc>| {
+            serde_json::json!({
+                "subject_kind": subject_kind, "subject_id": r.subject_id, "metric": r.metric,
+                "period_kind": p.kind.as_str(), "period_key": p.key, "version": version,
+                "target": spm_core::chain::decimal(target), "effective_from": spm_core::chain::instant(from),
+            })
+        };
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new("scoring", "goal.set", format!("goal:{goal_id}"))
+                .before(before.map(|b| goal_json(b.0, b.1, b.2)))
+                .after(goal_json(version, target, effective_from)),
+        )
+        .await
+        .map_err(ApiError::from)?;
         sqlx::query("UPDATE goals SET superseded_at = $3 WHERE tenant_id = $1 AND goal_id = $2 AND superseded_at IS NULL")
             .bind(&c.tenant_id)
             .bind(goal_id)
@@ -329,6 +353,28 @@ impl ScoringAdminService for Admin {
         .await
         .map_err(ApiError::from)?;
         card.version = u32::try_from(version).unwrap_or(1);
+        let before: Option<sqlx::types::Json<serde_json::Value>> = sqlx::query_scalar(
+            "SELECT definition FROM scorecards WHERE tenant_id = $1 AND scorecard_id = $2 AND version = $3",
+        )
+        .bind(&c.tenant_id)
+        .bind(&card.scorecard_id)
+        .bind(version - 1)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "scoring",
+                "scorecard.put",
+                format!("scorecard:{}", card.scorecard_id),
+            )
+            .before(before.map(|b| b.0))
+            .after(&card),
+        )
+        .await
+        .map_err(ApiError::from)?;
         sqlx::query("INSERT INTO scorecards (tenant_id, scorecard_id, version, definition) VALUES ($1, $2, $3, $4)")
             .bind(&c.tenant_id)
             .bind(&card.scorecard_id)
@@ -408,6 +454,14 @@ impl ScoringAdminService for Admin {
         let (Some(t), Some(m)) = (t, m) else {
             return Err(ApiError::InvalidArgument(v.0).into());
         };
+        let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
+        let before: Option<(Decimal, Decimal)> = sqlx::query_as(
+            "SELECT threshold_share, min_elapsed FROM alert_settings WHERE tenant_id = $1 FOR UPDATE",
+        )
+        .bind(&c.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
         sqlx::query(
             "INSERT INTO alert_settings (tenant_id, threshold_share, min_elapsed) VALUES ($1, $2, $3)
              ON CONFLICT (tenant_id) DO UPDATE SET threshold_share = EXCLUDED.threshold_share, min_elapsed = EXCLUDED.min_elapsed",
@@ -415,9 +469,24 @@ impl ScoringAdminService for Admin {
         .bind(&c.tenant_id)
         .bind(t)
         .bind(m)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(ApiError::from)?;
+        let settings = |t: Decimal, m: Decimal| serde_json::json!({"threshold_share": spm_core::chain::decimal(t), "min_elapsed": spm_core::chain::decimal(m)});
+        spm_server::audit::record(
+            &mut tx,
+            &c,
+            spm_server::audit::Action::new(
+                "scoring",
+                "alert_settings.set",
+                format!("tenant:{}", c.tenant_id),
+            )
+            .before(before.map(|b| settings(b.0, b.1)))
+            .after(settings(t, m)),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::SetAlertSettingsResponse {
             threshold_share: t.normalize().to_string(),
             min_elapsed: m.normalize().to_string(),

@@ -3,6 +3,7 @@
 //! clawbacks, bonuses), the ledger difference to post, and recognition awards.
 
 pub mod awards;
+pub mod chain;
 pub mod compute;
 pub mod ledger;
 pub mod plan;
