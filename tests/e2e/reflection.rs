@@ -64,6 +64,7 @@ async fn each_port_lists_its_own_services_over_v1alpha_and_serves_what_it_lists(
             &[
                 "spm.ingest.v1.IngestService",
                 "spm.ingest.v1.IngestAdminService",
+                "spm.audit.v1.AuditService",
             ][..],
         ),
         (
@@ -71,6 +72,7 @@ async fn each_port_lists_its_own_services_over_v1alpha_and_serves_what_it_lists(
             &[
                 "spm.scoring.v1.ScoringService",
                 "spm.scoring.v1.ScoringAdminService",
+                "spm.audit.v1.AuditService",
             ][..],
         ),
         (
@@ -78,6 +80,7 @@ async fn each_port_lists_its_own_services_over_v1alpha_and_serves_what_it_lists(
             &[
                 "spm.incentive.v1.IncentiveService",
                 "spm.incentive.v1.IncentiveAdminService",
+                "spm.audit.v1.AuditService",
             ][..],
         ),
         (
@@ -85,6 +88,7 @@ async fn each_port_lists_its_own_services_over_v1alpha_and_serves_what_it_lists(
             &[
                 "spm.notification.v1.NotificationService",
                 "spm.notification.v1.NotificationAdminService",
+                "spm.audit.v1.AuditService",
             ][..],
         ),
     ] {

@@ -216,11 +216,29 @@ impl Api {
         .await?;
         let mut conn = self.pool.acquire().await?;
         let (closed, paid) = store::period_state_at(&mut conn, &ctx.tenant, kind, key, at).await?;
-        let next_tier = result.as_ref().and_then(|r| {
-            let plan = ctx
+        // The plan the results were computed with (plan versions never change); read from
+        // Postgres when this instance's cached context predates it.
+        let plan: Option<Plan> = match result.as_ref() {
+            None => None,
+            Some(r) => match ctx
                 .plans
                 .iter()
-                .find(|p| p.plan_id == r.0 && i64::from(p.version) == i64::from(r.1))?;
+                .find(|p| p.plan_id == r.0 && i64::from(p.version) == i64::from(r.1))
+            {
+                Some(p) => Some(p.clone()),
+                None => sqlx::query_scalar::<_, sqlx::types::Json<Plan>>(
+                    "SELECT definition FROM plans WHERE tenant_id = $1 AND plan_id = $2 AND version = $3",
+                )
+                .bind(&ctx.tenant)
+                .bind(&r.0)
+                .bind(r.1)
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|j| j.0),
+            },
+        };
+        let next_tier = result.as_ref().and_then(|r| {
+            let plan = plan.as_ref()?;
             let n = crate::domain::compute::next_tier(plan, rep, r.2, ctx.currency)?;
             Some(pb::NextTier {
                 from: s(n.from),
