@@ -138,6 +138,10 @@ try {
   check((await page.textContent('h1')).includes('not yours'), 'the refusal page says what happened');
   await axe(page, 'refusal');
 
+  check((await page.locator('nav.sections a[href$="/audit"]').count()) === 0, 'a rep has no audit section');
+  const repAudit = await page.goto(`${PORTAL}/t/${TENANT}/audit`);
+  check(repAudit.status() === 403, `a rep is refused the audit trail (${repAudit.status()})`);
+
   // Sign-out ends the session: the page wants a sign-in again.
   await page.goto(`${PORTAL}/t/${TENANT}/`);
   await page.click('header form button');
@@ -242,6 +246,30 @@ try {
     check((await page.getAttribute('#key', 'aria-invalid')) === 'true', 'a bad period key is marked on its field');
     await axe(page, 'periods');
     await shots(page, 'periods');
+
+    // The audit trail: her plan version and the period's close and payment, by her.
+    await page.click('nav.sections a[href$="/audit"]');
+    await page.waitForSelector('#audit-events');
+    const trail = await page.textContent('#audit-events');
+    check(trail.includes('plan.put') && trail.includes('period.close') && trail.includes('period.pay'), 'the audit trail lists the plan saved, the close and the payment');
+    check(/person:eve@/.test(trail), `each change names who made it (${trail.replace(/\s+/g, ' ').slice(0, 160)})`);
+    await page.fill('#action', 'period.');
+    await page.click('.filters button');
+    await page.waitForSelector('#audit-events');
+    const periodsOnly = await page.locator('#audit-events tbody tr').count();
+    check(periodsOnly === 2 && !(await page.textContent('#audit-events')).includes('plan.put'), `an action prefix filters the trail (${periodsOnly} rows)`);
+    await page.locator('#audit-events details summary').first().click();
+    check((await page.locator('#audit-events details[open] pre').count()) >= 1, 'a change opens to its before and after');
+    await page.fill('#since', 'yesterday');
+    await page.click('.filters button');
+    await page.waitForSelector('#since-error');
+    check((await page.getAttribute('#since', 'aria-invalid')) === 'true', 'a bad date is marked on its field');
+    await page.click('#verify');
+    await page.waitForSelector('#checks');
+    const checks = await page.textContent('#checks');
+    check((checks.match(/Intact/g) || []).length === 5 && !checks.includes('Broken'), `the ledger and the four trails verify (${checks.replace(/\s+/g, ' ').trim().slice(0, 200)})`);
+    await axe(page, 'audit');
+    await shots(page, 'audit');
     await ctx.close();
   }
 

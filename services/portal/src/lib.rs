@@ -7,6 +7,7 @@
 //! public URL is https; every form carries the session's CSRF token.
 
 mod admin;
+mod audit;
 mod i18n;
 mod pages;
 mod session;

@@ -44,6 +44,8 @@ pub fn router(p: Portal) -> Router {
             get(crate::admin::plans).post(crate::admin::put_plan),
         )
         .route("/t/{tenant}/plans/edit", get(crate::admin::edit_plan))
+        .route("/t/{tenant}/audit", get(crate::audit::audit))
+        .route("/t/{tenant}/audit/verify", post(crate::audit::verify))
         .route(
             "/t/{tenant}/periods",
             get(crate::admin::periods).post(crate::admin::period_action),
@@ -130,6 +132,9 @@ fn nav_of(l: Lang, s: &Session, path: &str) -> Vec<(String, &'static str, bool)>
         "manager" | "comp_admin" | "finance" | "auditor" | "admin"
     ) {
         out.push((format!("/t/{t}/disputes"), l.t("nav_disputes"), false));
+    }
+    if matches!(role, "comp_admin" | "auditor" | "admin") {
+        out.push((format!("/t/{t}/audit"), l.t("nav_audit"), false));
     }
     // The longest matching section is the current one.
     if let Some(i) = out
