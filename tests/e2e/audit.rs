@@ -161,7 +161,7 @@ async fn the_ledger_verifies_and_names_every_tampering() {
                 at.min(Utc::now() - Days::minutes(1)),
             ));
             batch.push(d);
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 batch.push(payment(&format!("p-{id}"), &id, "300.00"));
             }
             n += 1;
@@ -523,7 +523,7 @@ async fn statements_as_of_a_moment_answer_what_they_answered_then() {
                         pb::GetStatementRequest {
                             rep_id: rep.into(),
                             period: Some(month(p)),
-                            with_explanations: i % 2 == 0,
+                            with_explanations: i.is_multiple_of(2),
                             as_of: None,
                         },
                         &key,

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "broker,ingest,scoring,incentive,auth,portal,notification,rebuild"
+        default_value = "broker,ingest,scoring,incentive,auth,portal,notification,rebuild,audit"
     )]
     pub only: Vec<String>,
     /// Markdown report.
@@ -55,6 +55,8 @@ struct Sizes {
     notification_secs: u64,
     rebuild_events: usize,
     hop_secs: u64,
+    audit_rounds: usize,
+    verify_postings: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -395,6 +397,8 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             notification_secs: 5,
             rebuild_events: 100_000,
             hop_secs: 4,
+            audit_rounds: 400,
+            verify_postings: 100_000,
         }
     } else {
         Sizes {
@@ -405,6 +409,8 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             notification_secs: 15,
             rebuild_events: 1_000_000,
             hop_secs: 10,
+            audit_rounds: 2_000,
+            verify_postings: 1_000_000,
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -427,6 +433,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             "portal" => portal(&sizes, &mut report).await?,
             "notification" => notification(&sizes, &mut report).await?,
             "rebuild" => rebuild(&sizes, &mut report).await?,
+            "audit" => audit(&sizes, &mut report).await?,
             other => anyhow::bail!("unknown section {other}"),
         }
         println!("  ({section} took {:.0} s)", t.elapsed().as_secs_f64());
@@ -2382,6 +2389,7 @@ async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<(
     md.push_str("- **auth**: one tenant with the stack's OpenID provider (oidc-provider 9.13.3, RS256 keys) and a person mapped to a rep by the login on its org event. In process, the `KeyStore` every service's gRPC edge runs authenticates an API key, the same access token again and again (a client reusing its token: verified once per 5 s, its expiry checked every call), and a new token on every call (signature and claims verified each time; the tokens are signed with the provider's key before the clock starts), then the key again; the issuer's keys and the person are cached as in the services. The target compares the new tokens' p99 with the worse of the two key runs. Then `GetStatement` of that rep runs open loop at 2,000 requests/s with the API key and then with the token.\n");
     md.push_str("- **portal**: the four services and the portal (release builds) on a tenant of 50 reps in 5 teams with 1,000 deals this month; a rep (rep-0) and the manager of her 10-rep team sign in through the stack's OpenID provider as a browser does (authorization code with PKCE). Each page is requested open loop at 50 requests/s with the session cookie, latency from each request's scheduled time to the last byte of the page: `/healthz` (the HTTP floor, no service call), the rep home (11 service calls, concurrent where they can be: six statements for the chart, score, awards, questions, leaderboard), one statement line with its trace and postings, the manager's team page (rollup, leaderboard, alerts, calibration, questions). The last figure is one `GetStatement` straight to incentive at the same rate.\n");
     md.push_str("- **notification**: deals are submitted to ingest at 1,000/s (open loop) with all four services running; latency is from each deal's ingest acknowledgement to the first signed webhook for its commission at a receiver in the bench process. Every 25th deal also polls `GetStatement` every 2 ms until its line shows (earnings visible over gRPC). One priming deal goes through the whole path before the clock starts (fresh services and topics: the first records took ~0.5 s in about one run in ten).\n");
+    md.push_str("- **audit**: the ledger's append path, in process against incentive's schema: rounds of 20 reps x 5 postings each (what one round of incentive's recompute posts), with realistic explanations, committed one transaction per round, alternating blocks of 50 rounds: chained (the product: the chains' advisory locks, their heads read, postings with their hashes and the heads moved in one statement) and unchained (the same rows with the statement incentive ran before chaining). Then `VerifyLedger` over a tenant of 1M chained postings (2,000 chains), against a plain scan of the same rows as the floor.\n");
     md.push_str("- **rebuild**: the events are produced to the topics; the baseline COPYs the same events into one Postgres table; then `spm-scoring rebuild` and `spm-incentive rebuild` replay the topics from offset 0 into their projections.\n");
     md.push_str(
         "- **RSS**: peak resident set (VmHWM) of each service process under the loads above.\n",
@@ -2391,5 +2399,209 @@ async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<(
     }
     std::fs::write(&a.out, md)?;
     println!("wrote {} and {}", a.out.display(), a.json.display());
+    Ok(())
+}
+
+/// Rows of one bench round of the ledger: `reps` reps x `per` postings of period `key`.
+fn ledger_rows(round: usize, reps: usize, per: usize, key: &str) -> Vec<spm_incentive::store::LedgerRow> {
+    let mut rows = Vec::with_capacity(reps * per);
+    for r in 0..reps {
+        let rep = format!("rep-{}", (round * reps + r) % 500);
+        for i in 0..per {
+            let deal = format!("D-{round}-{r}-{i}");
+            rows.push(spm_incentive::store::LedgerRow {
+                posting_id: uuid::Uuid::new_v4(),
+                rep_id: rep.clone(),
+                period_kind: PeriodKind::Month,
+                period_key: key.to_owned(),
+                source_period_key: key.to_owned(),
+                line_key: format!("commission:{deal}"),
+                line_id: uuid::Uuid::new_v4(),
+                kind: "commission".into(),
+                status: if i % 2 == 0 { "earned" } else { "payable" }.into(),
+                amount: rust_decimal::Decimal::new(12_345 + i64::try_from(i).unwrap_or(0), 2),
+                currency: "EUR".into(),
+                plan_id: "bench".into(),
+                plan_version: 1,
+                deal_id: deal.clone(),
+                summary: "5% of 2469 EUR".into(),
+                explanation: serde_json::json!({
+                    "plan": {"id": "bench", "version": 1}, "basis": "attainment", "mode": "marginal",
+                    "deal": deal, "credited": "2469.00", "quota": "50000", "attainment_before": "0.3121",
+                    "slices": [{"from": "0", "rate": "0.05", "amount": "2469.00", "earned": "123.45"}],
+                    "payout": {"at_close": "50", "on_collection": "50"}, "status": "earned"
+                }),
+                caused_by: vec![format!("evt-{deal}")],
+            });
+        }
+    }
+    rows
+}
+
+/// The statement incentive appended postings with before chaining: the unchained floor.
+async fn append_unchained(
+    conn: &mut sqlx::PgConnection,
+    tenant: &str,
+    rows: &[spm_incentive::store::LedgerRow],
+) -> anyhow::Result<()> {
+    let col = |f: fn(&spm_incentive::store::LedgerRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    sqlx::query(
+        "INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
+                             kind, status, amount, currency, plan_id, plan_version, deal_id, summary, explanation, caused_by)
+         SELECT u.id, $1, u.rep, u.pk, u.key, u.src, u.lk, u.lid, u.kind, u.status, u.amount, u.cur, u.plan, u.ver, u.deal,
+                u.summary, u.expl, ARRAY(SELECT jsonb_array_elements_text(u.caused))
+           FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::text[],
+                       $10::text[], $11::numeric[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
+                       $17::jsonb[], $18::jsonb[])
+                AS u(id, rep, pk, key, src, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused)",
+    )
+    .bind(tenant)
+    .bind(rows.iter().map(|r| r.posting_id).collect::<Vec<_>>())
+    .bind(col(|r| r.rep_id.clone()))
+    .bind(col(|r| r.period_kind.as_str().to_owned()))
+    .bind(col(|r| r.period_key.clone()))
+    .bind(col(|r| r.source_period_key.clone()))
+    .bind(col(|r| r.line_key.clone()))
+    .bind(rows.iter().map(|r| r.line_id).collect::<Vec<_>>())
+    .bind(col(|r| r.kind.clone()))
+    .bind(col(|r| r.status.clone()))
+    .bind(rows.iter().map(|r| r.amount).collect::<Vec<_>>())
+    .bind(col(|r| r.currency.clone()))
+    .bind(col(|r| r.plan_id.clone()))
+    .bind(rows.iter().map(|r| r.plan_version).collect::<Vec<_>>())
+    .bind(col(|r| r.deal_id.clone()))
+    .bind(col(|r| r.summary.clone()))
+    .bind(rows.iter().map(|r| r.explanation.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| serde_json::json!(r.caused_by)).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The chained append as incentive's recompute does it: the chains' locks (and the
+/// period's, shared), then the postings chained onto their heads.
+async fn append_chained(
+    conn: &mut sqlx::PgConnection,
+    tenant: &str,
+    rows: &[spm_incentive::store::LedgerRow],
+) -> anyhow::Result<()> {
+    let mut locks = spm_incentive::chain::Locks::default();
+    locks.period(tenant, PeriodKind::Month, &rows[0].period_key, true);
+    for r in rows {
+        locks.chain(tenant, &r.rep_id, PeriodKind::Month, &r.period_key, false);
+    }
+    let at = locks.take(&mut *conn).await?;
+    spm_incentive::chain::append(conn, tenant, rows, at).await?;
+    Ok(())
+}
+
+async fn audit(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let s = "audit";
+    let env = with_service_env("bench-audit", 1).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let incentive = env.start_with("incentive", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    wait_key_known(&incentive, &t.admin_key).await;
+    let pool = env.pool("incentive").await;
+    let key = Calendar::default().period(PeriodKind::Month, Utc::now()).key;
+    // Warm up both paths (plans cached, tables and indexes touched).
+    {
+        let mut c = pool.acquire().await?;
+        for i in 0..20 {
+            append_unchained(&mut c, "warm-plain", &ledger_rows(i, 20, 5, &key)).await?;
+            append_chained(&mut c, "warm-chained", &ledger_rows(i, 20, 5, &key)).await?;
+        }
+    }
+    let (mut plain, mut chained) = (Duration::ZERO, Duration::ZERO);
+    let mut rows_each = 0usize;
+    let block = 50;
+    for b in 0..sz.audit_rounds / block / 2 {
+        for chain in [false, true] {
+            let t0 = Instant::now();
+            for i in 0..block {
+                let round = b * block + i;
+                let rows = ledger_rows(round, 20, 5, &key);
+                let mut tx = pool.begin().await?;
+                if chain {
+                    append_chained(&mut tx, "bench-chained", &rows).await?;
+                } else {
+                    append_unchained(&mut tx, "bench-plain", &rows).await?;
+                }
+                tx.commit().await?;
+                if chain {
+                    rows_each += rows.len();
+                }
+            }
+            if chain {
+                chained += t0.elapsed();
+            } else {
+                plain += t0.elapsed();
+            }
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let n = rows_each as f64;
+    let (rate_plain, rate_chained) = (n / plain.as_secs_f64(), n / chained.as_secs_f64());
+    r.add(s, &format!("ledger append, unchained (baseline; {rows_each} postings, 100 per transaction)"), rate_plain, "postings/s", "", None);
+    r.add(s, "ledger append, chained (locks, heads, hashes)", rate_chained, "postings/s", "", None);
+    let ratio = rate_chained / rate_plain;
+    r.add(s, "chained / unchained", ratio, "x", ">= 0.9x", Some(ratio >= 0.9));
+
+    // The bench tenant's ledger: many chained postings, then verified by the service.
+    let tenant = t.id.clone();
+    let per_call = 5_000usize;
+    let t0 = Instant::now();
+    let mut made = 0usize;
+    let mut round = 0usize;
+    while made < sz.verify_postings {
+        // 2,000 chains: 10 periods x 200 reps, 25 postings per chain per call.
+        let period = format!("2025-{:02}", 1 + (round % 10));
+        let mut rows = Vec::with_capacity(per_call);
+        for rr in 0..200 {
+            let mut one = ledger_rows(round * 200 + rr, 1, 25, &period);
+            for x in &mut one {
+                x.rep_id = format!("rep-{rr}");
+            }
+            rows.extend(one);
+        }
+        let mut tx = pool.begin().await?;
+        append_chained(&mut tx, &tenant, &rows).await?;
+        tx.commit().await?;
+        made += rows.len();
+        round += 1;
+    }
+    println!("  ({made} chained postings made in {:.1} s)", t0.elapsed().as_secs_f64());
+    let mut adm = spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+        incentive.channel().await,
+    );
+    sqlx::query("ANALYZE ledger").execute(&pool).await?;
+    let t0 = Instant::now();
+    let v = adm
+        .verify_ledger(authed(ipb::VerifyLedgerRequest { period: None }, &t.admin_key))
+        .await?
+        .into_inner();
+    let took = t0.elapsed();
+    // The floor: the same rows read in the same order, with what verification decodes.
+    let t0 = Instant::now();
+    let mut scanned = 0i64;
+    {
+        use futures::TryStreamExt as _;
+        let mut rows = sqlx::query(
+            "SELECT * FROM ledger WHERE tenant_id = $1 ORDER BY rep_id, period_kind, period_key, chain_seq",
+        )
+        .bind(&tenant)
+        .fetch(&pool);
+        while rows.try_next().await?.is_some() {
+            scanned += 1;
+        }
+    }
+    let scan = t0.elapsed();
+    anyhow::ensure!(v.ok, "the bench ledger verifies: {:?}", v.breaks.first());
+    anyhow::ensure!(v.postings as usize == made, "verified {} of {made}", v.postings);
+    r.add(s, &format!("the same {scanned} postings read in chain order (floor)"), scan.as_secs_f64(), "s", "", None);
+    r.add(s, &format!("VerifyLedger of {} postings in {} chains", v.postings, v.chains), took.as_secs_f64(), "s", "", None);
+    #[allow(clippy::cast_precision_loss)]
+    r.add(s, "verify rate", v.postings as f64 / took.as_secs_f64(), "postings/s", "", None);
+    r.rss(&incentive);
     Ok(())
 }

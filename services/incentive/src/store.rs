@@ -619,10 +619,10 @@ pub async fn insert_chained(
             r.period_kind.as_str().to_owned(),
             r.period_key.clone(),
         );
-        if seen.insert(k.clone()) {
-            if let Some(((rep, kind, key), (n, h))) = heads.get_key_value(&k) {
-                written.push((rep, kind, key, *n, h.to_vec()));
-            }
+        if seen.insert(k.clone())
+            && let Some(((rep, kind, key), (n, h))) = heads.get_key_value(&k)
+        {
+            written.push((rep, kind, key, *n, h.to_vec()));
         }
     }
     sqlx::query(
