@@ -169,7 +169,29 @@ async fn the_ledger_verifies_and_names_every_tampering() {
         submit(&ingest, &key, batch).await;
         if wave == 3 {
             incentive.kill9().await;
+            // Postings made by a version before chaining: chained at the next start.
+            let pool = env.pool("incentive").await;
+            for i in 0..3 {
+                sqlx::query(
+                    "INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key,
+                                         line_id, kind, status, amount, currency, summary, explanation, posted_at)
+                     VALUES (gen_random_uuid(), $1, 'legacy', 'month', $2, $2, $3, gen_random_uuid(), 'spiff', 'payable',
+                             $4, 'EUR', 'made before chains', '{\"why\": \"legacy\", \"n\": 1.50}', now() - interval '1 day')",
+                )
+                .bind(&t.id)
+                .bind(&last.key)
+                .bind(format!("spiff:legacy-{i}"))
+                .bind(rust_decimal::Decimal::new(1250 + i64::from(i), 2))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
             incentive.restart().await;
+            let chained: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE rep_id = 'legacy' AND hash IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(chained, 3, "the legacy postings were chained at start");
         }
     }
     let pool = env.pool("incentive").await;
