@@ -2490,8 +2490,8 @@ async fn append_chained(
     for r in rows {
         locks.chain(tenant, &r.rep_id, PeriodKind::Month, &r.period_key, false);
     }
-    let at = locks.take(&mut *conn).await?;
-    spm_incentive::chain::append(conn, tenant, rows, at).await?;
+    let mut held = locks.hold(&mut *conn, tenant).await?;
+    spm_incentive::chain::append(conn, tenant, rows, &mut held).await?;
     Ok(())
 }
 

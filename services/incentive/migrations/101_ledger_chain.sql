@@ -35,6 +35,27 @@ CREATE TABLE ledger_chains (
     PRIMARY KEY (tenant_id, period_kind, period_key, rep_id)
 );
 
+-- Takes a writer's advisory locks (period locks first, each class in key order, so two
+-- writers never wait for each other in a circle) and then reads the heads of the chains it
+-- will write, in one round trip: a VOLATILE function's later statement sees what was
+-- committed while it waited for the locks. The first row carries only the clock after the
+-- locks (the posting time).
+CREATE FUNCTION ledger_lock(p_tenant text, p_keys bigint[], p_shared bool[], p_classes int[],
+                            p_reps text[], p_kinds text[], p_periods text[])
+RETURNS TABLE (rep_id text, period_kind text, period_key text, length bigint, head bytea, at timestamptz)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM count(CASE WHEN u.s THEN pg_advisory_xact_lock_shared(u.k) ELSE pg_advisory_xact_lock(u.k) END)
+       FROM (SELECT x.k, x.s FROM unnest(p_keys, p_shared, p_classes) AS x(k, s, o) ORDER BY x.o, x.k) AS u;
+    RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bytea, clock_timestamp();
+    RETURN QUERY
+        SELECT c.rep_id, c.period_kind, c.period_key, c.length, c.head, NULL::timestamptz
+          FROM ledger_chains c JOIN unnest(p_reps, p_kinds, p_periods) AS w(rep, kind, key)
+            ON c.rep_id = w.rep AND c.period_kind = w.kind AND c.period_key = w.key
+         WHERE c.tenant_id = p_tenant;
+END
+$$;
+
 -- Seals, one chain per tenant: closing a period and paying it each add one.
 CREATE TABLE ledger_seals (
     tenant_id   text        NOT NULL,

@@ -1481,10 +1481,10 @@ impl IncentiveAdminService for Api {
             let post_key = store::next_open(&mut tx, &c.tenant_id, &ctx.calendar, kind, &now_key)
                 .await
                 .map_err(ApiError::from)?;
-            let at = crate::chain::Locks::default()
+            let mut held = crate::chain::Locks::default()
                 .period(&c.tenant_id, kind, &post_key, true)
                 .chain(&c.tenant_id, &d.rep_id, kind, &post_key, false)
-                .take(&mut tx)
+                .hold(&mut tx, &c.tenant_id)
                 .await
                 .map_err(ApiError::from)?;
             let pid = Uuid::new_v4();
@@ -1508,7 +1508,7 @@ impl IncentiveAdminService for Api {
                 explanation: serde_json::json!({"dispute": id.to_string(), "disputed_line": d.line_id.to_string(), "disputed_period": source, "reason": d.reason, "note": r.note}),
                 caused_by: Vec::new(),
             };
-            crate::chain::append(&mut tx, &c.tenant_id, std::slice::from_ref(&row), at)
+            crate::chain::append(&mut tx, &c.tenant_id, std::slice::from_ref(&row), &mut held)
                 .await
                 .map_err(ApiError::from)?;
             let total = store::period_total(&mut tx, &c.tenant_id, &d.rep_id, kind, &post_key)

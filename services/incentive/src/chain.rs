@@ -15,11 +15,31 @@ use uuid::Uuid;
 use crate::domain::chain::{self as dc, PostingFields, SealFields, chain_name};
 use crate::store::LedgerRow;
 
-/// Locks to take: `(key, shared)`.
+/// Locks to take: `(key, shared)`, and the chains a writer will append to.
 #[derive(Debug, Default, Clone)]
 pub struct Locks {
     periods: Vec<(i64, bool)>,
     chains: Vec<(i64, bool)>,
+    /// (rep, kind, key) of the chains locked exclusively: their heads are read with them.
+    written: Vec<(String, &'static str, String)>,
+}
+
+/// What a writer holds: the locks (to the end of its transaction), the moment its postings
+/// are made at, and the heads of its chains as its postings move them.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub at: DateTime<Utc>,
+    heads: HashMap<(String, String, String), (i64, Hash)>,
+}
+
+impl Held {
+    /// Holding nothing, at `at`.
+    pub fn at(at: DateTime<Utc>) -> Self {
+        Self {
+            at,
+            heads: HashMap::new(),
+        }
+    }
 }
 
 impl Locks {
@@ -29,16 +49,12 @@ impl Locks {
         self
     }
 
-    pub fn chain(
-        &mut self,
-        tenant: &str,
-        rep: &str,
-        kind: PeriodKind,
-        key: &str,
-        shared: bool,
-    ) -> &mut Self {
+    pub fn chain(&mut self, tenant: &str, rep: &str, kind: PeriodKind, key: &str, shared: bool) -> &mut Self {
         self.chains
             .push((dc::chain_lock(tenant, rep, kind.as_str(), key), shared));
+        if !shared {
+            self.written.push((rep.to_owned(), kind.as_str(), key.to_owned()));
+        }
         self
     }
 
@@ -47,10 +63,9 @@ impl Locks {
         self
     }
 
-    /// Takes the locks (to the end of the transaction) in one statement, period locks
-    /// first, each kind in key order, so two transactions never wait for each other in a
-    /// circle; returns the database's clock after the last was granted.
-    pub async fn take(&self, conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    /// (keys, shared, class): period locks first, each class in key order, so two
+    /// transactions never wait for each other in a circle.
+    fn ordered(&self) -> (Vec<i64>, Vec<bool>, Vec<i32>) {
         let mut keys: Vec<i64> = Vec::new();
         let mut shared: Vec<bool> = Vec::new();
         let mut order: Vec<i32> = Vec::new();
@@ -66,6 +81,14 @@ impl Locks {
                 order.push(class);
             }
         }
+        (keys, shared, order)
+    }
+
+    /// Takes the locks (to the end of the transaction) in one statement; returns the
+    /// database's clock after the last was granted. For readers, and for locks without
+    /// chains to append to.
+    pub async fn take(&self, conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+        let (keys, shared, order) = self.ordered();
         sqlx::query_scalar(
             "SELECT clock_timestamp() FROM (
                SELECT count(CASE WHEN s THEN pg_advisory_xact_lock_shared(k) ELSE pg_advisory_xact_lock(k) END) AS n
@@ -78,6 +101,51 @@ impl Locks {
         .fetch_one(conn)
         .await
     }
+
+    /// Takes the locks and reads the heads of the chains locked exclusively, in one round
+    /// trip (`ledger_lock`): what a writer needs before it appends.
+    pub async fn hold(&self, conn: &mut PgConnection, tenant: &str) -> Result<Held, sqlx::Error> {
+        let mut held = Held::default();
+        self.hold_more(conn, tenant, &mut held).await?;
+        Ok(held)
+    }
+
+    /// As [`Self::hold`], adding to what `held` holds (same transaction); `held.at`
+    /// becomes the later moment.
+    pub async fn hold_more(&self, conn: &mut PgConnection, tenant: &str, held: &mut Held) -> Result<(), sqlx::Error> {
+        type HeadRow = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<DateTime<Utc>>,
+        );
+        let (keys, shared, order) = self.ordered();
+        let rows: Vec<HeadRow> = sqlx::query_as("SELECT * FROM ledger_lock($1, $2, $3, $4, $5, $6, $7)")
+            .bind(tenant)
+            .bind(&keys)
+            .bind(&shared)
+            .bind(&order)
+            .bind(self.written.iter().map(|w| w.0.as_str()).collect::<Vec<_>>())
+            .bind(self.written.iter().map(|w| w.1).collect::<Vec<_>>())
+            .bind(self.written.iter().map(|w| w.2.as_str()).collect::<Vec<_>>())
+            .fetch_all(conn)
+            .await?;
+        for r in rows {
+            match r {
+                (None, _, _, _, _, Some(at)) => held.at = held.at.max(hc::micros(at)),
+                (Some(rep), Some(kind), Some(key), Some(n), Some(h), _) => {
+                    // What this transaction appended already is newer than the table.
+                    held.heads
+                        .entry((rep, kind, key))
+                        .or_insert((n, hc::hash_of(&h).unwrap_or(GENESIS)));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The canonical explanation text of a stored posting.
@@ -85,64 +153,43 @@ fn canon(explanation: &serde_json::Value) -> String {
     dc::canonical_json(explanation)
 }
 
-/// Chains `rows` (in order) onto their chains' heads, posted at `at`, and appends them:
-/// the caller holds the chains' locks.
+/// Chains `rows` (in order) onto their chains' heads as `held` knows them, posted at
+/// `held.at`, and appends them. The caller took the chains' locks with [`Locks::hold`].
 pub async fn append(
     conn: &mut PgConnection,
     tenant: &str,
     rows: &[LedgerRow],
-    at: DateTime<Utc>,
+    held: &mut Held,
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
-    let at = hc::micros(at);
-    let mut chains: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.rep_id.as_str(),
-                r.period_kind.as_str(),
-                r.period_key.as_str(),
-            )
-        })
-        .collect();
-    chains.sort_unstable();
-    chains.dedup();
-    let held: Vec<(String, String, String, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT c.rep_id, c.period_kind, c.period_key, c.length, c.head
-           FROM ledger_chains c JOIN UNNEST($2::text[], $3::text[], $4::text[]) AS u(rep, kind, key)
-             ON c.rep_id = u.rep AND c.period_kind = u.kind AND c.period_key = u.key
-          WHERE c.tenant_id = $1",
-    )
-    .bind(tenant)
-    .bind(chains.iter().map(|c| c.0).collect::<Vec<_>>())
-    .bind(chains.iter().map(|c| c.1).collect::<Vec<_>>())
-    .bind(chains.iter().map(|c| c.2).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut heads: HashMap<(String, String, String), (i64, Hash)> = held
-        .into_iter()
-        .map(|(r, k, p, n, h)| ((r, k, p), (n, hc::hash_of(&h).unwrap_or(GENESIS))))
-        .collect();
+    let at = held.at;
     let mut seqs = Vec::with_capacity(rows.len());
     let mut prevs = Vec::with_capacity(rows.len());
     let mut hashes = Vec::with_capacity(rows.len());
+    let mut moved: Vec<(String, String, String)> = Vec::new();
     for r in rows {
-        let k = (
-            r.rep_id.clone(),
-            r.period_kind.as_str().to_owned(),
-            r.period_key.clone(),
-        );
-        let (n, prev) = heads.get(&k).copied().unwrap_or((0, GENESIS));
+        let k = (r.rep_id.clone(), r.period_kind.as_str().to_owned(), r.period_key.clone());
+        let (n, prev) = held.heads.get(&k).copied().unwrap_or((0, GENESIS));
         let seq = n + 1;
         let expl = canon(&r.explanation);
         let h = dc::posting(&fields(tenant, r, seq, &expl, at)).link(&prev);
         seqs.push(seq);
         prevs.push(prev.to_vec());
         hashes.push(h.to_vec());
-        heads.insert(k, (seq, h));
+        moved.push(k.clone());
+        held.heads.insert(k, (seq, h));
     }
+    moved.sort();
+    moved.dedup();
+    let heads: Vec<(&str, &str, &str, i64, Vec<u8>)> = moved
+        .iter()
+        .filter_map(|k| {
+            let (n, h) = held.heads.get(k)?;
+            Some((k.0.as_str(), k.1.as_str(), k.2.as_str(), *n, h.to_vec()))
+        })
+        .collect();
     crate::store::insert_chained(conn, tenant, rows, at, &seqs, &prevs, &hashes, &heads).await
 }
 

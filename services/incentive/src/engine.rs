@@ -311,10 +311,10 @@ pub async fn recompute_many(
             }
         }
     }
-    let at = if rounds.is_empty() {
-        Utc::now()
+    let mut held = if rounds.is_empty() {
+        crate::chain::Held::at(Utc::now())
     } else {
-        locks.take(conn).await?
+        locks.hold(conn, &ctx.tenant).await?
     };
     for ((kind, key), reps) in rounds {
         let Ok(period) = ctx.calendar.parse_key(kind, &key) else {
@@ -366,7 +366,7 @@ pub async fn recompute_many(
             for r in &live {
                 more.chain(&ctx.tenant, r, kind, &post_key, false);
             }
-            more.take(conn).await?;
+            more.hold_more(conn, &ctx.tenant, &mut held).await?;
         }
         // What badges granted during a period need, read only if a plan here has one.
         let (with_deal, granted) = if plans.values().any(awards::any_during) {
@@ -461,7 +461,7 @@ pub async fn recompute_many(
             }
         }
 
-        crate::chain::append(conn, &ctx.tenant, &rows, at).await?;
+        crate::chain::append(conn, &ctx.tenant, &rows, &mut held).await?;
         report.postings += u32::try_from(rows.len()).unwrap_or(u32::MAX);
         if ctx.emit && !rows.is_empty() {
             let posted_reps: Vec<String> = rows
@@ -541,7 +541,7 @@ pub async fn recompute_many(
                 );
             }
         }
-        store::save_results(conn, &ctx.tenant, kind, &key, &results, at).await?;
+        store::save_results(conn, &ctx.tenant, kind, &key, &results, held.at).await?;
         for (rep, a) in awards_due {
             let cause = causes.get(&rep).unwrap_or(&no_cause);
             report.awards +=

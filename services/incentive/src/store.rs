@@ -595,7 +595,7 @@ pub async fn insert_chained(
     seqs: &[i64],
     prevs: &[Vec<u8>],
     hashes: &[Vec<u8>],
-    heads: &std::collections::HashMap<(String, String, String), (i64, [u8; 32])>,
+    heads: &[(&str, &str, &str, i64, Vec<u8>)],
 ) -> Result<(), sqlx::Error> {
     let reps: Vec<&str> = rows.iter().map(|r| r.rep_id.as_str()).collect();
     crate::cache::changed(&mut *conn, tenant, Some(&reps)).await?;
@@ -610,21 +610,6 @@ pub async fn insert_chained(
         .iter()
         .map(|r| serde_json::json!(r.caused_by))
         .collect();
-    // Only the heads of the chains written here (the map may hold more).
-    let mut written: Vec<(&String, &String, &String, i64, Vec<u8>)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for r in rows {
-        let k = (
-            r.rep_id.clone(),
-            r.period_kind.as_str().to_owned(),
-            r.period_key.clone(),
-        );
-        if seen.insert(k.clone())
-            && let Some(((rep, kind, key), (n, h))) = heads.get_key_value(&k)
-        {
-            written.push((rep, kind, key, *n, h.to_vec()));
-        }
-    }
     sqlx::query(
         "WITH posted AS (
            INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
@@ -663,11 +648,11 @@ pub async fn insert_chained(
     .bind(seqs)
     .bind(prevs)
     .bind(hashes)
-    .bind(written.iter().map(|w| w.0.as_str()).collect::<Vec<_>>())
-    .bind(written.iter().map(|w| w.1.as_str()).collect::<Vec<_>>())
-    .bind(written.iter().map(|w| w.2.as_str()).collect::<Vec<_>>())
-    .bind(written.iter().map(|w| w.3).collect::<Vec<_>>())
-    .bind(written.iter().map(|w| w.4.clone()).collect::<Vec<_>>())
+    .bind(heads.iter().map(|w| w.0).collect::<Vec<_>>())
+    .bind(heads.iter().map(|w| w.1).collect::<Vec<_>>())
+    .bind(heads.iter().map(|w| w.2).collect::<Vec<_>>())
+    .bind(heads.iter().map(|w| w.3).collect::<Vec<_>>())
+    .bind(heads.iter().map(|w| w.4.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
