@@ -187,10 +187,12 @@ async fn the_ledger_verifies_and_names_every_tampering() {
                 .unwrap();
             }
             incentive.restart().await;
-            let chained: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE rep_id = 'legacy' AND hash IS NOT NULL")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let chained: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM ledger WHERE rep_id = 'legacy' AND hash IS NOT NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
             assert_eq!(chained, 3, "the legacy postings were chained at start");
         }
     }

@@ -2403,7 +2403,12 @@ async fn write_reports(a: &Args, r: &Report, took: Duration) -> anyhow::Result<(
 }
 
 /// Rows of one bench round of the ledger: `reps` reps x `per` postings of period `key`.
-fn ledger_rows(round: usize, reps: usize, per: usize, key: &str) -> Vec<spm_incentive::store::LedgerRow> {
+fn ledger_rows(
+    round: usize,
+    reps: usize,
+    per: usize,
+    key: &str,
+) -> Vec<spm_incentive::store::LedgerRow> {
     let mut rows = Vec::with_capacity(reps * per);
     for r in 0..reps {
         let rep = format!("rep-{}", (round * reps + r) % 500);
@@ -2444,7 +2449,9 @@ async fn append_unchained(
     tenant: &str,
     rows: &[spm_incentive::store::LedgerRow],
 ) -> anyhow::Result<()> {
-    let col = |f: fn(&spm_incentive::store::LedgerRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let col = |f: fn(&spm_incentive::store::LedgerRow) -> String| {
+        rows.iter().map(f).collect::<Vec<String>>()
+    };
     sqlx::query(
         "INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
                              kind, status, amount, currency, plan_id, plan_version, deal_id, summary, explanation, caused_by)
@@ -2503,7 +2510,9 @@ async fn audit(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let t = create_tenant(&env, &ingest, "bench").await;
     wait_key_known(&incentive, &t.admin_key).await;
     let pool = env.pool("incentive").await;
-    let key = Calendar::default().period(PeriodKind::Month, Utc::now()).key;
+    let key = Calendar::default()
+        .period(PeriodKind::Month, Utc::now())
+        .key;
     // Warm up both paths (plans cached, tables and indexes touched).
     {
         let mut c = pool.acquire().await?;
@@ -2542,10 +2551,31 @@ async fn audit(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let n = rows_each as f64;
     let (rate_plain, rate_chained) = (n / plain.as_secs_f64(), n / chained.as_secs_f64());
-    r.add(s, &format!("ledger append, unchained (baseline; {rows_each} postings, 100 per transaction)"), rate_plain, "postings/s", "", None);
-    r.add(s, "ledger append, chained (locks, heads, hashes)", rate_chained, "postings/s", "", None);
+    r.add(
+        s,
+        &format!("ledger append, unchained (baseline; {rows_each} postings, 100 per transaction)"),
+        rate_plain,
+        "postings/s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "ledger append, chained (locks, heads, hashes)",
+        rate_chained,
+        "postings/s",
+        "",
+        None,
+    );
     let ratio = rate_chained / rate_plain;
-    r.add(s, "chained / unchained", ratio, "x", ">= 0.9x", Some(ratio >= 0.9));
+    r.add(
+        s,
+        "chained / unchained",
+        ratio,
+        "x",
+        ">= 0.9x",
+        Some(ratio >= 0.9),
+    );
 
     // The bench tenant's ledger: many chained postings, then verified by the service.
     let tenant = t.id.clone();
@@ -2570,14 +2600,21 @@ async fn audit(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         made += rows.len();
         round += 1;
     }
-    println!("  ({made} chained postings made in {:.1} s)", t0.elapsed().as_secs_f64());
-    let mut adm = spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
-        incentive.channel().await,
+    println!(
+        "  ({made} chained postings made in {:.1} s)",
+        t0.elapsed().as_secs_f64()
     );
+    let mut adm =
+        spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+            incentive.channel().await,
+        );
     sqlx::query("ANALYZE ledger").execute(&pool).await?;
     let t0 = Instant::now();
     let v = adm
-        .verify_ledger(authed(ipb::VerifyLedgerRequest { period: None }, &t.admin_key))
+        .verify_ledger(authed(
+            ipb::VerifyLedgerRequest { period: None },
+            &t.admin_key,
+        ))
         .await?
         .into_inner();
     let took = t0.elapsed();
@@ -2597,11 +2634,39 @@ async fn audit(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     }
     let scan = t0.elapsed();
     anyhow::ensure!(v.ok, "the bench ledger verifies: {:?}", v.breaks.first());
-    anyhow::ensure!(v.postings as usize == made, "verified {} of {made}", v.postings);
-    r.add(s, &format!("the same {scanned} postings read in chain order (floor)"), scan.as_secs_f64(), "s", "", None);
-    r.add(s, &format!("VerifyLedger of {} postings in {} chains", v.postings, v.chains), took.as_secs_f64(), "s", "", None);
+    anyhow::ensure!(
+        v.postings as usize == made,
+        "verified {} of {made}",
+        v.postings
+    );
+    r.add(
+        s,
+        &format!("the same {scanned} postings read in chain order (floor)"),
+        scan.as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        &format!(
+            "VerifyLedger of {} postings in {} chains",
+            v.postings, v.chains
+        ),
+        took.as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
     #[allow(clippy::cast_precision_loss)]
-    r.add(s, "verify rate", v.postings as f64 / took.as_secs_f64(), "postings/s", "", None);
+    r.add(
+        s,
+        "verify rate",
+        v.postings as f64 / took.as_secs_f64(),
+        "postings/s",
+        "",
+        None,
+    );
     r.rss(&incentive);
     Ok(())
 }

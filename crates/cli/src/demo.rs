@@ -408,13 +408,17 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
     let bad = receiver.bad.load(std::sync::atomic::Ordering::Relaxed);
     println!("webhooks received by the local receiver: {received} (bad signatures: {bad})");
 
-    let v = spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
-        channel(&cli.incentive).await?,
-    )
-    .verify_ledger(authed(incentive::VerifyLedgerRequest { period: None }, &key))
-    .await
-    .map_err(status_error)?
-    .into_inner();
+    let v =
+        spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+            channel(&cli.incentive).await?,
+        )
+        .verify_ledger(authed(
+            incentive::VerifyLedgerRequest { period: None },
+            &key,
+        ))
+        .await
+        .map_err(status_error)?
+        .into_inner();
     title("tamper evidence");
     println!(
         "the earnings ledger's {} postings in {} hash chains verified {} in {} ms",
@@ -423,7 +427,9 @@ pub async fn run(cli: &Cli, a: &Args) -> anyhow::Result<()> {
         if v.ok { "intact" } else { "BROKEN" },
         v.took_ms
     );
-    note("`spm audit verify` checks it and every service's audit trail; `spm audit log` shows who changed what; `spm statement REP --as-of T` shows a statement as it was");
+    note(
+        "`spm audit verify` checks it and every service's audit trail; `spm audit log` shows who changed what; `spm statement REP --as-of T` shows a statement as it was",
+    );
 
     title("follow one deal");
     println!("deal event {} carries trace id {trace_id}", traced.event_id);

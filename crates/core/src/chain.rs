@@ -151,22 +151,23 @@ pub fn hash_of(b: &[u8]) -> Option<Hash> {
 /// serde_json escapes them: the form an explanation is hashed in, whatever order Postgres
 /// gives its keys back in.
 pub fn canonical_json(v: &serde_json::Value) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(256);
     write_json(v, &mut out);
     out
 }
 
 fn write_json(v: &serde_json::Value, out: &mut String) {
+    use std::fmt::Write as _;
     match v {
         serde_json::Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
+            keys.sort_unstable();
             out.push('{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                write_str(k, out);
                 out.push(':');
                 write_json(&m[k], out);
             }
@@ -182,8 +183,45 @@ fn write_json(v: &serde_json::Value, out: &mut String) {
             }
             out.push(']');
         }
-        other => out.push_str(&other.to_string()),
+        serde_json::Value::String(s) => write_str(s, out),
+        serde_json::Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        serde_json::Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        serde_json::Value::Null => out.push_str("null"),
     }
+}
+
+/// A JSON string as serde_json writes it: `"` and `\` escaped, `\b \f \n \r \t`, other
+/// control characters as `\u00xx`; everything else as is.
+fn write_str(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            0..=0x1f => Some(""),
+            _ => None,
+        };
+        if let Some(e) = esc {
+            out.push_str(&s[start..i]);
+            if e.is_empty() {
+                let _ = write!(out, "\\u{b:04x}");
+            } else {
+                out.push_str(e);
+            }
+            start = i + 1;
+        }
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// Where a chain breaks: the first record that does not verify, and why.
@@ -470,6 +508,29 @@ mod tests {
         let b = check(&relinked, head);
         assert_eq!(b[0].seq, 3);
         assert!(b[0].problem.contains("hash of #2"), "{b:?}");
+    }
+
+    #[test]
+    fn canonical_json_escapes_strings_as_serde_json_does() {
+        for text in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\n cr\r tab\t",
+            "\u{1}\u{8}\u{c}\u{1f}\u{7f}",
+            "中文 ✓ 𝄞",
+            "",
+        ] {
+            let v = serde_json::Value::String(text.to_owned());
+            assert_eq!(canonical_json(&v), v.to_string(), "{text:?}");
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"n": 1.5, "i": -3, "big": 12345678901234567890, "f": false}"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"big":12345678901234567890,"f":false,"i":-3,"n":1.5}"#
+        );
     }
 
     #[test]

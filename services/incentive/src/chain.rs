@@ -49,11 +49,19 @@ impl Locks {
         self
     }
 
-    pub fn chain(&mut self, tenant: &str, rep: &str, kind: PeriodKind, key: &str, shared: bool) -> &mut Self {
+    pub fn chain(
+        &mut self,
+        tenant: &str,
+        rep: &str,
+        kind: PeriodKind,
+        key: &str,
+        shared: bool,
+    ) -> &mut Self {
         self.chains
             .push((dc::chain_lock(tenant, rep, kind.as_str(), key), shared));
         if !shared {
-            self.written.push((rep.to_owned(), kind.as_str(), key.to_owned()));
+            self.written
+                .push((rep.to_owned(), kind.as_str(), key.to_owned()));
         }
         self
     }
@@ -112,7 +120,12 @@ impl Locks {
 
     /// As [`Self::hold`], adding to what `held` holds (same transaction); `held.at`
     /// becomes the later moment.
-    pub async fn hold_more(&self, conn: &mut PgConnection, tenant: &str, held: &mut Held) -> Result<(), sqlx::Error> {
+    pub async fn hold_more(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &str,
+        held: &mut Held,
+    ) -> Result<(), sqlx::Error> {
         type HeadRow = (
             Option<String>,
             Option<String>,
@@ -122,16 +135,27 @@ impl Locks {
             Option<DateTime<Utc>>,
         );
         let (keys, shared, order) = self.ordered();
-        let rows: Vec<HeadRow> = sqlx::query_as("SELECT * FROM ledger_lock($1, $2, $3, $4, $5, $6, $7)")
-            .bind(tenant)
-            .bind(&keys)
-            .bind(&shared)
-            .bind(&order)
-            .bind(self.written.iter().map(|w| w.0.as_str()).collect::<Vec<_>>())
-            .bind(self.written.iter().map(|w| w.1).collect::<Vec<_>>())
-            .bind(self.written.iter().map(|w| w.2.as_str()).collect::<Vec<_>>())
-            .fetch_all(conn)
-            .await?;
+        let rows: Vec<HeadRow> =
+            sqlx::query_as("SELECT * FROM ledger_lock($1, $2, $3, $4, $5, $6, $7)")
+                .bind(tenant)
+                .bind(&keys)
+                .bind(&shared)
+                .bind(&order)
+                .bind(
+                    self.written
+                        .iter()
+                        .map(|w| w.0.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(self.written.iter().map(|w| w.1).collect::<Vec<_>>())
+                .bind(
+                    self.written
+                        .iter()
+                        .map(|w| w.2.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .fetch_all(conn)
+                .await?;
         for r in rows {
             match r {
                 (None, _, _, _, _, Some(at)) => held.at = held.at.max(hc::micros(at)),
@@ -170,7 +194,11 @@ pub async fn append(
     let mut hashes = Vec::with_capacity(rows.len());
     let mut moved: Vec<(String, String, String)> = Vec::new();
     for r in rows {
-        let k = (r.rep_id.clone(), r.period_kind.as_str().to_owned(), r.period_key.clone());
+        let k = (
+            r.rep_id.clone(),
+            r.period_kind.as_str().to_owned(),
+            r.period_key.clone(),
+        );
         let (n, prev) = held.heads.get(&k).copied().unwrap_or((0, GENESIS));
         let seq = n + 1;
         let expl = canon(&r.explanation);
