@@ -80,6 +80,35 @@ async fn python_check(adm: &Adm, key: &str, period: &str, name: &str) -> (bool, 
     (out.status.success(), printed)
 }
 
+/// `spm audit verify` of ingest's and incentive's trails and the ledger: (exit code, stdout).
+async fn spm_verify(ingest: &Service, incentive: &Service, key: &str) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(spm_testkit::process::binary("spm"))
+        .args([
+            "audit",
+            "verify",
+            "--service",
+            "ingest",
+            "--service",
+            "incentive",
+            "--key",
+            key,
+        ])
+        .env("SPM_INGEST_URL", format!("http://{}", ingest.grpc))
+        .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc))
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("spm runs");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Runs SQL as the attacker: the schema owner, with the append-only triggers off for the
 /// statement.
 async fn tamper(pool: &sqlx::PgPool, table: &str, sql: &str) {
@@ -253,6 +282,11 @@ async fn the_ledger_verifies_and_names_every_tampering() {
         )
     );
     assert!(all > 300, "a long stream: {all} postings");
+    let (code, out) = spm_verify(&ingest, &incentive, &key).await;
+    assert!(
+        code == Some(0) && out.contains("intact") && !out.contains("BROKEN"),
+        "{code:?} {out}"
+    );
     let (ok, out) = python_check(&adm, &key, &last.key, "clean").await;
     assert!(ok && out.contains("OK") && out.contains("2 seals"), "{out}");
     let (ok, out) = python_check(&adm, &key, &this.key, "clean-open").await;
@@ -313,6 +347,12 @@ async fn the_ledger_verifies_and_names_every_tampering() {
             .any(|b| b.chain == "seals" && b.problem.contains("does not verify")),
         "the seals no longer match the chain either: {:?}",
         v.breaks
+    );
+    // `spm audit verify` says the same, and fails.
+    let (code, out) = spm_verify(&ingest, &incentive, &key).await;
+    assert!(
+        code == Some(1) && out.contains(&p2.to_string()) && out.contains("BROKEN"),
+        "{code:?} {out}"
     );
     let (ok, out) = python_check(&adm, &key, &last.key, "updated").await;
     assert!(

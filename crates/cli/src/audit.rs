@@ -26,6 +26,9 @@ pub enum AuditCmd {
         period: String,
         #[arg(long, default_value = "month")]
         kind: String,
+        /// Whose audit trails: ingest, scoring, incentive, notification (default: all four).
+        #[arg(long)]
+        service: Vec<String>,
     },
     /// Write a period's postings, hashes, chain heads and seals as JSON lines
     /// (docs/audit.md; checkable without SPM).
@@ -93,7 +96,11 @@ fn services(cli: &Cli, only: &[String]) -> anyhow::Result<Vec<(&'static str, Str
 pub async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
     let key = key(cli)?;
     match cmd {
-        AuditCmd::Verify { period: p, kind } => {
+        AuditCmd::Verify {
+            period: p,
+            kind,
+            service,
+        } => {
             let mut adm = IncentiveAdminServiceClient::new(channel(&cli.incentive).await?);
             let period = if p.is_empty() {
                 None
@@ -114,19 +121,11 @@ pub async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<()> {
                 if v.ok { "intact" } else { "BROKEN" }
             ));
             let mut broken = !v.ok;
-            if !v.ok {
-                let mut t = table(&["chain", "#", "posting", "problem"]);
-                for b in &v.breaks {
-                    t.add_row(vec![
-                        Cell::new(&b.chain),
-                        Cell::new(b.seq),
-                        Cell::new(&b.id),
-                        Cell::new(&b.problem),
-                    ]);
-                }
-                println!("{t}");
+            // One line per break (grep-able): chain, number, posting, why.
+            for b in &v.breaks {
+                println!("  {} #{} {}: {}", b.chain, b.seq, b.id, b.problem);
             }
-            for (name, url) in services(cli, &[])? {
+            for (name, url) in services(cli, service)? {
                 let mut c = AuditServiceClient::new(channel(&url).await?);
                 let a = c
                     .verify_audit_log(authed(apb::VerifyAuditLogRequest {}, &key))
