@@ -218,27 +218,26 @@ impl Api {
         let (closed, paid) = store::period_state_at(&mut conn, &ctx.tenant, kind, key, at).await?;
         // The plan the results were computed with (plan versions never change); read from
         // Postgres when this instance's cached context predates it.
-        let plan: Option<Plan> = match result.as_ref() {
-            None => None,
-            Some(r) => match ctx
-                .plans
+        let cached = result.as_ref().and_then(|r| {
+            ctx.plans
                 .iter()
                 .find(|p| p.plan_id == r.0 && i64::from(p.version) == i64::from(r.1))
-            {
-                Some(p) => Some(p.clone()),
-                None => sqlx::query_scalar::<_, sqlx::types::Json<Plan>>(
-                    "SELECT definition FROM plans WHERE tenant_id = $1 AND plan_id = $2 AND version = $3",
-                )
-                .bind(&ctx.tenant)
-                .bind(&r.0)
-                .bind(r.1)
-                .fetch_optional(&mut *conn)
-                .await?
-                .map(|j| j.0),
-            },
+        });
+        let fetched: Option<Plan> = match (&result, cached) {
+            (Some(r), None) => sqlx::query_scalar::<_, sqlx::types::Json<Plan>>(
+                "SELECT definition FROM plans WHERE tenant_id = $1 AND plan_id = $2 AND version = $3",
+            )
+            .bind(&ctx.tenant)
+            .bind(&r.0)
+            .bind(r.1)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|j| j.0),
+            _ => None,
         };
+        let plan = cached.or(fetched.as_ref());
         let next_tier = result.as_ref().and_then(|r| {
-            let plan = plan.as_ref()?;
+            let plan = plan?;
             let n = crate::domain::compute::next_tier(plan, rep, r.2, ctx.currency)?;
             Some(pb::NextTier {
                 from: s(n.from),
@@ -878,27 +877,14 @@ impl IncentiveService for Api {
         .fetch_all(&self.pool)
         .await
         .map_err(ApiError::from)?;
-        let total_at = |t: DateTime<Utc>| {
-            let pool = self.pool.clone();
-            let tenant = c.tenant_id.clone();
-            let rep = r.rep_id.clone();
-            let key = key.clone();
-            async move {
-                sqlx::query_scalar::<_, Decimal>(
-                    "SELECT COALESCE(sum(amount), 0) FROM ledger
-                      WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 AND posted_at <= $5",
-                )
-                .bind(tenant)
-                .bind(rep)
-                .bind(kind.as_str())
-                .bind(key)
-                .bind(t)
-                .fetch_one(&pool)
+        let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
+        let total_from =
+            store::period_total_at(&mut conn, &c.tenant_id, &r.rep_id, kind, &key, from)
                 .await
-            }
-        };
-        let total_from = total_at(from).await.map_err(ApiError::from)?;
-        let total_to = total_at(to).await.map_err(ApiError::from)?;
+                .map_err(ApiError::from)?;
+        let total_to = store::period_total_at(&mut conn, &c.tenant_id, &r.rep_id, kind, &key, to)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::DiffStatementResponse {
             period: Some(ctx.period_pb(kind, &key)),
             from: Some(spm_proto::ext::timestamp(from)),

@@ -712,14 +712,12 @@ pub async fn export(
         .bind(no)
         .fetch_all(&mut *conn)
         .await?;
-        let mut leaves: Vec<serde_json::Value> = {
-            let mut l = leaves;
-            l.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            l.into_iter()
-                .map(|(r, n, h)| serde_json::json!({"rep_id": r, "length": n.to_string(), "head": hex(&h)}))
-                .collect()
-        };
-        leaves.shrink_to_fit();
+        let mut leaves = leaves;
+        leaves.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let leaves: Vec<serde_json::Value> = leaves
+            .into_iter()
+            .map(|(r, n, h)| serde_json::json!({"rep_id": r, "length": n.to_string(), "head": hex(&h)}))
+            .collect();
         out.line(serde_json::json!({
             "type": "seal",
             "tenant_id": tenant,

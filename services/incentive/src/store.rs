@@ -311,16 +311,7 @@ pub async fn period_state(
     kind: PeriodKind,
     key: &str,
 ) -> Result<(bool, bool), sqlx::Error> {
-    type StateRow = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-    let row: Option<StateRow> = sqlx::query_as(
-        "SELECT closed_at, paid_at FROM periods WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3",
-    )
-    .bind(tenant)
-    .bind(kind.as_str())
-    .bind(key)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map_or((false, false), |(c, p)| (c.is_some(), p.is_some())))
+    period_state_at(conn, tenant, kind, key, DateTime::<Utc>::MAX_UTC).await
 }
 
 /// (closed, paid) of a period as it was at `at`.
@@ -666,13 +657,27 @@ pub async fn period_total(
     kind: PeriodKind,
     key: &str,
 ) -> Result<Decimal, sqlx::Error> {
+    period_total_at(conn, tenant, rep, kind, key, DateTime::<Utc>::MAX_UTC).await
+}
+
+/// The statement total of a rep's period as it was at `at`.
+pub async fn period_total_at(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rep: &str,
+    kind: PeriodKind,
+    key: &str,
+    at: DateTime<Utc>,
+) -> Result<Decimal, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT COALESCE(sum(amount), 0) FROM ledger WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4",
+        "SELECT COALESCE(sum(amount), 0) FROM ledger
+          WHERE tenant_id = $1 AND rep_id = $2 AND period_kind = $3 AND period_key = $4 AND posted_at <= $5",
     )
     .bind(tenant)
     .bind(rep)
     .bind(kind.as_str())
     .bind(key)
+    .bind(at)
     .fetch_one(conn)
     .await
 }
