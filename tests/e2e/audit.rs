@@ -168,7 +168,13 @@ async fn the_ledger_verifies_and_names_every_tampering() {
     wait_key_known(&incentive, &key).await;
     let adm = IncentiveAdminServiceClient::new(incentive.channel().await);
     adm.clone()
-        .put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &key))
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
+            &key,
+        ))
         .await
         .unwrap();
     let cal = Calendar::default();
@@ -557,7 +563,13 @@ async fn statements_as_of_a_moment_answer_what_they_answered_then() {
     wait_key_known(&incentive, &key).await;
     let adm = IncentiveAdminServiceClient::new(incentive.channel().await);
     adm.clone()
-        .put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &key))
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
+            &key,
+        ))
         .await
         .unwrap();
     let inc = IncentiveServiceClient::new(incentive.channel().await);
@@ -634,7 +646,13 @@ async fn statements_as_of_a_moment_answer_what_they_answered_then() {
                 let mut p = plan();
                 p.commission.as_mut().unwrap().tiers[0].rate = "0.06".into();
                 adm.clone()
-                    .put_plan(authed(pb::PutPlanRequest { plan: Some(p) }, &key))
+                    .put_plan(authed(
+                        pb::PutPlanRequest {
+                            plan: Some(p),
+                            draft: false,
+                        },
+                        &key,
+                    ))
                     .await
                     .unwrap();
             }
@@ -880,7 +898,13 @@ async fn every_admin_action_is_in_its_services_audit_trail() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     IncentiveAdminServiceClient::new(incentive.channel().await)
-        .put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &key))
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
+            &key,
+        ))
         .await
         .unwrap();
     spm_proto::scoring::v1::scoring_admin_service_client::ScoringAdminServiceClient::new(

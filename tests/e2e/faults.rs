@@ -235,6 +235,7 @@ async fn every_acknowledged_event_counts_once_through_kills_pauses_and_restarts(
         .put_plan(authed(
             ipb::PutPlanRequest {
                 plan: Some(flat_plan()),
+                draft: false,
             },
             &t.admin_key,
         ))

@@ -148,9 +148,15 @@ const EARNED: i32 = ev::EarningStatus::Earned as i32;
 async fn statement_lines_explain_themselves_and_follow_collection() {
     let (w, _) = world("incentive-statement", false).await;
     let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
-        .await
-        .expect("plan");
+    adm.put_plan(authed(
+        pb::PutPlanRequest {
+            plan: Some(plan()),
+            draft: false,
+        },
+        &w.key,
+    ))
+    .await
+    .expect("plan");
     let d1 = deal("d1", "8000.00", &[("r1", "100")]);
     let d2 = deal("d2", "4000.00", &[("r1", "100")]);
     submit(
@@ -419,6 +425,7 @@ async fn bad_plans_are_rejected_field_by_field() {
         .put_plan(authed(
             pb::PutPlanRequest {
                 plan: Some(overlapping),
+                draft: false,
             },
             &w.key,
         ))
@@ -431,6 +438,7 @@ async fn bad_plans_are_rejected_field_by_field() {
         .put_plan(authed(
             pb::PutPlanRequest {
                 plan: Some(negative),
+                draft: false,
             },
             &w.key,
         ))
@@ -443,7 +451,13 @@ async fn bad_plans_are_rejected_field_by_field() {
         on_collection_percent: "20".into(),
     });
     let e = adm
-        .put_plan(authed(pb::PutPlanRequest { plan: Some(splits) }, &w.key))
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(splits),
+                draft: false,
+            },
+            &w.key,
+        ))
         .await
         .unwrap_err();
     assert_eq!(fields(e), ["plan.payout"]);
@@ -456,16 +470,34 @@ async fn bad_plans_are_rejected_field_by_field() {
         factor: String::new(),
     }];
     let e = adm
-        .put_plan(authed(pb::PutPlanRequest { plan: Some(kpi) }, &w.key))
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(kpi),
+                draft: false,
+            },
+            &w.key,
+        ))
         .await
         .unwrap_err();
     assert_eq!(fields(e), ["plan.gates[0].metric"]);
     // Versions.
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
-        .await
-        .unwrap();
+    adm.put_plan(authed(
+        pb::PutPlanRequest {
+            plan: Some(plan()),
+            draft: false,
+        },
+        &w.key,
+    ))
+    .await
+    .unwrap();
     let v2 = adm
-        .put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
+        .put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
+            &w.key,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -487,9 +519,15 @@ async fn closed_periods_stay_closed_late_deals_become_adjustments() {
     let b = create_tenant(&w.env, &w.ingest, "beta").await;
     wait_key_known(&w.incentive, &b.admin_key).await;
     let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
-        .await
-        .unwrap();
+    adm.put_plan(authed(
+        pb::PutPlanRequest {
+            plan: Some(plan()),
+            draft: false,
+        },
+        &w.key,
+    ))
+    .await
+    .unwrap();
     let cal = Calendar::default();
     let this = cal.period(PeriodKind::Month, Utc::now());
     let last = cal.period(PeriodKind::Month, this.start - Days::seconds(1));
@@ -629,9 +667,15 @@ async fn disputes_gates_from_scoring_and_rebuild() {
         action: pb::GateAction::Multiply as i32,
         factor: "0.5".into(),
     }];
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(p) }, &w.key))
-        .await
-        .unwrap();
+    adm.put_plan(authed(
+        pb::PutPlanRequest {
+            plan: Some(p),
+            draft: false,
+        },
+        &w.key,
+    ))
+    .await
+    .unwrap();
     submit(
         &w.ingest,
         &w.key,
@@ -791,9 +835,15 @@ async fn cached_statements_follow_changes_made_anywhere() {
     let other = w.env.start("incentive").await;
     wait_key_known(&other, &w.key).await;
     let mut adm = IncentiveAdminServiceClient::new(w.incentive.channel().await);
-    adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &w.key))
-        .await
-        .unwrap();
+    adm.put_plan(authed(
+        pb::PutPlanRequest {
+            plan: Some(plan()),
+            draft: false,
+        },
+        &w.key,
+    ))
+    .await
+    .unwrap();
     submit(
         &w.ingest,
         &w.key,
@@ -910,9 +960,15 @@ async fn team_plans_follow_the_hierarchy_and_a_team_move() {
         c.tiers[0].rate = "0.1".into();
     }
     for p in [plan(), emea] {
-        adm.put_plan(authed(pb::PutPlanRequest { plan: Some(p) }, &w.key))
-            .await
-            .unwrap();
+        adm.put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(p),
+                draft: false,
+            },
+            &w.key,
+        ))
+        .await
+        .unwrap();
     }
     submit(
         &w.ingest,

@@ -11,6 +11,7 @@ mod notification;
 mod ops;
 mod order;
 mod people;
+mod plan_lifecycle;
 mod portal;
 mod reflection;
 mod scoring;

@@ -308,6 +308,7 @@ async fn the_feed_updates_live_after_a_deal_is_ingested() {
         );
     adm.put_plan(authed(
         ipb::PutPlanRequest {
+            draft: false,
             plan: Some(ipb::Plan {
                 plan_id: "p".into(),
                 name: "p".into(),

@@ -50,6 +50,7 @@ async fn pipeline(name: &str, extra: &[(&str, &str)]) -> Pipeline {
         .put_plan(authed(
             ipb::PutPlanRequest {
                 plan: Some(crate::incentive::plan()),
+                draft: false,
             },
             &t.admin_key,
         ))

@@ -160,7 +160,10 @@ async fn a_shuffled_stream_sent_once_ends_with_the_statements_of_business_order(
         wait_key_known(&incentive, &t.admin_key).await;
         IncentiveAdminServiceClient::new(incentive.channel().await)
             .put_plan(authed(
-                ipb::PutPlanRequest { plan: Some(plan()) },
+                ipb::PutPlanRequest {
+                    plan: Some(plan()),
+                    draft: false,
+                },
                 &t.admin_key,
             ))
             .await

@@ -259,7 +259,13 @@ async fn people_see_only_what_their_role_allows() {
     .await;
     for k in [&a.admin_key, &b.admin_key] {
         IncentiveAdminServiceClient::new(incentive.channel().await)
-            .put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, k))
+            .put_plan(authed(
+                pb::PutPlanRequest {
+                    plan: Some(plan()),
+                    draft: false,
+                },
+                k,
+            ))
             .await
             .expect("plan");
     }
@@ -878,13 +884,25 @@ async fn people_see_only_what_their_role_allows() {
     refused(
         "rep changes a plan",
         denied,
-        adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &ana)),
+        adm.put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
+            &ana,
+        )),
     )
     .await;
     refused(
         "finance changes a plan",
         denied,
-        adm.put_plan(authed(pb::PutPlanRequest { plan: Some(plan()) }, &fin)),
+        adm.put_plan(authed(
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
+            &fin,
+        )),
     )
     .await;
     refused(
@@ -1233,7 +1251,10 @@ async fn spm_login_makes_the_cli_a_person() {
     .await;
     IncentiveAdminServiceClient::new(incentive.channel().await)
         .put_plan(authed(
-            pb::PutPlanRequest { plan: Some(plan()) },
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
             &t.admin_key,
         ))
         .await

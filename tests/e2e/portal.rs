@@ -48,7 +48,10 @@ async fn people_use_the_portal_in_a_real_browser() {
     .await;
     IncentiveAdminServiceClient::new(incentive.channel().await)
         .put_plan(authed(
-            pb::PutPlanRequest { plan: Some(plan()) },
+            pb::PutPlanRequest {
+                plan: Some(plan()),
+                draft: false,
+            },
             &t.admin_key,
         ))
         .await

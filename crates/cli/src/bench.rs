@@ -1043,6 +1043,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     adm.put_plan(authed(
         ipb::PutPlanRequest {
             plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+            draft: false,
         },
         &t.admin_key,
     ))
@@ -1279,6 +1280,7 @@ async fn people_tenant(
     .put_plan(authed(
         ipb::PutPlanRequest {
             plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+            draft: false,
         },
         key,
     ))
@@ -1849,6 +1851,7 @@ async fn notification(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     adm.put_plan(authed(
         ipb::PutPlanRequest {
             plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+            draft: false,
         },
         &t.admin_key,
     ))

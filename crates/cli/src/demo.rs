@@ -878,9 +878,15 @@ async fn configure_incentive(
         }),
         ..Default::default()
     };
-    adm.put_plan(authed(incentive::PutPlanRequest { plan: Some(plan) }, key))
-        .await
-        .map_err(status_error)?;
+    adm.put_plan(authed(
+        incentive::PutPlanRequest {
+            plan: Some(plan),
+            draft: false,
+        },
+        key,
+    ))
+    .await
+    .map_err(status_error)?;
     println!(
         "plan ae-2026: marginal tiers 4% / 7% above quota / 10% above 150%, collection gate, SPIFF, badges"
     );

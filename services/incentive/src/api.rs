@@ -49,7 +49,10 @@ pub type Contexts = Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, Ar
 /// How long queries may use a tenant's loaded context (plans, teams, calendar).
 pub const CTX_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn kind_of(p: Option<&common::Period>, default: PeriodKind) -> Result<PeriodKind, ApiError> {
+pub(crate) fn kind_of(
+    p: Option<&common::Period>,
+    default: PeriodKind,
+) -> Result<PeriodKind, ApiError> {
     match p.map(|p| common::PeriodKind::try_from(p.kind)) {
         None | Some(Ok(common::PeriodKind::Unspecified)) => Ok(default),
         Some(Ok(common::PeriodKind::Month)) => Ok(PeriodKind::Month),
@@ -59,7 +62,11 @@ fn kind_of(p: Option<&common::Period>, default: PeriodKind) -> Result<PeriodKind
 }
 
 /// The period requested (empty key: the current one) in the tenant's calendar.
-fn period_key(ctx: &Ctx, p: Option<&common::Period>, kind: PeriodKind) -> Result<String, ApiError> {
+pub(crate) fn period_key(
+    ctx: &Ctx,
+    p: Option<&common::Period>,
+    kind: PeriodKind,
+) -> Result<String, ApiError> {
     match p.map(|p| p.key.as_str()).filter(|k| !k.is_empty()) {
         None => Ok(ctx.calendar.period(kind, Utc::now()).key),
         Some(k) => ctx
@@ -74,7 +81,7 @@ fn s(d: Decimal) -> String {
     d.normalize().to_string()
 }
 
-fn money_s(ctx: &Ctx, d: Decimal) -> String {
+pub(crate) fn money_s(ctx: &Ctx, d: Decimal) -> String {
     ctx.currency.round(d).to_string()
 }
 
@@ -320,7 +327,7 @@ impl Api {
         }
     }
 
-    async fn ctx(&self, tenant: &str) -> Result<Arc<Ctx>, ApiError> {
+    pub(crate) async fn ctx(&self, tenant: &str) -> Result<Arc<Ctx>, ApiError> {
         if let Some((at, c)) = self.contexts.lock().expect("contexts").get(tenant)
             && at.elapsed() < CTX_TTL
         {
@@ -399,7 +406,7 @@ impl Api {
         Ok(loaded?)
     }
 
-    fn forget_ctx(&self, tenant: &str) {
+    pub(crate) fn forget_ctx(&self, tenant: &str) {
         self.contexts.lock().expect("contexts").remove(tenant);
     }
 
@@ -417,7 +424,7 @@ impl Api {
 
     /// Commits an admin change of `tenant`; this instance's cached statements of the
     /// tenant go at once (read-your-writes), other instances' at the NOTIFY.
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         tenant: &str,
         tx: sqlx::Transaction<'_, sqlx::Postgres>,
@@ -1160,107 +1167,8 @@ impl IncentiveAdminService for Api {
         req: Request<pb::PutPlanRequest>,
     ) -> Result<Response<pb::PutPlanResponse>, Status> {
         let c = caller(&req)?;
-        c.require_configure()?;
-        let proto = req
-            .into_inner()
-            .plan
-            .ok_or_else(|| ApiError::invalid("plan", "is required"))?;
-        let mut p = plan::from_proto(&proto).map_err(|v| {
-            ApiError::InvalidArgument(v.into_iter().map(|f| f.under("plan")).collect())
-        })?;
-        let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("plans:{}", c.tenant_id))
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
-        let version: i32 = sqlx::query_scalar(
-            "SELECT COALESCE(max(version), 0) + 1 FROM plans WHERE tenant_id = $1 AND plan_id = $2",
-        )
-        .bind(&c.tenant_id)
-        .bind(&p.plan_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        p.version = u32::try_from(version).unwrap_or(1);
-        sqlx::query(
-            "INSERT INTO plans (tenant_id, plan_id, version, definition) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&c.tenant_id)
-        .bind(&p.plan_id)
-        .bind(version)
-        .bind(sqlx::types::Json(&p))
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        // Open periods of the plan's kind with data follow the new version.
-        let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
-            .await
-            .map_err(ApiError::from)?;
-        let col = if p.period_kind == PeriodKind::Quarter {
-            "quarter_key"
-        } else {
-            "month_key"
-        };
-        let keys: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT DISTINCT c.{col} FROM credits c
-               LEFT JOIN periods p ON p.tenant_id = c.tenant_id AND p.period_kind = $2 AND p.period_key = c.{col}
-              WHERE c.tenant_id = $1 AND c.kind = 'deal' AND p.closed_at IS NULL ORDER BY 1"
-        ))
-        .bind(&c.tenant_id)
-        .bind(p.period_kind.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        let mut out = Outbox::new(&self.kafka);
-        // One recompute for every open period: its chain locks are taken at once, in order.
-        let mut pairs: Vec<(String, PeriodKind, String)> = Vec::new();
-        for key in keys {
-            let reps = store::reps_of_period(&mut tx, &c.tenant_id, p.period_kind, &key)
-                .await
-                .map_err(ApiError::from)?;
-            pairs.extend(reps.into_iter().map(|r| (r, p.period_kind, key.clone())));
-        }
-        let report = engine::recompute_many(
-            &mut tx,
-            &ctx,
-            &pairs,
-            &std::collections::HashMap::new(),
-            Mode::Normal,
-            &mut out,
-        )
-        .await
-        .map_err(ApiError::from)?;
-        let before: Option<sqlx::types::Json<Plan>> = sqlx::query_scalar(
-            "SELECT definition FROM plans WHERE tenant_id = $1 AND plan_id = $2 AND version = $3",
-        )
-        .bind(&c.tenant_id)
-        .bind(&p.plan_id)
-        .bind(version - 1)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        spm_server::audit::record(
-            &mut tx,
-            &c,
-            spm_server::audit::Action::new("incentive", "plan.put", format!("plan:{}", p.plan_id))
-                .before(before.map(|b| b.0))
-                .after(serde_json::json!({
-                    "plan": &p,
-                    "rep_periods_recomputed": pairs.len(),
-                    "postings": report.postings,
-                })),
-        )
-        .await
-        .map_err(ApiError::from)?;
-        crate::cache::changed(&mut tx, &c.tenant_id, None)
-            .await
-            .map_err(ApiError::from)?;
-        self.commit(&c.tenant_id, tx, out).await?;
-        self.forget_ctx(&c.tenant_id);
-        let mut resp = plan::to_proto(&p);
-        resp.created_at = Some(spm_proto::ext::timestamp(Utc::now()));
-        Ok(Response::new(pb::PutPlanResponse { plan: Some(resp) }))
+        let plan = self.put_plan_as(&c, req.into_inner()).await?;
+        Ok(Response::new(pb::PutPlanResponse { plan: Some(plan) }))
     }
 
     async fn list_plans(
@@ -1268,29 +1176,63 @@ impl IncentiveAdminService for Api {
         req: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
         let c = caller(&req)?;
-        c.require_tenant_reader()?;
-        let history = req.into_inner().history;
-        let rows: Vec<(sqlx::types::Json<Plan>, DateTime<Utc>)> =
-            sqlx::query_as("SELECT definition, created_at FROM plans WHERE tenant_id = $1 ORDER BY plan_id, version")
-                .bind(&c.tenant_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(ApiError::from)?;
-        let mut latest: BTreeMap<String, pb::Plan> = BTreeMap::new();
-        let mut all = Vec::new();
-        for (p, at) in rows {
-            let mut x = plan::to_proto(&p.0);
-            x.created_at = Some(spm_proto::ext::timestamp(at));
-            latest.insert(p.0.plan_id.clone(), x.clone());
-            all.push(x);
-        }
-        Ok(Response::new(pb::ListPlansResponse {
-            plans: if history {
-                all
-            } else {
-                latest.into_values().collect()
-            },
-        }))
+        let plans = self.list_plans_as(&c, req.into_inner().history).await?;
+        Ok(Response::new(pb::ListPlansResponse { plans }))
+    }
+
+    async fn get_plan(
+        &self,
+        req: Request<pb::GetPlanRequest>,
+    ) -> Result<Response<pb::GetPlanResponse>, Status> {
+        let c = caller(&req)?;
+        Ok(Response::new(self.get_plan_as(&c, req.into_inner()).await?))
+    }
+
+    async fn transition_plan(
+        &self,
+        req: Request<pb::TransitionPlanRequest>,
+    ) -> Result<Response<pb::TransitionPlanResponse>, Status> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            self.transition_plan_as(&c, req.into_inner()).await?,
+        ))
+    }
+
+    async fn approve_plan(
+        &self,
+        req: Request<pb::ApprovePlanRequest>,
+    ) -> Result<Response<pb::ApprovePlanResponse>, Status> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            self.approve_plan_as(&c, req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_plan_policy(
+        &self,
+        req: Request<pb::GetPlanPolicyRequest>,
+    ) -> Result<Response<pb::PlanPolicy>, Status> {
+        let c = caller(&req)?;
+        Ok(Response::new(self.plan_policy_as(&c, None).await?))
+    }
+
+    async fn set_plan_policy(
+        &self,
+        req: Request<pb::SetPlanPolicyRequest>,
+    ) -> Result<Response<pb::PlanPolicy>, Status> {
+        let c = caller(&req)?;
+        let n = req.into_inner().approvals_required;
+        Ok(Response::new(self.plan_policy_as(&c, Some(n)).await?))
+    }
+
+    async fn compare_plan(
+        &self,
+        req: Request<pb::ComparePlanRequest>,
+    ) -> Result<Response<pb::ComparePlanResponse>, Status> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            self.compare_plan_as(&c, req.into_inner()).await?,
+        ))
     }
 
     async fn close_period(
@@ -1301,6 +1243,9 @@ impl IncentiveAdminService for Api {
         c.require_configure()?;
         let r = req.into_inner();
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
+        Ctx::lock_plans(&mut tx, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
             .await
             .map_err(ApiError::from)?;
@@ -1342,6 +1287,9 @@ impl IncentiveAdminService for Api {
         c.require_configure()?;
         let r = req.into_inner();
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
+        Ctx::lock_plans(&mut tx, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
             .await
             .map_err(ApiError::from)?;
@@ -1405,6 +1353,9 @@ impl IncentiveAdminService for Api {
         }
         v.text("note", &r.note, 2000);
         let mut tx = self.pool.begin().await.map_err(ApiError::from)?;
+        Ctx::lock_plans(&mut tx, &c.tenant_id)
+            .await
+            .map_err(ApiError::from)?;
         let ctx = Ctx::for_tenant(&mut tx, &c.tenant_id)
             .await
             .map_err(ApiError::from)?;

@@ -18,6 +18,7 @@ use crate::store::LedgerRow;
 /// Locks to take: `(key, shared)`, and the chains a writer will append to.
 #[derive(Debug, Default, Clone)]
 pub struct Locks {
+    plans: Vec<(i64, bool)>,
     periods: Vec<(i64, bool)>,
     chains: Vec<(i64, bool)>,
     /// (rep, kind, key) of the chains locked exclusively: their heads are read with them.
@@ -66,18 +67,26 @@ impl Locks {
         self
     }
 
+    /// The tenant's plans: shared by writers that read the plans (to the end of their
+    /// transaction), exclusive while a plan version changes state.
+    pub fn plans(&mut self, tenant: &str, shared: bool) -> &mut Self {
+        self.plans.push((dc::plans_lock(tenant), shared));
+        self
+    }
+
     pub fn seals(&mut self, tenant: &str) -> &mut Self {
         self.chains.push((dc::seal_lock(tenant), false));
         self
     }
 
-    /// (keys, shared, class): period locks first, each class in key order, so two
+    /// (keys, shared, class): the plans lock, then period locks, then chains, each class
+    /// in key order, so two
     /// transactions never wait for each other in a circle.
     fn ordered(&self) -> (Vec<i64>, Vec<bool>, Vec<i32>) {
         let mut keys: Vec<i64> = Vec::new();
         let mut shared: Vec<bool> = Vec::new();
         let mut order: Vec<i32> = Vec::new();
-        for (class, list) in [(0, &self.periods), (1, &self.chains)] {
+        for (class, list) in [(0, &self.plans), (1, &self.periods), (2, &self.chains)] {
             let mut m: std::collections::BTreeMap<i64, bool> = std::collections::BTreeMap::new();
             for (k, s) in list {
                 let e = m.entry(*k).or_insert(true);

@@ -331,8 +331,13 @@ impl IncentiveHandler {
             entry.1.extend(scored);
             return Ok(());
         }
+        if pairs.is_empty() && scored.is_empty() {
+            return Ok(());
+        }
+        // The plans read stay the tenant's plans until this transaction ends.
+        Ctx::lock_plans(conn, tenant).await?;
         let plans = store::plans(conn, tenant).await?;
-        if plans.iter().any(Plan::depends_on_kpis) {
+        if plans.0.iter().chain(&plans.1).any(Plan::depends_on_kpis) {
             pairs.extend(scored);
         }
         if pairs.is_empty() {

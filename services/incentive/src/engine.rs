@@ -31,7 +31,14 @@ pub struct Ctx {
     pub calendar: Calendar,
     pub currency: Currency,
     pub emit: bool,
+    /// The LIVE versions: what pays.
     pub plans: Vec<Plan>,
+    /// Versions in shadow (SHADOW, PENDING_APPROVAL): each is computed beside the live
+    /// plans, as if it were live, into its own ledger ([`store::insert_shadow`]).
+    pub shadows: Vec<Plan>,
+    /// Recompute only the shadows (a version entering shadow catches up): nothing is
+    /// posted to the ledger, recorded or emitted.
+    pub shadow_only: bool,
     /// Whether a plan is assigned by team ([`plan::assigns_by_team`]): only then are
     /// reps' teams read and `teams` loaded.
     pub by_team: bool,
@@ -49,19 +56,30 @@ impl Ctx {
         Self::with_plans(conn, tenant, context, emit, plans).await
     }
 
+    /// Takes the tenant's plans lock shared (to the end of the transaction), so that the
+    /// plans read next stay the tenant's plans until this transaction ends: a plan change
+    /// takes it exclusively, then recomputes what it changes.
+    pub async fn lock_plans(conn: &mut PgConnection, tenant: &str) -> Result<(), sqlx::Error> {
+        crate::chain::Locks::default()
+            .plans(tenant, true)
+            .take(conn)
+            .await
+            .map(|_| ())
+    }
+
     /// [`Ctx::load`] with the tenant's plans already read.
     pub async fn with_plans(
         conn: &mut PgConnection,
         tenant: &str,
         context: common::TenantContext,
         emit: bool,
-        plans: Vec<Plan>,
+        (plans, shadows): (Vec<Plan>, Vec<Plan>),
     ) -> Result<Self, sqlx::Error> {
         let calendar =
             Calendar::new(&context.time_zone, context.fiscal_year_start_month).unwrap_or_default();
         let currency = Currency::new(&context.base_currency)
             .unwrap_or_else(|_| Currency::new("EUR").expect("EUR"));
-        let by_team = plan::assigns_by_team(&plans);
+        let by_team = plan::assigns_by_team(&plans) || plan::assigns_by_team(&shadows);
         Ok(Self {
             tenant: tenant.to_owned(),
             teams: if by_team {
@@ -71,6 +89,8 @@ impl Ctx {
             },
             by_team,
             plans,
+            shadows,
+            shadow_only: false,
             context,
             calendar,
             currency,
@@ -177,6 +197,16 @@ pub enum Mode {
 pub struct Report {
     pub postings: u32,
     pub awards: u32,
+    /// Postings to shadow ledgers.
+    pub shadow_postings: u32,
+}
+
+/// A shadow version in one round of [`recompute_many`].
+struct Shadow<'a> {
+    id: (&'a str, i32),
+    /// The reps it concerns, with the plan each would have were it live.
+    plans: HashMap<String, Option<&'a Plan>>,
+    held: HashMap<String, crate::domain::ledger::Holdings>,
 }
 
 /// The rep-period input (deals, metrics, state) as stored.
@@ -311,6 +341,16 @@ pub async fn recompute_many(
             }
         }
     }
+    // Each shadow version with the plan set it would pay under: the live versions and it.
+    let shadow_sets: Vec<(&Plan, Vec<Plan>)> = ctx
+        .shadows
+        .iter()
+        .map(|s| {
+            let mut set = ctx.plans.clone();
+            set.push(s.clone());
+            (s, set)
+        })
+        .collect();
     let mut held = if rounds.is_empty() {
         crate::chain::Held::at(Utc::now())
     } else {
@@ -336,11 +376,57 @@ pub async fn recompute_many(
                     .map(|p| (r.as_str(), p.clone()))
             })
             .collect();
-        let held_all = store::holdings_of(conn, &ctx.tenant, &reps, kind, &key).await?;
-        // Reps without a plan and without anything held: nothing to do.
+        let held_all = if ctx.shadow_only {
+            HashMap::new()
+        } else {
+            store::holdings_of(conn, &ctx.tenant, &reps, kind, &key).await?
+        };
+        // Per shadow version: the plan each rep would have (reps it concerns: those its
+        // plan governs now or would govern, and those its ledger holds anything for), and
+        // what its ledger holds.
+        let mut shadows: Vec<Shadow<'_>> = Vec::with_capacity(shadow_sets.len());
+        for (s, set) in &shadow_sets {
+            let version = i32::try_from(s.version).unwrap_or(0);
+            let held = store::shadow_holdings_of(
+                conn,
+                &ctx.tenant,
+                (&s.plan_id, version),
+                &reps,
+                kind,
+                &key,
+            )
+            .await?;
+            let mut plans_of: HashMap<String, Option<&Plan>> = HashMap::new();
+            for r in &reps {
+                let team = org_reps
+                    .get(r)
+                    .map(|x| x.team_id.clone())
+                    .unwrap_or_default();
+                let chain = org::chain(&team, &ctx.teams);
+                let would =
+                    plan::select(set, r, &chain, last_day).filter(|p| p.period_kind == kind);
+                let now = plans.get(r.as_str());
+                let concerned = would.is_some_and(|p| p.plan_id == s.plan_id)
+                    || now.is_some_and(|p| p.plan_id == s.plan_id)
+                    || held.contains_key(r.as_str());
+                if concerned {
+                    plans_of.insert(r.clone(), would);
+                }
+            }
+            shadows.push(Shadow {
+                id: (&s.plan_id, version),
+                plans: plans_of,
+                held,
+            });
+        }
+        // Reps without a plan, without anything held and no shadow's concern: nothing to do.
         let live: Vec<String> = reps
             .iter()
-            .filter(|r| plans.contains_key(r.as_str()) || held_all.contains_key(r.as_str()))
+            .filter(|r| {
+                (!ctx.shadow_only
+                    && (plans.contains_key(r.as_str()) || held_all.contains_key(r.as_str())))
+                    || shadows.iter().any(|s| s.plans.contains_key(r.as_str()))
+            })
             .cloned()
             .collect();
         if live.is_empty() {
@@ -369,7 +455,7 @@ pub async fn recompute_many(
             more.hold_more(conn, &ctx.tenant, &mut held).await?;
         }
         // What badges granted during a period need, read only if a plan here has one.
-        let (with_deal, granted) = if plans.values().any(awards::any_during) {
+        let (with_deal, granted) = if !ctx.shadow_only && plans.values().any(awards::any_during) {
             (
                 store::reps_with_deals(conn, &ctx.tenant, &live).await?,
                 store::awards_of(conn, &ctx.tenant, &live).await?,
@@ -379,6 +465,7 @@ pub async fn recompute_many(
         };
 
         let mut rows: Vec<LedgerRow> = Vec::new();
+        let mut shadow_rows: Vec<Vec<LedgerRow>> = vec![Vec::new(); shadows.len()];
         let mut results = Vec::new();
         let mut awards_due: Vec<(String, Award)> = Vec::new();
         for rep in &live {
@@ -393,6 +480,49 @@ pub async fn recompute_many(
                 closed,
                 paid: paid && !late_paid,
             };
+            let cause = causes.get(rep).unwrap_or(&no_cause);
+            // The shadows first: what each version would post for this rep, by the same
+            // rules, into its own ledger (always the period itself; never an event).
+            for (s, out_rows) in shadows.iter().zip(shadow_rows.iter_mut()) {
+                let Some(would) = s.plans.get(rep) else {
+                    continue;
+                };
+                let held = s.held.get(rep.as_str()).cloned().unwrap_or_default();
+                let mut outcome = match would {
+                    Some(p) => compute(p, &rp, ctx.currency),
+                    None => Outcome::default(),
+                };
+                if late_paid {
+                    keep_paid(&mut outcome, &held);
+                }
+                let (plan_id, plan_version) = would.map_or((String::new(), 0), |p| {
+                    (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
+                });
+                for p in diff(&outcome, &held) {
+                    out_rows.push(LedgerRow {
+                        posting_id: Uuid::new_v4(),
+                        rep_id: rep.clone(),
+                        period_kind: kind,
+                        period_key: key.clone(),
+                        source_period_key: key.clone(),
+                        line_id: line_id(&ctx.tenant, rep, kind, &key, &p.key),
+                        line_key: p.key,
+                        kind: p.kind.as_str().to_owned(),
+                        status: p.status.as_str().to_owned(),
+                        amount: p.amount,
+                        currency: ctx.currency.code().to_owned(),
+                        plan_id: plan_id.clone(),
+                        plan_version,
+                        deal_id: p.deal_id,
+                        summary: p.summary,
+                        explanation: p.explanation,
+                        caused_by: cause.events.clone(),
+                    });
+                }
+            }
+            if ctx.shadow_only {
+                continue;
+            }
             let held = held_all.get(rep.as_str()).cloned().unwrap_or_default();
             let mut outcome = match plan {
                 Some(p) => compute(p, &rp, ctx.currency),
@@ -406,7 +536,6 @@ pub async fn recompute_many(
             if late_paid {
                 keep_paid(&mut outcome, &held);
             }
-            let cause = causes.get(rep).unwrap_or(&no_cause);
             let (plan_id, plan_version) = plan.map_or((String::new(), 0), |p| {
                 (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
             });
@@ -461,6 +590,13 @@ pub async fn recompute_many(
             }
         }
 
+        for (s, r) in shadows.iter().zip(&shadow_rows) {
+            store::insert_shadow(conn, &ctx.tenant, s.id, r, held.at).await?;
+            report.shadow_postings += u32::try_from(r.len()).unwrap_or(u32::MAX);
+        }
+        if ctx.shadow_only {
+            continue;
+        }
         crate::chain::append(conn, &ctx.tenant, &rows, &mut held).await?;
         report.postings += u32::try_from(rows.len()).unwrap_or(u32::MAX);
         if ctx.emit && !rows.is_empty() {

@@ -8,6 +8,7 @@ pub mod chain;
 pub mod consume;
 pub mod domain;
 pub mod engine;
+pub mod plans;
 pub mod route;
 pub mod store;
 
@@ -121,6 +122,12 @@ pub const PEOPLE_METHODS: &[&str] = &[
     "/spm.incentive.v1.IncentiveService/WhoAmI",
     "/spm.incentive.v1.IncentiveAdminService/PutPlan",
     "/spm.incentive.v1.IncentiveAdminService/ListPlans",
+    "/spm.incentive.v1.IncentiveAdminService/GetPlan",
+    "/spm.incentive.v1.IncentiveAdminService/TransitionPlan",
+    "/spm.incentive.v1.IncentiveAdminService/ApprovePlan",
+    "/spm.incentive.v1.IncentiveAdminService/GetPlanPolicy",
+    "/spm.incentive.v1.IncentiveAdminService/SetPlanPolicy",
+    "/spm.incentive.v1.IncentiveAdminService/ComparePlan",
     "/spm.incentive.v1.IncentiveAdminService/ClosePeriod",
     "/spm.incentive.v1.IncentiveAdminService/MarkPeriodPaid",
     "/spm.incentive.v1.IncentiveAdminService/ResolveDispute",
@@ -197,6 +204,7 @@ async fn rebuild(config: Config) -> anyhow::Result<()> {
         recomputed += pairs.len();
         for chunk in pairs.chunks(RECOMPUTE_CHUNK) {
             let mut tx = pool.begin().await?;
+            engine::Ctx::lock_plans(&mut tx, &tenant).await?;
             let ctx = engine::Ctx::load(&mut tx, &tenant, context.clone(), false).await?;
             let mut out = spm_bus::Outbox::new(&config.service.kafka);
             engine::recompute_many(

@@ -12,15 +12,29 @@ use crate::domain::compute::{DealIn, Linked, Status};
 use crate::domain::ledger::Holdings;
 use crate::domain::plan::Plan;
 
-/// Every version of every plan of a tenant.
-pub async fn plans(conn: &mut PgConnection, tenant: &str) -> Result<Vec<Plan>, sqlx::Error> {
-    let rows: Vec<(sqlx::types::Json<Plan>,)> = sqlx::query_as(
-        "SELECT definition FROM plans WHERE tenant_id = $1 ORDER BY plan_id, version",
+/// The versions of a tenant's plans that pay (LIVE), and those running in shadow
+/// (SHADOW or PENDING_APPROVAL), each by plan id and version.
+pub async fn plans(
+    conn: &mut PgConnection,
+    tenant: &str,
+) -> Result<(Vec<Plan>, Vec<Plan>), sqlx::Error> {
+    let rows: Vec<(sqlx::types::Json<Plan>, String)> = sqlx::query_as(
+        "SELECT definition, state FROM plans
+          WHERE tenant_id = $1 AND state IN ('LIVE', 'SHADOW', 'PENDING_APPROVAL')
+          ORDER BY plan_id, version",
     )
     .bind(tenant)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| r.0.0).collect())
+    let (mut live, mut shadows) = (Vec::new(), Vec::new());
+    for (p, state) in rows {
+        if state == "LIVE" {
+            live.push(p.0);
+        } else {
+            shadows.push(p.0);
+        }
+    }
+    Ok((live, shadows))
 }
 
 /// A credit to store (deal, payment or reversal of a rep).
@@ -701,4 +715,93 @@ pub async fn reps_of_period(
     .bind(kind.as_str())
     .fetch_all(conn)
     .await
+}
+
+/// What a shadow version's ledger holds for reps of a period (as [`holdings_of`]).
+pub async fn shadow_holdings_of(
+    conn: &mut PgConnection,
+    tenant: &str,
+    shadow: (&str, i32),
+    reps: &[String],
+    kind: PeriodKind,
+    key: &str,
+) -> Result<std::collections::HashMap<String, Holdings>, sqlx::Error> {
+    let rows: Vec<(String, String, String, Decimal)> = sqlx::query_as(
+        "SELECT rep_id, line_key, status, sum(amount) FROM shadow_ledger
+          WHERE tenant_id = $1 AND plan_id = $2 AND plan_version = $3 AND period_kind = $4 AND period_key = $5
+            AND rep_id = ANY($6)
+          GROUP BY 1, 2, 3",
+    )
+    .bind(tenant)
+    .bind(shadow.0)
+    .bind(shadow.1)
+    .bind(kind.as_str())
+    .bind(key)
+    .bind(reps)
+    .fetch_all(conn)
+    .await?;
+    let mut out: std::collections::HashMap<String, Holdings> = std::collections::HashMap::new();
+    for (rep, k, s, a) in rows {
+        if let Some(st) = Status::parse(&s) {
+            out.entry(rep).or_default().insert((k, st), a);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends postings to a shadow version's ledger (`plan_id`/`plan_version` of each row
+/// name the plan that produced the line), in one statement.
+pub async fn insert_shadow(
+    conn: &mut PgConnection,
+    tenant: &str,
+    shadow: (&str, i32),
+    rows: &[LedgerRow],
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&LedgerRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.posting_id).collect();
+    let line_ids: Vec<Uuid> = rows.iter().map(|r| r.line_id).collect();
+    let amounts: Vec<Decimal> = rows.iter().map(|r| r.amount).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.plan_version).collect();
+    let expl: Vec<serde_json::Value> = rows.iter().map(|r| r.explanation.clone()).collect();
+    let caused: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!(r.caused_by))
+        .collect();
+    sqlx::query(
+        "INSERT INTO shadow_ledger (posting_id, tenant_id, plan_id, plan_version, rep_id, period_kind, period_key, line_key, line_id,
+                                    kind, status, amount, currency, line_plan_id, line_plan_version, deal_id, summary, explanation,
+                                    caused_by, posted_at)
+         SELECT u.id, $1, $2, $3, u.rep, u.pk, u.key, u.lk, u.lid, u.kind, u.status, u.amount, u.cur, u.plan, u.ver, u.deal,
+                u.summary, u.expl, ARRAY(SELECT jsonb_array_elements_text(u.caused)), $19
+           FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::uuid[], $10::text[], $11::text[],
+                       $12::numeric[], $13::text[], $14::text[], $15::int[], $16::text[], $17::text[], $18::jsonb[], $20::jsonb[])
+                AS u(id, rep, pk, key, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused)",
+    )
+    .bind(tenant)
+    .bind(shadow.0)
+    .bind(shadow.1)
+    .bind(&ids)
+    .bind(col(|r| r.rep_id.clone()))
+    .bind(col(|r| r.period_kind.as_str().to_owned()))
+    .bind(col(|r| r.period_key.clone()))
+    .bind(col(|r| r.line_key.clone()))
+    .bind(&line_ids)
+    .bind(col(|r| r.kind.clone()))
+    .bind(col(|r| r.status.clone()))
+    .bind(&amounts)
+    .bind(col(|r| r.currency.clone()))
+    .bind(col(|r| r.plan_id.clone()))
+    .bind(&versions)
+    .bind(col(|r| r.deal_id.clone()))
+    .bind(col(|r| r.summary.clone()))
+    .bind(&expl)
+    .bind(at)
+    .bind(&caused)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

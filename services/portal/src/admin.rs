@@ -672,7 +672,13 @@ pub async fn put_plan(
     let mut adm = IncentiveAdminServiceClient::new(p.incentive.clone());
     if f.get("action").map(String::as_str) == Some("save") {
         return match adm
-            .put_plan(bearer(ipb::PutPlanRequest { plan: Some(plan) }, &s.token))
+            .put_plan(bearer(
+                ipb::PutPlanRequest {
+                    plan: Some(plan),
+                    draft: false,
+                },
+                &s.token,
+            ))
             .await
         {
             Ok(r) => {

@@ -119,6 +119,12 @@ pub fn period_lock(tenant: &str, kind: &str, key: &str) -> i64 {
     lock_key(&["period", tenant, kind, key])
 }
 
+/// The advisory lock of a tenant's plans: shared by writers that read them, exclusive
+/// while a plan version changes state.
+pub fn plans_lock(tenant: &str) -> i64 {
+    lock_key(&["plans", tenant])
+}
+
 /// The advisory lock of a tenant's chain of seals.
 pub fn seal_lock(tenant: &str) -> i64 {
     lock_key(&["seals", tenant])

@@ -188,7 +188,7 @@ impl Line {
 }
 
 /// The earnings of a rep-period.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Outcome {
     pub lines: Vec<Line>,
     /// Net credited revenue (after clawed-back reversals).

@@ -6,6 +6,7 @@ pub mod awards;
 pub mod chain;
 pub mod compute;
 pub mod ledger;
+pub mod lifecycle;
 pub mod plan;
 
 use rust_decimal::{Decimal, RoundingStrategy};

@@ -658,6 +658,7 @@ pub fn to_proto(p: &Plan) -> pb::Plan {
             min_score: s(pr.min_score),
         }),
         created_at: None,
+        ..Default::default()
     }
 }
 
