@@ -227,6 +227,34 @@ try {
     await page.click('button[value=save]');
     await page.waitForSelector('.notice');
     check((await page.textContent('.notice')).includes('version 2'), 'the new version is saved');
+    // A third version as a draft, run in shadow from the plans page, compared with the live one.
+    await page.click('a[href*="/plans/edit?plan=ae"]');
+    await page.fill('#f-commission-tiers-0--rate', '0.07');
+    await page.click('button[value=draft]');
+    await page.waitForSelector('.notice');
+    check((await page.textContent('.notice')).includes('version 3'), 'the draft is saved as version 3');
+    check((await page.textContent('[data-state="3"]')).includes('Draft'), 'version 3 is a draft');
+    check((await page.textContent('[data-state="2"]')).includes('Live'), 'version 2 is live');
+    await page.click('form[action$="/plans/ae/3/state"] button[value=shadow]');
+    await page.waitForSelector('.notice');
+    check((await page.textContent('[data-state="3"]')).includes('In shadow'), 'version 3 runs in shadow');
+    await axe(page, 'plans with a shadow version');
+    await page.click('a[href$="/plans/ae/3/compare"]');
+    await page.waitForSelector('h1');
+    check((await page.textContent('h1')).includes('against the live plans'), 'the comparison opens');
+    const cmp = await page.locator('table').first().locator('tbody tr').allTextContents();
+    const anaCmp = cmp.find((r) => r.includes('ana')) || '';
+    check(anaCmp.length > 0, `ana is compared (${cmp.map((r) => r.replace(/\s+/g, ' ')).join(' | ')})`);
+    await axe(page, 'compare');
+    await shots(page, 'compare');
+    // Going live without approval is not a move the page offers, and approving one's own
+    // proposal is refused by the service with its reason.
+    await page.goto(`${PORTAL}/t/${TENANT}/plans`);
+    await page.click('form[action$="/plans/ae/3/state"] button[value=propose]');
+    await page.waitForSelector('.notice');
+    await page.click('form[action$="/plans/ae/3/state"] button[value=approve]');
+    await page.waitForSelector('h1');
+    check((await page.textContent('main')).includes('someone else must approve it'), `the proposer cannot approve (${(await page.textContent('main')).replace(/\s+/g, ' ').slice(0, 200)})`);
     // Periods: last month closed, refused twice, then paid; a bad key said beside it.
     await page.click('nav.sections a[href$="/periods"]');
     await page.waitForSelector('#key');

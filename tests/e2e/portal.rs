@@ -237,7 +237,13 @@ async fn people_use_the_portal_in_a_real_browser() {
         .unwrap()
         .into_inner()
         .plans;
-    assert_eq!(plans.len(), 2, "{plans:?}");
+    assert_eq!(plans.len(), 3, "{plans:?}");
+    // Version 3 was saved as a draft, run in shadow and proposed from the plans page; its
+    // proposer's own approval was refused.
+    assert_eq!(plans[2].state, pb::PlanState::PendingApproval as i32);
+    assert_eq!(plans[2].created_by, "eve@example.com");
+    assert!(plans[2].approvals.is_empty(), "{:?}", plans[2].approvals);
+    assert!(plans[2].shadow_since.is_some());
     let v2 = &plans[1];
     assert_eq!((v2.version, v2.name.as_str()), (2, "AE (2027 rates)"));
     assert_eq!(v2.commission.as_ref().unwrap().tiers[0].rate, "0.06");

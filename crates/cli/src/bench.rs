@@ -1049,23 +1049,26 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     ))
     .await?;
     let reps: Vec<String> = (0..500).map(|i| format!("rep-{i}")).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let deals: Vec<ev::EventEnvelope> = (0..sz.incentive_deals)
-        .map(|i| {
-            let at = month.start
-                + chrono::Duration::seconds(
-                    rng.random_range(0..(now - month.start).num_seconds().max(1)),
-                );
-            deal_env(
-                "bench",
-                &reps[i % reps.len()],
-                i,
-                at,
-                &format!("{}.00", rng.random_range(500..20_000)),
-            )
-        })
-        .collect();
-    produce(&env, topics::DEALS, &deals).await?;
+    // The same deals for any tenant.
+    let deals_of = |tenant: &str| -> Vec<ev::EventEnvelope> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        (0..sz.incentive_deals)
+            .map(|i| {
+                let at = month.start
+                    + chrono::Duration::seconds(
+                        rng.random_range(0..(now - month.start).num_seconds().max(1)),
+                    );
+                deal_env(
+                    tenant,
+                    &reps[i % reps.len()],
+                    i,
+                    at,
+                    &format!("{}.00", rng.random_range(500..20_000)),
+                )
+            })
+            .collect()
+    };
+    produce(&env, topics::DEALS, &deals_of("bench")).await?;
     let pool = env.pool("incentive").await;
     let n = i64::try_from(sz.incentive_deals).unwrap_or(i64::MAX);
     wait_count(
@@ -1241,6 +1244,81 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         None,
     );
     r.rss(&incentive);
+
+    // The same deals again, for a tenant with the same live plan and one version of it in
+    // shadow (computed beside it into its own ledger): the work per deal doubles at most.
+    let t2 = create_tenant(&env, &ingest, "bench-shadow").await;
+    wait_key_known(&incentive, &t2.admin_key).await;
+    adm.put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+            draft: false,
+        },
+        &t2.admin_key,
+    ))
+    .await?;
+    let mut shadow = bench_plan(&month.start.format("%Y-%m-%d").to_string());
+    shadow.commission.as_mut().expect("commission").tiers[1].rate = "0.09".into();
+    adm.put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(shadow),
+            draft: true,
+        },
+        &t2.admin_key,
+    ))
+    .await?;
+    adm.transition_plan(authed(
+        ipb::TransitionPlanRequest {
+            plan_id: "bench".into(),
+            version: 2,
+            to: ipb::PlanState::Shadow as i32,
+            reason: "bench".into(),
+        },
+        &t2.admin_key,
+    ))
+    .await?;
+    let mark: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&pool)
+        .await?;
+    produce(&env, topics::DEALS, &deals_of("bench-shadow")).await?;
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM credits WHERE tenant_id = 'bench-shadow'",
+        n,
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let (first, last): (chrono::DateTime<Utc>, chrono::DateTime<Utc>) =
+        sqlx::query_as("SELECT min(applied_at), max(applied_at) FROM inbox WHERE applied_at >= $1")
+            .bind(mark)
+            .fetch_one(&pool)
+            .await?;
+    #[allow(clippy::cast_precision_loss)]
+    let rate2 = sz.incentive_deals as f64 / (last - first).to_std()?.as_secs_f64().max(0.001);
+    let shadow_lines: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM shadow_ledger WHERE tenant_id = 'bench-shadow'")
+            .fetch_one(&pool)
+            .await?;
+    r.add(
+        s,
+        &format!(
+            "deals processed with one plan version in shadow ({} deals, {shadow_lines} shadow lines)",
+            sz.incentive_deals
+        ),
+        rate2,
+        "deals/s",
+        "",
+        None,
+    );
+    let ratio = rate2 / rate;
+    r.add(
+        s,
+        "apply rate with one shadow / none (same run)",
+        ratio,
+        "x",
+        ">= 0.5x",
+        Some(ratio >= 0.5),
+    );
     drop(ingest);
     Ok(())
 }

@@ -7,6 +7,7 @@ mod demo;
 mod local;
 mod login;
 mod out;
+mod plan;
 
 use clap::{Parser, Subcommand};
 
@@ -101,6 +102,10 @@ pub enum Command {
     /// `export` a period for auditors, `log` who changed what.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Plan versions through their lifecycle: draft, shadow, propose, approve (by someone
+    /// else), retire; compare what a shadow version would pay against the live plans.
+    #[command(subcommand)]
+    Plan(plan::PlanCmd),
     /// Benchmarks: measure, print, and write docs/benchmarks.md (build with --release).
     Bench(bench::Args),
 }
@@ -122,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay { services } => local::replay(services).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Audit(c) => audit::run(&cli, c).await,
+        Command::Plan(c) => plan::run(&cli, c).await,
         Command::Login(a) => login::login(a).await,
         Command::Logout => login::logout(),
     }

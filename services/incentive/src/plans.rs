@@ -872,7 +872,12 @@ impl Api {
         let mut reps: BTreeMap<String, pb::RepComparison> = BTreeMap::new();
         let mut sums: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
         let (mut live_total, mut shadow_total) = (Decimal::ZERO, Decimal::ZERO);
-        for ((rep, line_key), (k, deal_id, summary, l, s)) in lines {
+        for ((rep, line_key), (k, deal_id, summary, l, mut s)) in lines {
+            // Resolved disputes' adjustments stand under any plan (no recompute touches
+            // them): the shadow would pay them too.
+            if line_key.starts_with("dispute:") {
+                s = l;
+            }
             if l.is_zero() && s.is_zero() {
                 continue;
             }

@@ -25,8 +25,46 @@ use crate::{Lang, Portal};
 struct PlanRow {
     plan_id: String,
     name: String,
-    /// (version, effective from, created, period kind).
-    versions: Vec<(u32, String, String, String)>,
+    versions: Vec<VersionRow>,
+}
+
+struct VersionRow {
+    version: u32,
+    effective_from: String,
+    created: String,
+    kind: String,
+    state: String,
+    /// "2 of 3 approvals" while awaiting approval.
+    approvals: String,
+    /// Runs in shadow (has a comparison).
+    shadow: bool,
+    /// What a comp admin may do with it: (action, label).
+    actions: Vec<(&'static str, String)>,
+}
+
+/// The moves a version's state allows, as the plans page offers them.
+fn actions_of(l: Lang, state: i32) -> Vec<(&'static str, String)> {
+    let keys: &[&'static str] = match ipb::PlanState::try_from(state).unwrap_or_default() {
+        ipb::PlanState::Draft => &["shadow", "propose", "retire"],
+        ipb::PlanState::Shadow => &["propose", "draft", "retire"],
+        ipb::PlanState::PendingApproval => &["approve", "reject", "retire"],
+        ipb::PlanState::Live => &["retire"],
+        _ => &[],
+    };
+    keys.iter()
+        .map(|k| (*k, l.t(&format!("act_{k}")).to_owned()))
+        .collect()
+}
+
+fn state_name(l: Lang, s: i32) -> String {
+    let k = match ipb::PlanState::try_from(s).unwrap_or_default() {
+        ipb::PlanState::Draft => "st_draft",
+        ipb::PlanState::Shadow => "st_shadow",
+        ipb::PlanState::PendingApproval => "st_pending",
+        ipb::PlanState::Retired => "st_retired",
+        _ => "st_live",
+    };
+    l.t(k).to_owned()
 }
 
 #[derive(Template)]
@@ -43,6 +81,101 @@ pub struct PlansQ {
     saved: String,
     #[serde(default)]
     version: String,
+    #[serde(default)]
+    moved: String,
+}
+
+/// A version's state changed from the plans page: `act` is shadow, propose, approve,
+/// draft, reject or retire; `reason` goes with it. Refusals (a move the state does not
+/// allow, an approval by its proposer) come back as an error page saying why.
+pub async fn plan_state(
+    State(p): State<Portal>,
+    h: HeaderMap,
+    Path((tenant, plan_id, version)): Path<(String, String, u32)>,
+    body: String,
+) -> Response {
+    let (s, l, f) = match posted(&p, &h, &tenant, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let path = format!("/t/{tenant}/plans");
+    let reason = f
+        .get("reason")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_default();
+    let mut adm = IncentiveAdminServiceClient::new(p.incentive.clone());
+    let to = match f.get("act").map(String::as_str) {
+        Some("shadow") => ipb::PlanState::Shadow,
+        Some("propose") => ipb::PlanState::PendingApproval,
+        Some("draft" | "reject") => ipb::PlanState::Draft,
+        Some("retire") => ipb::PlanState::Retired,
+        Some("approve") => ipb::PlanState::Live,
+        _ => {
+            return failed(
+                &tonic::Status::invalid_argument(
+                    "act must be shadow, propose, approve, draft, reject or retire",
+                ),
+                l,
+                Some(&s),
+                &path,
+            );
+        }
+    };
+    let done = if f.get("act").map(String::as_str) == Some("approve") {
+        adm.approve_plan(bearer(
+            ipb::ApprovePlanRequest {
+                plan_id: plan_id.clone(),
+                version,
+                reason,
+            },
+            &s.token,
+        ))
+        .await
+        .map(|_| ())
+    } else {
+        adm.transition_plan(bearer(
+            ipb::TransitionPlanRequest {
+                plan_id: plan_id.clone(),
+                version,
+                to: to as i32,
+                reason,
+            },
+            &s.token,
+        ))
+        .await
+        .map(|_| ())
+    };
+    match done {
+        Ok(()) => {
+            let q = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("moved", &plan_id)
+                .append_pair("version", &version.to_string())
+                .finish();
+            Redirect::to(&format!("/t/{tenant}/plans?{q}")).into_response()
+        }
+        // The service's reason (the state it is in, who must approve, the field to fill)
+        // is what to fix.
+        Err(e) => {
+            let status = match e.code() {
+                Code::PermissionDenied => StatusCode::FORBIDDEN,
+                Code::FailedPrecondition => StatusCode::CONFLICT,
+                Code::InvalidArgument => StatusCode::UNPROCESSABLE_ENTITY,
+                Code::NotFound => StatusCode::NOT_FOUND,
+                _ => return failed(&e, l, Some(&s), &path),
+            };
+            let mut body = e.message().to_owned();
+            for v in violations(&e) {
+                body.push_str(&format!(" ({}: {})", v.0, v.1));
+            }
+            crate::pages::message(
+                status,
+                Chrome::new(l, Some(&s), &path),
+                l.t("plan_refused"),
+                &body,
+                Some(&path),
+            )
+        }
+    }
 }
 
 async fn all_plans(p: &Portal, s: &Session) -> Result<Vec<ipb::Plan>, tonic::Status> {
@@ -85,21 +218,37 @@ pub async fn plans(
             versions: Vec::new(),
         });
         row.name.clone_from(&x.name);
-        row.versions.push((
-            x.version,
-            x.effective_from.clone(),
-            x.created_at
+        row.versions.push(VersionRow {
+            version: x.version,
+            effective_from: x.effective_from.clone(),
+            created: x
+                .created_at
                 .as_ref()
                 .and_then(spm_proto::ext::datetime)
                 .map(|t| l.date(t))
                 .unwrap_or_default(),
-            kind_name(l, x.period_kind),
-        ));
+            kind: kind_name(l, x.period_kind),
+            state: state_name(l, x.state),
+            approvals: if x.state == ipb::PlanState::PendingApproval as i32 {
+                l.t("approvals_of")
+                    .replace("{have}", &x.approvals.len().to_string())
+                    .replace("{need}", &x.approvals_required.max(1).to_string())
+            } else {
+                String::new()
+            },
+            shadow: x.state == ipb::PlanState::Shadow as i32
+                || x.state == ipb::PlanState::PendingApproval as i32,
+            actions: actions_of(l, x.state),
+        });
     }
     for r in by_id.values_mut() {
         r.versions.reverse();
     }
-    let notice = if q.saved.is_empty() {
+    let notice = if !q.moved.is_empty() {
+        l.t("plan_moved")
+            .replace("{plan}", &q.moved)
+            .replace("{version}", &q.version)
+    } else if q.saved.is_empty() {
         String::new()
     } else {
         l.t("plan_saved")
@@ -670,12 +819,13 @@ pub async fn put_plan(
         );
     }
     let mut adm = IncentiveAdminServiceClient::new(p.incentive.clone());
-    if f.get("action").map(String::as_str) == Some("save") {
+    let action = f.get("action").map(String::as_str);
+    if matches!(action, Some("save" | "draft")) {
         return match adm
             .put_plan(bearer(
                 ipb::PutPlanRequest {
                     plan: Some(plan),
-                    draft: false,
+                    draft: action == Some("draft"),
                 },
                 &s.token,
             ))
@@ -1172,4 +1322,110 @@ mod tests {
         let (_, errors) = PlanForm::parse(&posted).to_plan(Some(&base), Lang::En);
         assert_eq!(errors[0].0, "clawback_window_days");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A shadow version against the live plans
+
+/// A line: (line key, summary, live, shadow, difference).
+type CompareLine = (String, String, String, String, String);
+/// A rep: (rep, live, shadow, difference, lines).
+type CompareRep = (String, String, String, String, Vec<CompareLine>);
+
+#[derive(Template)]
+#[template(path = "compare.html")]
+struct ComparePage {
+    c: Chrome,
+    title: String,
+    plan_id: String,
+    version: u32,
+    state: String,
+    period: String,
+    currency: String,
+    totals: (String, String, String),
+    reps: Vec<CompareRep>,
+    since: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct CompareQ {
+    #[serde(default)]
+    period: String,
+}
+
+/// What a version in shadow would pay against the live plans, for a period (default the
+/// current month), per rep and line. Comp admins and the other tenant readers.
+pub async fn compare_plan(
+    State(p): State<Portal>,
+    h: HeaderMap,
+    Path((tenant, plan_id, version)): Path<(String, String, u32)>,
+    Query(q): Query<CompareQ>,
+) -> Response {
+    let s = match session_of(&p, &h, &tenant) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let l = lang(&h);
+    let path = format!("/t/{tenant}/plans/{plan_id}/{version}/compare");
+    let period = if q.period.is_empty() {
+        chrono::Utc::now().format("%Y-%m").to_string()
+    } else {
+        q.period.clone()
+    };
+    let r = match IncentiveAdminServiceClient::new(p.incentive.clone())
+        .compare_plan(bearer(
+            ipb::ComparePlanRequest {
+                plan_id: plan_id.clone(),
+                version,
+                period: Some(cpb::Period {
+                    kind: cpb::PeriodKind::Unspecified as i32,
+                    key: period,
+                }),
+                rep_id: String::new(),
+            },
+            &s.token,
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return failed(&e, l, Some(&s), &path),
+    };
+    html(
+        StatusCode::OK,
+        &ComparePage {
+            title: l
+                .t("compare_title")
+                .replace("{plan}", &plan_id)
+                .replace("{version}", &r.version.to_string()),
+            plan_id,
+            version: r.version,
+            state: state_name(l, r.state),
+            period: r.period.map(|p| p.key).unwrap_or_default(),
+            currency: r.currency,
+            totals: (r.live_total, r.shadow_total, r.difference),
+            reps: r
+                .reps
+                .into_iter()
+                .map(|x| {
+                    (
+                        x.rep_id,
+                        x.live_total,
+                        x.shadow_total,
+                        x.difference,
+                        x.lines
+                            .into_iter()
+                            .map(|y| (y.line_key, y.summary, y.live, y.shadow, y.difference))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            since: r
+                .shadow_since
+                .as_ref()
+                .and_then(spm_proto::ext::datetime)
+                .map(|t| l.t("in_shadow_since").replace("{since}", &l.date(t)))
+                .unwrap_or_default(),
+            c: Chrome::new(l, Some(&s), &path),
+        },
+    )
 }

@@ -44,6 +44,14 @@ pub fn router(p: Portal) -> Router {
             get(crate::admin::plans).post(crate::admin::put_plan),
         )
         .route("/t/{tenant}/plans/edit", get(crate::admin::edit_plan))
+        .route(
+            "/t/{tenant}/plans/{plan}/{version}/state",
+            axum::routing::post(crate::admin::plan_state),
+        )
+        .route(
+            "/t/{tenant}/plans/{plan}/{version}/compare",
+            get(crate::admin::compare_plan),
+        )
         .route("/t/{tenant}/audit", get(crate::audit::audit))
         .route("/t/{tenant}/audit/verify", post(crate::audit::verify))
         .route(
