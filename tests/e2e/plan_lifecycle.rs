@@ -703,6 +703,34 @@ async fn a_shadow_plan_never_pays_notifies_or_emits() {
         (c.live_total.as_str(), c.shadow_total.as_str()),
         ("0.00", "740.00")
     );
+    // The same from the command line; approvals are people's, not keys'.
+    let spm = spm_testkit::process::binary("spm");
+    let cli = |args: &[&str]| {
+        let mut c = std::process::Command::new(&spm);
+        c.args(args)
+            .env("SPM_API_KEY", &t.admin_key)
+            .env("SPM_INCENTIVE_URL", format!("http://{}", incentive.grpc));
+        c.output().expect("spm")
+    };
+    let out = cli(&["plan", "compare", "ae", "--period", &month, "--lines"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("shadow 740.00"), "{text}");
+    assert!(text.contains("commission:q1"), "{text}");
+    let out = cli(&["plan", "show", "ae"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SHADOW") && text.contains("trial"), "{text}");
+    let out = cli(&["plan", "approve", "ae", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not by an API key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing live: no posting, nothing payable, no earnings event, no notification.
     let pool = env.pool("incentive").await;
     let live: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")

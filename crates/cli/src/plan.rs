@@ -377,8 +377,8 @@ pub async fn run(cli: &Cli, cmd: &PlanCmd) -> anyhow::Result<()> {
         }
         PlanCmd::Policy { set } => {
             let p = match set {
-                Some(n) => adm
-                    .set_plan_policy(authed(
+                Some(n) => {
+                    adm.set_plan_policy(authed(
                         ipb::SetPlanPolicyRequest {
                             approvals_required: *n,
                         },
@@ -386,17 +386,20 @@ pub async fn run(cli: &Cli, cmd: &PlanCmd) -> anyhow::Result<()> {
                     ))
                     .await
                     .map_err(status_error)?
-                    .into_inner(),
-                None => adm
-                    .get_plan_policy(authed(ipb::GetPlanPolicyRequest {}, &key))
-                    .await
-                    .map_err(status_error)?
-                    .into_inner(),
+                    .into_inner()
+                    .approvals_required
+                }
+                None => {
+                    adm.get_plan_policy(authed(ipb::GetPlanPolicyRequest {}, &key))
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                        .approvals_required
+                }
             };
             println!(
-                "a plan version needs {} approval(s) by someone other than its author and proposer to go live{}",
-                p.approvals_required,
-                if p.approvals_required == 0 {
+                "a plan version needs {p} approval(s) by someone other than its author and proposer to go live{}",
+                if p == 0 {
                     " (a put plan is live at once)"
                 } else {
                     ""

@@ -1211,18 +1211,22 @@ impl IncentiveAdminService for Api {
     async fn get_plan_policy(
         &self,
         req: Request<pb::GetPlanPolicyRequest>,
-    ) -> Result<Response<pb::PlanPolicy>, Status> {
+    ) -> Result<Response<pb::GetPlanPolicyResponse>, Status> {
         let c = caller(&req)?;
-        Ok(Response::new(self.plan_policy_as(&c, None).await?))
+        Ok(Response::new(pb::GetPlanPolicyResponse {
+            approvals_required: self.plan_policy_as(&c, None).await?,
+        }))
     }
 
     async fn set_plan_policy(
         &self,
         req: Request<pb::SetPlanPolicyRequest>,
-    ) -> Result<Response<pb::PlanPolicy>, Status> {
+    ) -> Result<Response<pb::SetPlanPolicyResponse>, Status> {
         let c = caller(&req)?;
         let n = req.into_inner().approvals_required;
-        Ok(Response::new(self.plan_policy_as(&c, Some(n)).await?))
+        Ok(Response::new(pb::SetPlanPolicyResponse {
+            approvals_required: self.plan_policy_as(&c, Some(n)).await?,
+        }))
     }
 
     async fn compare_plan(

@@ -702,13 +702,11 @@ impl Api {
         &self,
         c: &Caller,
         set: Option<u32>,
-    ) -> Result<pb::PlanPolicy, ApiError> {
+    ) -> Result<u32, ApiError> {
         let Some(n) = set else {
             c.require_tenant_reader()?;
             let mut conn = self.pool.acquire().await?;
-            return Ok(pb::PlanPolicy {
-                approvals_required: policy(&mut conn, &c.tenant_id).await?,
-            });
+            return Ok(policy(&mut conn, &c.tenant_id).await?);
         };
         // Who may change the four-eyes rule: admins only (a comp admin could otherwise
         // lift it for their own change).
@@ -739,9 +737,7 @@ impl Api {
         )
         .await?;
         tx.commit().await?;
-        Ok(pb::PlanPolicy {
-            approvals_required: n,
-        })
+        Ok(n)
     }
 
     /// `ComparePlan`: per rep and line, the live ledger's net amounts for the period (by
