@@ -219,13 +219,18 @@ impl Relay {
     }
 
     async fn update_gauges(&self) -> Result<(), sqlx::Error> {
-        let (backlog, age): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox",
+        // From the ends of the id index, not a count: O(1) however long the backlog (a
+        // count every second cost incentive's Postgres 3.5 s of CPU while 180k earnings
+        // events queued). The span of ids is an upper bound on the rows (ids of rolled-back
+        // writes count too), exact while the relay keeps up.
+        let (backlog, age): (Option<i64>, Option<f64>) = sqlx::query_as(
+            "SELECT (SELECT max(id) FROM outbox) - (SELECT min(id) FROM outbox) + 1,
+                    EXTRACT(EPOCH FROM now() - (SELECT created_at FROM outbox ORDER BY id LIMIT 1))::float8",
         )
         .fetch_one(&self.pool)
         .await?;
         let m = spm_telemetry::metrics::global();
-        m.outbox_backlog.set(backlog);
+        m.outbox_backlog.set(backlog.unwrap_or(0));
         #[allow(clippy::cast_possible_truncation)]
         m.outbox_oldest_age_seconds
             .set(age.unwrap_or(0.0).round() as i64);

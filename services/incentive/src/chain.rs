@@ -34,6 +34,15 @@ pub struct Held {
 }
 
 impl Held {
+    /// The head of a rep-period's chain as this writer holds it ((0, genesis) for a chain
+    /// with no posting yet).
+    pub fn head(&self, rep: &str, kind: PeriodKind, key: &str) -> (i64, Hash) {
+        self.heads
+            .get(&(rep.to_owned(), kind.as_str().to_owned(), key.to_owned()))
+            .copied()
+            .unwrap_or((0, GENESIS))
+    }
+
     /// Holding nothing, at `at`.
     pub fn at(at: DateTime<Utc>) -> Self {
         Self {

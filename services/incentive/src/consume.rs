@@ -20,6 +20,8 @@ use crate::store;
 pub struct IncentiveHandler {
     /// False when rebuilding: recomputations still post differences but announce nothing.
     pub emit: bool,
+    /// What this process keeps of large rep-periods between batches (not when rebuilding).
+    pub warm: Option<std::sync::Arc<crate::warm::Warm>>,
     /// When rebuilding: rep-periods to recompute once at the end, per tenant (with its
     /// latest context), instead of after every batch.
     pub deferred: Option<Deferred>,
@@ -42,6 +44,7 @@ impl IncentiveHandler {
     pub fn live() -> Self {
         Self {
             emit: true,
+            warm: Some(std::sync::Arc::default()),
             deferred: None,
         }
     }
@@ -234,7 +237,7 @@ impl IncentiveHandler {
 
         // 2. Write them: one statement for the credits, one for the snapshots (returning
         // the rep-periods whose snapshot moved forward), one for the deals' periods.
-        store::insert_credits(conn, tenant, &credits).await?;
+        let stored = store::insert_credits(conn, tenant, &credits).await?;
         for (rep, kind, key) in store::upsert_kpis(conn, tenant, &kpis).await? {
             let pos = kpis[&(rep.clone(), kind, key.clone())].pos;
             touches.push(Touch::Score {
@@ -252,6 +255,34 @@ impl IncentiveHandler {
             })
             .collect();
         let deal_periods = store::deal_periods(conn, tenant, &linked).await?;
+        // The rep-periods whose credits this batch stored (a deal's month and quarter; a
+        // payment's or reversal's, its deal's): their marks move (crate::warm).
+        let mut fresh_ids: BTreeMap<(String, PeriodKind, String), Vec<uuid::Uuid>> =
+            BTreeMap::new();
+        for c in credits
+            .iter()
+            .filter(|c| stored.contains(&(c.rep.clone(), c.event_id)))
+        {
+            let (m, q) = if c.kind == "deal" {
+                (c.month.clone(), c.quarter.clone())
+            } else {
+                match deal_periods.get(&(c.rep.clone(), c.deal.clone())) {
+                    Some(p) => p.clone(),
+                    None => continue,
+                }
+            };
+            for (kind, key) in [(PeriodKind::Month, m), (PeriodKind::Quarter, q)] {
+                fresh_ids
+                    .entry((c.rep.clone(), kind, key))
+                    .or_default()
+                    .push(c.event_id);
+            }
+        }
+        let marks = store::bump_marks(conn, tenant, &fresh_ids.keys().cloned().collect()).await?;
+        let fresh: crate::warm::Fresh = fresh_ids
+            .into_iter()
+            .filter_map(|(k, ids)| Some((k.clone(), (*marks.get(&k)?, ids))))
+            .collect();
 
         // 3. What they touch, in event order (the last event of a rep is its cause).
         touches.sort_by_key(Touch::pos);
@@ -343,7 +374,9 @@ impl IncentiveHandler {
         if pairs.is_empty() {
             return Ok(());
         }
-        let ctx = Ctx::with_plans(conn, tenant, ctx_pb, self.emit, plans).await?;
+        let mut ctx = Ctx::with_plans(conn, tenant, ctx_pb, self.emit, plans).await?;
+        ctx.warm.clone_from(&self.warm);
+        ctx.fresh = fresh;
         let pairs: Vec<(String, PeriodKind, String)> = pairs.into_iter().collect();
         engine::recompute_many(conn, &ctx, &pairs, &causes, Mode::Normal, out).await?;
         Ok(())

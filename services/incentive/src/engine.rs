@@ -19,8 +19,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::awards::{self, Award, AwardKind, PeriodResult};
-use crate::domain::compute::{Kind, Outcome, RepPeriod, compute};
-use crate::domain::ledger::{diff, keep_paid};
+use crate::domain::compute::{Kind, RepPeriod};
+use crate::domain::ledger::postings;
 use crate::domain::plan::{self, Plan};
 use crate::store::{self, LedgerRow};
 
@@ -43,6 +43,10 @@ pub struct Ctx {
     /// reps' teams read and `teams` loaded.
     pub by_team: bool,
     pub teams: HashMap<String, Team>,
+    /// The consumer's warm rep-periods (none for API calls and rebuilds).
+    pub warm: Option<std::sync::Arc<crate::warm::Warm>>,
+    /// The credits the consumer's batch stored, per rep-period.
+    pub fresh: crate::warm::Fresh,
 }
 
 impl Ctx {
@@ -91,6 +95,8 @@ impl Ctx {
             plans,
             shadows,
             shadow_only: false,
+            warm: None,
+            fresh: HashMap::new(),
             context,
             calendar,
             currency,
@@ -376,11 +382,48 @@ pub async fn recompute_many(
                     .map(|p| (r.as_str(), p.clone()))
             })
             .collect();
-        let held_all = if ctx.shadow_only {
-            HashMap::new()
-        } else {
-            store::holdings_of(conn, &ctx.tenant, &reps, kind, &key).await?
-        };
+        // Warm rep-periods (consumer only; their ledger only while the period takes its own
+        // postings): what they hold, checked against the chains' heads read under the locks.
+        let warm = ctx.warm.as_deref().filter(|_| !ctx.shadow_only);
+        let own_chain = post_keys.get(&(kind, key.clone())) == Some(&key);
+        let mut taken: HashMap<String, crate::warm::Inputs> = HashMap::new();
+        let mut ledgers: HashMap<String, ((i64, spm_core::chain::Hash), Option<Decimal>)> =
+            HashMap::new();
+        let mut held_all: HashMap<String, crate::domain::ledger::Holdings> = HashMap::new();
+        if let Some(w) = warm {
+            for r in &reps {
+                let (inputs, ledger) = w.take(&(ctx.tenant.clone(), r.clone(), kind, key.clone()));
+                if let Some(i) = inputs {
+                    taken.insert(r.clone(), i);
+                }
+                if let Some(l) = ledger
+                    && own_chain
+                    && l.head == held.head(r, kind, &key)
+                {
+                    ledgers.insert(r.clone(), (l.head, l.total));
+                    if !l.held.is_empty() {
+                        held_all.insert(r.clone(), l.held);
+                    }
+                }
+            }
+        }
+        if !ctx.shadow_only {
+            let cold: Vec<String> = reps
+                .iter()
+                .filter(|r| !ledgers.contains_key(r.as_str()))
+                .cloned()
+                .collect();
+            if !cold.is_empty() {
+                held_all.extend(store::holdings_of(conn, &ctx.tenant, &cold, kind, &key).await?);
+            }
+            if cfg!(debug_assertions) && cold.len() < reps.len() {
+                let warm_reps: Vec<String> = ledgers.keys().cloned().collect();
+                let full = store::holdings_of(conn, &ctx.tenant, &warm_reps, kind, &key).await?;
+                for r in &warm_reps {
+                    assert_eq!(full.get(r), held_all.get(r), "warm holdings of {r} {key}");
+                }
+            }
+        }
         // Per shadow version: the plan each rep would have (reps it concerns: those its
         // plan governs now or would govern, and those its ledger holds anything for), and
         // what its ledger holds.
@@ -432,7 +475,7 @@ pub async fn recompute_many(
         if live.is_empty() {
             continue;
         }
-        let mut deals = store::deals_of_period(conn, &ctx.tenant, Some(&live), kind, &key).await?;
+        let (mut deals, marks) = deals_of(conn, ctx, &live, kind, &key, taken).await?;
         let mut kpis = store::kpis(conn, &ctx.tenant, Some(&live), kind, &key).await?;
         let (closed, paid) = match mode {
             Mode::Normal => store::period_state(conn, &ctx.tenant, kind, &key).await?,
@@ -468,6 +511,8 @@ pub async fn recompute_many(
         let mut shadow_rows: Vec<Vec<LedgerRow>> = vec![Vec::new(); shadows.len()];
         let mut results = Vec::new();
         let mut awards_due: Vec<(String, Award)> = Vec::new();
+        let empty = crate::domain::ledger::Holdings::new();
+        let mut back: HashMap<String, Vec<crate::domain::compute::DealIn>> = HashMap::new();
         for rep in &live {
             let plan = plans.get(rep.as_str());
             let (metrics, score) = kpis.remove(rep).unwrap_or_default();
@@ -487,20 +532,14 @@ pub async fn recompute_many(
                 let Some(would) = s.plans.get(rep) else {
                     continue;
                 };
-                let held = s.held.get(rep.as_str()).cloned().unwrap_or_default();
-                let mut outcome = match would {
-                    Some(p) => compute(p, &rp, ctx.currency),
-                    None => Outcome::default(),
-                };
-                if late_paid {
-                    keep_paid(&mut outcome, &held);
-                }
+                let held = s.held.get(rep.as_str()).unwrap_or(&empty);
+                let (_, moved) = postings(*would, &rp, ctx.currency, held, late_paid);
                 let (plan_id, plan_version) = would.map_or((String::new(), 0), |p| {
                     (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
                 });
-                for p in diff(&outcome, &held) {
+                for p in moved {
                     out_rows.push(LedgerRow {
-                        posting_id: Uuid::new_v4(),
+                        posting_id: Uuid::now_v7(),
                         rep_id: rep.clone(),
                         period_kind: kind,
                         period_key: key.clone(),
@@ -523,25 +562,18 @@ pub async fn recompute_many(
             if ctx.shadow_only {
                 continue;
             }
-            let held = held_all.get(rep.as_str()).cloned().unwrap_or_default();
-            let mut outcome = match plan {
-                Some(p) => compute(p, &rp, ctx.currency),
-                None => Outcome {
-                    lines: Vec::new(),
-                    revenue: Decimal::ZERO,
-                    attainment: None,
-                    held: false,
-                },
-            };
-            if late_paid {
-                keep_paid(&mut outcome, &held);
-            }
+            let held = held_all.get(rep.as_str()).unwrap_or(&empty);
+            let (outcome, moved) = postings(plan, &rp, ctx.currency, held, late_paid);
             let (plan_id, plan_version) = plan.map_or((String::new(), 0), |p| {
                 (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
             });
-            for p in diff(&outcome, &held) {
+            if warm.is_some() {
+                let h = held_all.entry(rep.clone()).or_default();
+                crate::domain::ledger::hold(h, &moved);
+            }
+            for p in moved {
                 rows.push(LedgerRow {
-                    posting_id: Uuid::new_v4(),
+                    posting_id: Uuid::now_v7(),
                     rep_id: rep.clone(),
                     period_kind: kind,
                     period_key: post_key.clone(),
@@ -588,6 +620,9 @@ pub async fn recompute_many(
                     }
                 }
             }
+            if warm.is_some() {
+                back.insert(rep.clone(), rp.deals);
+            }
         }
 
         for (s, r) in shadows.iter().zip(&shadow_rows) {
@@ -599,15 +634,63 @@ pub async fn recompute_many(
         }
         crate::chain::append(conn, &ctx.tenant, &rows, &mut held).await?;
         report.postings += u32::try_from(rows.len()).unwrap_or(u32::MAX);
-        if ctx.emit && !rows.is_empty() {
-            let posted_reps: Vec<String> = rows
-                .iter()
-                .map(|r| r.rep_id.clone())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
+        // Statement totals after this round: a warm total plus what was posted, else read.
+        let mut posted: HashMap<&str, Decimal> = HashMap::new();
+        for r in &rows {
+            *posted.entry(r.rep_id.as_str()).or_default() += r.amount;
+        }
+        let mut totals: HashMap<String, Decimal> = HashMap::new();
+        let keep_ledger = warm.is_some() && own_chain && !late;
+        if keep_ledger {
+            for r in &live {
+                if let Some((_, Some(t))) = ledgers.get(r) {
+                    totals.insert(
+                        r.clone(),
+                        *t + posted.get(r.as_str()).copied().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        if (ctx.emit || keep_ledger) && !rows.is_empty() {
+            let unknown: Vec<String> = posted
+                .keys()
+                .filter(|r| !totals.contains_key(**r))
+                .map(|r| (*r).to_owned())
                 .collect();
-            let totals =
-                store::period_totals(conn, &ctx.tenant, &posted_reps, kind, &post_key).await?;
+            if !unknown.is_empty() {
+                totals.extend(
+                    store::period_totals(conn, &ctx.tenant, &unknown, kind, &post_key).await?,
+                );
+            }
+            if cfg!(debug_assertions) {
+                let all: Vec<String> = posted.keys().map(|r| (*r).to_owned()).collect();
+                let full = store::period_totals(conn, &ctx.tenant, &all, kind, &post_key).await?;
+                for r in &all {
+                    assert_eq!(full.get(r), totals.get(r), "warm total of {r} {post_key}");
+                }
+            }
+        }
+        if let Some(w) = warm {
+            for r in &live {
+                let k = (ctx.tenant.clone(), r.clone(), kind, key.clone());
+                let inputs = back.remove(r).map(|deals| crate::warm::Inputs {
+                    mark: marks.get(r).copied().unwrap_or(0),
+                    deals,
+                });
+                let ledger = keep_ledger.then(|| crate::warm::Ledger {
+                    head: held.head(r, kind, &key),
+                    held: held_all.remove(r).unwrap_or_default(),
+                    total: totals.get(r).copied().or_else(|| {
+                        // Nothing posted: the total is what it was.
+                        (!posted.contains_key(r.as_str()))
+                            .then(|| ledgers.get(r).and_then(|l| l.1))
+                            .flatten()
+                    }),
+                });
+                w.put(k, inputs, ledger);
+            }
+        }
+        if ctx.emit && !rows.is_empty() {
             let money = |a: Decimal| common::Money {
                 amount: ctx.currency.round(a).to_string(),
                 currency: ctx.currency.code().to_owned(),
@@ -685,6 +768,73 @@ pub async fn recompute_many(
         }
     }
     Ok(report)
+}
+
+/// Reps' deals of a period, and their marks: from the warm entries taken out where they
+/// are current, or brought up to date with this batch's own credits; read in full
+/// otherwise (and always without a warm store).
+async fn deals_of(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    live: &[String],
+    kind: PeriodKind,
+    key: &str,
+    mut taken: HashMap<String, crate::warm::Inputs>,
+) -> Result<
+    (
+        BTreeMap<String, Vec<crate::domain::compute::DealIn>>,
+        HashMap<String, i64>,
+    ),
+    sqlx::Error,
+> {
+    if ctx.warm.is_none() || ctx.shadow_only {
+        let deals = store::deals_of_period(conn, &ctx.tenant, Some(live), kind, key).await?;
+        return Ok((deals, HashMap::new()));
+    }
+    let marks = store::marks(conn, &ctx.tenant, live, kind, key).await?;
+    let mut ready: BTreeMap<String, Vec<crate::domain::compute::DealIn>> = BTreeMap::new();
+    let mut catch_up: HashMap<String, Vec<crate::domain::compute::DealIn>> = HashMap::new();
+    let mut ids: Vec<Uuid> = Vec::new();
+    let mut cold: Vec<String> = Vec::new();
+    for r in live {
+        let now = marks.get(r).copied().unwrap_or(0);
+        let fresh = ctx.fresh.get(&(r.clone(), kind, key.to_owned()));
+        match taken.remove(r) {
+            Some(i) if i.mark == now && fresh.is_none() => {
+                ready.insert(r.clone(), i.deals);
+            }
+            Some(i) if fresh.is_some_and(|(after, _)| *after == now && i.mark + 1 == now) => {
+                ids.extend(fresh.map(|f| f.1.iter().copied()).into_iter().flatten());
+                catch_up.insert(r.clone(), i.deals);
+            }
+            _ => cold.push(r.clone()),
+        }
+    }
+    if !catch_up.is_empty() {
+        let reread = store::add_fresh(conn, &ctx.tenant, &mut catch_up, &ids).await?;
+        for (r, d) in catch_up {
+            if reread.contains(&r) {
+                cold.push(r);
+            } else {
+                ready.insert(r, d);
+            }
+        }
+    }
+    if cfg!(debug_assertions) && !ready.is_empty() {
+        let warm_reps: Vec<String> = ready.keys().cloned().collect();
+        let full = store::deals_of_period(conn, &ctx.tenant, Some(&warm_reps), kind, key).await?;
+        for r in &warm_reps {
+            assert_eq!(
+                full.get(r).map(Vec::as_slice).unwrap_or_default(),
+                ready[r].as_slice(),
+                "warm deals of {r} {key}"
+            );
+        }
+    }
+    if !cold.is_empty() {
+        ready.extend(store::deals_of_period(conn, &ctx.tenant, Some(&cold), kind, key).await?);
+    }
+    Ok((ready, marks))
 }
 
 /// Where changes to a period are posted: the period itself while open (and when settling

@@ -54,26 +54,28 @@ pub struct NewCredit {
     pub currency: String,
 }
 
-/// Stores credits (one statement; an event stored before is skipped).
+/// Stores credits (one statement; an event stored before is skipped); returns the
+/// (rep, event id) of those stored now.
 pub async fn insert_credits(
     conn: &mut PgConnection,
     tenant: &str,
     credits: &[NewCredit],
-) -> Result<(), sqlx::Error> {
+) -> Result<std::collections::HashSet<(String, Uuid)>, sqlx::Error> {
     if credits.is_empty() {
-        return Ok(());
+        return Ok(std::collections::HashSet::new());
     }
     let col = |f: fn(&NewCredit) -> String| credits.iter().map(f).collect::<Vec<String>>();
     let lines: Vec<serde_json::Value> = credits
         .iter()
         .map(|c| serde_json::to_value(&c.lines).unwrap_or_default())
         .collect();
-    sqlx::query(
+    sqlx::query_as(
         "INSERT INTO credits (tenant_id, rep_id, event_id, source_event_id, kind, deal_id, occurred_at, local_date,
                               month_key, quarter_key, amount, lines, full_reversal, currency)
          SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
                                   $8::date[], $9::text[], $10::text[], $11::numeric[], $12::jsonb[], $13::bool[], $14::text[])
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING
+         RETURNING rep_id, event_id",
     )
     .bind(tenant)
     .bind(col(|c| c.rep.clone()))
@@ -89,9 +91,9 @@ pub async fn insert_credits(
     .bind(lines)
     .bind(credits.iter().map(|c| c.full).collect::<Vec<_>>())
     .bind(col(|c| c.currency.clone()))
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_all(conn)
+    .await
+    .map(|rows: Vec<(String, Uuid)>| rows.into_iter().collect())
 }
 
 /// A score snapshot of a rep-period.
@@ -169,6 +171,7 @@ pub async fn deal_periods(
 #[derive(sqlx::FromRow)]
 struct CreditRow {
     rep_id: String,
+    event_id: Uuid,
     source_event_id: String,
     kind: String,
     deal_id: String,
@@ -177,6 +180,30 @@ struct CreditRow {
     amount: Decimal,
     lines: sqlx::types::Json<Vec<(String, Decimal)>>,
     full_reversal: bool,
+}
+
+impl CreditRow {
+    fn into_deal(self) -> DealIn {
+        DealIn {
+            deal_id: self.deal_id,
+            event_id: self.source_event_id,
+            closed_at: self.occurred_at,
+            local_date: self.local_date,
+            credited: self.amount,
+            lines: self.lines.0,
+            payments: Vec::new(),
+            reversals: Vec::new(),
+        }
+    }
+
+    fn into_linked(self) -> Linked {
+        Linked {
+            event_id: self.source_event_id,
+            at: self.occurred_at,
+            amount: self.amount,
+            full: self.full_reversal,
+        }
+    }
 }
 
 fn key_column(kind: PeriodKind) -> &'static str {
@@ -206,11 +233,11 @@ pub async fn deals_of_period(
     } else {
         "AND $3::text[] IS NULL"
     };
-    let cols = "rep_id, source_event_id, kind, deal_id, occurred_at, local_date, amount, lines, full_reversal";
+    let cols = "rep_id, event_id, source_event_id, kind, deal_id, occurred_at, local_date, amount, lines, full_reversal";
     let mut rows: Vec<CreditRow> = sqlx::query_as(&format!(
         "SELECT {cols} FROM credits
           WHERE tenant_id = $1 AND kind = 'deal' AND {col} = $2 {only}
-          ORDER BY rep_id, occurred_at, source_event_id"
+          ORDER BY rep_id, occurred_at, source_event_id COLLATE \"C\""
     ))
     .persistent(false)
     .bind(tenant)
@@ -225,7 +252,7 @@ pub async fn deals_of_period(
         let linked: Vec<CreditRow> = sqlx::query_as(&format!(
             "SELECT {cols} FROM credits
               WHERE tenant_id = $1 AND kind <> 'deal' AND rep_id = ANY($2) AND deal_id = ANY($3)
-              ORDER BY rep_id, occurred_at, source_event_id"
+              ORDER BY rep_id, occurred_at, source_event_id COLLATE \"C\""
         ))
         .persistent(false)
         .bind(tenant)
@@ -242,29 +269,16 @@ pub async fn deals_of_period(
             // A deal id closes once per rep; a duplicate credit would be a second deal.
             deals
                 .entry((r.rep_id.clone(), r.deal_id.clone()))
-                .or_insert(DealIn {
-                    deal_id: r.deal_id,
-                    event_id: r.source_event_id,
-                    closed_at: r.occurred_at,
-                    local_date: r.local_date,
-                    credited: r.amount,
-                    lines: r.lines.0,
-                    payments: Vec::new(),
-                    reversals: Vec::new(),
-                });
+                .or_insert_with(|| r.into_deal());
         } else {
             links.push(r);
         }
     }
     for l in links {
         if let Some(d) = deals.get_mut(&(l.rep_id.clone(), l.deal_id.clone())) {
-            let linked = Linked {
-                event_id: l.source_event_id,
-                at: l.occurred_at,
-                amount: l.amount,
-                full: l.full_reversal,
-            };
-            if l.kind == "payment" {
+            let payment = l.kind == "payment";
+            let linked = l.into_linked();
+            if payment {
                 d.payments.push(linked);
             } else {
                 d.reversals.push(linked);
@@ -276,6 +290,145 @@ pub async fn deals_of_period(
         out.entry(rep).or_default().push(d);
     }
     Ok(out)
+}
+
+/// Moves the marks of rep-periods whose credits this transaction stored (each by one,
+/// in key order: concurrent writers lock the rows in the same order); returns the marks
+/// after.
+pub async fn bump_marks(
+    conn: &mut PgConnection,
+    tenant: &str,
+    touched: &BTreeSet<(String, PeriodKind, String)>,
+) -> Result<std::collections::HashMap<(String, PeriodKind, String), i64>, sqlx::Error> {
+    if touched.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "INSERT INTO credit_marks (tenant_id, rep_id, period_kind, period_key, n)
+         SELECT $1, u.r, u.k, u.p, 1 FROM UNNEST($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(r, k, p, o)
+          ORDER BY u.o
+         ON CONFLICT (tenant_id, rep_id, period_kind, period_key) DO UPDATE SET n = credit_marks.n + 1
+         RETURNING rep_id, period_kind, period_key, n",
+    )
+    .bind(tenant)
+    .bind(touched.iter().map(|t| t.0.as_str()).collect::<Vec<_>>())
+    .bind(touched.iter().map(|t| t.1.as_str()).collect::<Vec<_>>())
+    .bind(touched.iter().map(|t| t.2.as_str()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(r, k, p, n)| Some(((r, k.parse().ok()?, p), n)))
+        .collect())
+}
+
+/// The marks of reps' credits for a period (0: none stored yet).
+pub async fn marks(
+    conn: &mut PgConnection,
+    tenant: &str,
+    reps: &[String],
+    kind: PeriodKind,
+    key: &str,
+) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT rep_id, n FROM credit_marks
+          WHERE tenant_id = $1 AND period_kind = $2 AND period_key = $3 AND rep_id = ANY($4)",
+    )
+    .bind(tenant)
+    .bind(kind.as_str())
+    .bind(key)
+    .bind(reps)
+    .fetch_all(conn)
+    .await?;
+    let mut out: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+    for r in reps {
+        out.entry(r.clone()).or_insert(0);
+    }
+    Ok(out)
+}
+
+/// Brings reps' deals of a period (as [`deals_of_period`] read them before this batch) up
+/// to date with the credits of `ids` this batch stored: the new deals with every payment
+/// and reversal stored for them, and the new payments and reversals of the deals known.
+/// Read back from Postgres, so decoded exactly as a full read decodes them, and placed
+/// where a full read places them. Returns the reps that need a full read instead (a deal
+/// credited twice).
+pub async fn add_fresh(
+    conn: &mut PgConnection,
+    tenant: &str,
+    deals: &mut std::collections::HashMap<String, Vec<DealIn>>,
+    ids: &[Uuid],
+) -> Result<BTreeSet<String>, sqlx::Error> {
+    let reps: Vec<String> = deals.keys().cloned().collect();
+    let cols = "rep_id, event_id, source_event_id, kind, deal_id, occurred_at, local_date, amount, lines, full_reversal";
+    let fresh_deals: Vec<CreditRow> = sqlx::query_as(&format!(
+        "SELECT {cols} FROM credits
+          WHERE tenant_id = $1 AND rep_id = ANY($2) AND event_id = ANY($3) AND kind = 'deal'
+          ORDER BY rep_id, occurred_at, source_event_id COLLATE \"C\""
+    ))
+    .bind(tenant)
+    .bind(&reps)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut reread = BTreeSet::new();
+    let mut new_deals: Vec<(String, String)> = Vec::new();
+    for r in fresh_deals {
+        let Some(list) = deals.get_mut(&r.rep_id) else {
+            continue;
+        };
+        match list.binary_search_by(|d| d.deal_id.cmp(&r.deal_id)) {
+            Ok(_) => {
+                reread.insert(r.rep_id.clone());
+            }
+            Err(at) => {
+                new_deals.push((r.rep_id.clone(), r.deal_id.clone()));
+                list.insert(at, r.into_deal());
+            }
+        }
+    }
+    let new_ids: Vec<&str> = new_deals.iter().map(|(_, d)| d.as_str()).collect();
+    let linked: Vec<CreditRow> = sqlx::query_as(&format!(
+        "SELECT {cols} FROM credits
+          WHERE tenant_id = $1 AND rep_id = ANY($2) AND kind <> 'deal' AND (event_id = ANY($3) OR deal_id = ANY($4))
+          ORDER BY rep_id, occurred_at, source_event_id COLLATE \"C\""
+    ))
+    .bind(tenant)
+    .bind(&reps)
+    .bind(ids)
+    .bind(&new_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let own: std::collections::HashSet<&Uuid> = ids.iter().collect();
+    for l in linked {
+        let Some(list) = deals.get_mut(&l.rep_id) else {
+            continue;
+        };
+        // This batch's own, or stored before for a deal new here (not a payment of a deal
+        // already known stored before: that one is in the list already).
+        if !own.contains(&l.event_id)
+            && !new_deals
+                .iter()
+                .any(|(r, d)| *r == l.rep_id && *d == l.deal_id)
+        {
+            continue;
+        }
+        let Ok(at) = list.binary_search_by(|d| d.deal_id.cmp(&l.deal_id)) else {
+            continue;
+        };
+        let d = &mut list[at];
+        let payment = l.kind == "payment";
+        let linked = l.into_linked();
+        let to = if payment {
+            &mut d.payments
+        } else {
+            &mut d.reversals
+        };
+        // A full read links them in (time, source event) order.
+        let pos = to.partition_point(|x| (x.at, &x.event_id) <= (linked.at, &linked.event_id));
+        to.insert(pos, linked);
+    }
+    Ok(reread)
 }
 
 /// The latest scoring metrics and score of reps for a period.

@@ -14,7 +14,7 @@
 //! at close and/or in proportion to collection, per the plan's payout split. Rounding:
 //! half-even to the currency's minor unit, once per line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -326,9 +326,36 @@ fn split(
     out
 }
 
+/// Which lines get their summary, explanation and inputs: building them is most of a
+/// computation's cost, and a recompute posts only the few lines whose amounts moved.
+/// Amounts, kinds and deals are the same whatever is explained.
+#[derive(Debug, Clone, Copy)]
+pub enum Explain<'a> {
+    All,
+    Nothing,
+    /// The lines with these keys.
+    Only(&'a HashSet<String>),
+}
+
+impl Explain<'_> {
+    fn wants(&self, key: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Nothing => false,
+            Self::Only(keys) => keys.contains(key),
+        }
+    }
+}
+
 /// Computes the earnings of `rp` under `plan`, in currency `cur` (the tenant base).
-#[allow(clippy::too_many_lines)]
 pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
+    compute_with(plan, rp, cur, Explain::All)
+}
+
+/// [`compute`], explaining only the lines `explain` names (the others have an empty
+/// summary, a null explanation and no inputs).
+#[allow(clippy::too_many_lines)]
+pub fn compute_with(plan: &Plan, rp: &RepPeriod, cur: Currency, explain: Explain<'_>) -> Outcome {
     let mut deals: Vec<&DealIn> = rp.deals.iter().collect();
     deals.sort_by(|a, b| {
         a.closed_at
@@ -433,7 +460,11 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
         for (d, (clawed, net)) in deals.iter().zip(&nets) {
             let (start, end) = (cum, cum + net);
             cum += net;
+            let key = format!("commission:{}", d.deal_id);
+            let claw_key = format!("clawback:{}", d.deal_id);
+            let want = explain.wants(&key) || explain.wants(&claw_key);
             let mut slices = Vec::new();
+            let mut n_slices = 0usize;
             let (comm, rate_here) = if below {
                 (Decimal::ZERO, Decimal::ZERO)
             } else {
@@ -447,13 +478,19 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                             if hi > lo {
                                 let base = hi - lo;
                                 total += base * rate;
-                                slices.push(json!({"tier": i + 1, "from": money(c.tiers[i].0), "to": c.tiers.get(i + 1).map(|t| money(t.0)), "rate": money(*rate), "base": money(base), "amount": money(base * rate)}));
+                                n_slices += 1;
+                                if want {
+                                    slices.push(json!({"tier": i + 1, "from": money(c.tiers[i].0), "to": c.tiers.get(i + 1).map(|t| money(t.0)), "rate": money(*rate), "base": money(base), "amount": money(base * rate)}));
+                                }
                             }
                         }
                         (total, rate_at(&bounds, start).1)
                     }
                     Mode::Retroactive => {
-                        slices.push(json!({"tier": reached_tier + 1, "rate": money(retro_rate), "base": money(*net), "amount": money(*net * retro_rate)}));
+                        n_slices += 1;
+                        if want {
+                            slices.push(json!({"tier": reached_tier + 1, "rate": money(retro_rate), "base": money(*net), "amount": money(*net * retro_rate)}));
+                        }
                         (*net * retro_rate, retro_rate)
                     }
                 }
@@ -514,64 +551,70 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                 gross / d.credited
             };
             let (paid, due) = collected_of(d);
-            let summary = {
-                let mut s = if slices.len() > 1 {
+            let (summary, explanation) = if want {
+                let summary = {
+                    let mut s = if n_slices > 1 {
+                        format!(
+                            "{} of {} {} across {} tiers",
+                            pct(ratio(eff)),
+                            money(d.credited),
+                            cur,
+                            n_slices
+                        )
+                    } else {
+                        format!("{} of {} {}", pct(ratio(eff)), money(d.credited), cur)
+                    };
+                    if below {
+                        s = format!(
+                            "nothing: period attainment {} is below the {} threshold",
+                            money(position(revenue)),
+                            money(c.threshold)
+                        );
+                    }
+                    if factor != Decimal::ONE {
+                        s.push_str(&format!(", x{} by gate", money(factor)));
+                    }
+                    if !caps.is_empty() {
+                        s.push_str(", capped");
+                    }
+                    if held {
+                        s.push_str(", held by gate");
+                    }
+                    s
+                };
+                let rounding = if remainder {
                     format!(
-                        "{} of {} {} across {} tiers",
-                        pct(ratio(eff)),
-                        money(d.credited),
+                        "capped: the cap less the other lines as rounded ({} {}); otherwise half-even to {} {} per line",
+                        money(gross - claw),
                         cur,
-                        slices.len()
+                        cur.unit(),
+                        cur
                     )
                 } else {
-                    format!("{} of {} {}", pct(ratio(eff)), money(d.credited), cur)
+                    format!("half-even to {} {} per line", cur.unit(), cur)
                 };
-                if below {
-                    s = format!(
-                        "nothing: period attainment {} is below the {} threshold",
-                        money(position(revenue)),
-                        money(c.threshold)
-                    );
-                }
-                if factor != Decimal::ONE {
-                    s.push_str(&format!(", x{} by gate", money(factor)));
-                }
-                if !caps.is_empty() {
-                    s.push_str(", capped");
-                }
-                if held {
-                    s.push_str(", held by gate");
-                }
-                s
-            };
-            let rounding = if remainder {
-                format!(
-                    "capped: the cap less the other lines as rounded ({} {}); otherwise half-even to {} {} per line",
-                    money(gross - claw),
-                    cur,
-                    cur.unit(),
-                    cur
-                )
+                let explanation = json!({
+                    "inputs": inputs_of(d),
+                    "plan": {"id": plan.plan_id, "version": plan.version},
+                    "basis": format!("{:?}", c.basis), "mode": format!("{:?}", c.mode),
+                    "quota": money(quota), "credited": money(d.credited), "net": money(*net), "clawed": money(*clawed),
+                    "position": {"from": money(position(start)), "to": money(position(end))},
+                    "threshold": {"value": money(c.threshold), "met": !below},
+                    "slices": slices, "commission_on_net": money(comm), "effective_rate": money(ratio(eff)),
+                    "gates": gate_notes, "factor": money(factor), "caps": caps,
+                    "amount": {"exact": gross_exact.show(), "rounded": money(gross)},
+                    "clawback": {"exact": claw_exact.show(), "rounded": money(claw)},
+                    "payout": {"at_close_percent": money(plan.at_close_percent), "collected_fraction": money(ratio(if due.is_zero() { Decimal::ONE } else { (paid / due).min(Decimal::ONE) }))},
+                    "next_tier": next_tier,
+                    "rounding": rounding,
+                });
+                (summary, explanation)
             } else {
-                format!("half-even to {} {} per line", cur.unit(), cur)
+                (String::new(), serde_json::Value::Null)
             };
-            let explanation = json!({
-                "inputs": inputs_of(d),
-                "plan": {"id": plan.plan_id, "version": plan.version},
-                "basis": format!("{:?}", c.basis), "mode": format!("{:?}", c.mode),
-                "quota": money(quota), "credited": money(d.credited), "net": money(*net), "clawed": money(*clawed),
-                "position": {"from": money(position(start)), "to": money(position(end))},
-                "threshold": {"value": money(c.threshold), "met": !below},
-                "slices": slices, "commission_on_net": money(comm), "effective_rate": money(ratio(eff)),
-                "gates": gate_notes, "factor": money(factor), "caps": caps,
-                "amount": {"exact": gross_exact.show(), "rounded": money(gross)},
-                "clawback": {"exact": claw_exact.show(), "rounded": money(claw)},
-                "payout": {"at_close_percent": money(plan.at_close_percent), "collected_fraction": money(ratio(if due.is_zero() { Decimal::ONE } else { (paid / due).min(Decimal::ONE) }))},
-                "next_tier": next_tier,
-                "rounding": rounding,
-            });
+            let inputs = if want { inputs_of(d) } else { Vec::new() };
             lines.push(Line {
-                key: format!("commission:{}", d.deal_id),
+                key,
                 kind: Kind::Commission,
                 deal_id: d.deal_id.clone(),
                 amounts: split(
@@ -584,23 +627,27 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
                 ),
                 summary,
                 explanation: explanation.clone(),
-                inputs: inputs_of(d),
+                inputs: inputs.clone(),
             });
             if !claw.is_zero() {
                 lines.push(Line {
-                    key: format!("clawback:{}", d.deal_id),
+                    key: claw_key,
                     kind: Kind::Clawback,
                     deal_id: d.deal_id.clone(),
                     amounts: vec![(Status::Reversed, -claw)],
-                    summary: format!(
-                        "clawback: {} {} reversed within {} days at {}",
-                        money(*clawed),
-                        cur,
-                        window,
-                        pct(ratio(eff))
-                    ),
+                    summary: if want {
+                        format!(
+                            "clawback: {} {} reversed within {} days at {}",
+                            money(*clawed),
+                            cur,
+                            window,
+                            pct(ratio(eff))
+                        )
+                    } else {
+                        String::new()
+                    },
                     explanation,
-                    inputs: inputs_of(d),
+                    inputs,
                 });
             }
         }
@@ -637,54 +684,67 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
             } else {
                 Status::Payable
             };
-            let explanation = json!({
-                "inputs": inputs_of(d), "plan": {"id": plan.plan_id, "version": plan.version},
-                "spiff": s.spiff_id, "window": [s.from.to_string(), s.to.to_string()], "products": s.products,
-                "matching_amount": money(matching),
-                "reward": match s.reward { Reward::Fixed(a) => json!({"fixed": money(a)}), Reward::Rate(r) => json!({"rate": money(r)}) },
-                "rounding": format!("half-even to {} {} per line", cur.unit(), cur),
-            });
-            let summary = match s.reward {
-                Reward::Fixed(a) => format!(
-                    "SPIFF {}: {} {} for deal {}",
-                    s.spiff_id,
-                    money(a),
-                    cur,
-                    d.deal_id
-                ),
-                Reward::Rate(r) => format!(
-                    "SPIFF {}: {} of {} {}",
-                    s.spiff_id,
-                    pct(r),
-                    money(matching),
-                    cur
-                ),
+            let key = format!("spiff:{}:{}", s.spiff_id, d.deal_id);
+            let claw_key = format!("spiff-clawback:{}:{}", s.spiff_id, d.deal_id);
+            let want = explain.wants(&key) || explain.wants(&claw_key);
+            let (summary, explanation) = if want {
+                let explanation = json!({
+                    "inputs": inputs_of(d), "plan": {"id": plan.plan_id, "version": plan.version},
+                    "spiff": s.spiff_id, "window": [s.from.to_string(), s.to.to_string()], "products": s.products,
+                    "matching_amount": money(matching),
+                    "reward": match s.reward { Reward::Fixed(a) => json!({"fixed": money(a)}), Reward::Rate(r) => json!({"rate": money(r)}) },
+                    "rounding": format!("half-even to {} {} per line", cur.unit(), cur),
+                });
+                let summary = match s.reward {
+                    Reward::Fixed(a) => format!(
+                        "SPIFF {}: {} {} for deal {}",
+                        s.spiff_id,
+                        money(a),
+                        cur,
+                        d.deal_id
+                    ),
+                    Reward::Rate(r) => format!(
+                        "SPIFF {}: {} of {} {}",
+                        s.spiff_id,
+                        pct(r),
+                        money(matching),
+                        cur
+                    ),
+                };
+                (summary, explanation)
+            } else {
+                (String::new(), serde_json::Value::Null)
             };
+            let inputs = if want { inputs_of(d) } else { Vec::new() };
             lines.push(Line {
-                key: format!("spiff:{}:{}", s.spiff_id, d.deal_id),
+                key,
                 kind: Kind::Spiff,
                 deal_id: d.deal_id.clone(),
                 amounts: vec![(status, amount)],
                 summary,
                 explanation: explanation.clone(),
-                inputs: inputs_of(d),
+                inputs: inputs.clone(),
             });
             if !clawed.is_zero() && d.credited > Decimal::ZERO {
                 let claw = cur.round_ratio(amount * *clawed, d.credited);
                 if !claw.is_zero() {
                     lines.push(Line {
-                        key: format!("spiff-clawback:{}:{}", s.spiff_id, d.deal_id),
+                        key: claw_key,
                         kind: Kind::Clawback,
                         deal_id: d.deal_id.clone(),
                         amounts: vec![(Status::Reversed, -claw)],
-                        summary: format!(
-                            "SPIFF {} clawback: {} of {} reversed",
-                            s.spiff_id,
-                            money(*clawed),
-                            money(d.credited)
-                        ),
+                        summary: if want {
+                            format!(
+                                "SPIFF {} clawback: {} of {} reversed",
+                                s.spiff_id,
+                                money(*clawed),
+                                money(d.credited)
+                            )
+                        } else {
+                            String::new()
+                        },
                         explanation,
-                        inputs: inputs_of(d),
+                        inputs,
                     });
                 }
             }
@@ -699,7 +759,11 @@ pub fn compute(plan: &Plan, rp: &RepPeriod, cur: Currency) -> Outcome {
         } else {
             Status::Payable
         };
-        let all_inputs: Vec<String> = deals.iter().flat_map(|d| inputs_of(d)).collect();
+        let all_inputs: Vec<String> = if plan.attainment_bonuses.is_empty() {
+            Vec::new()
+        } else {
+            deals.iter().flat_map(|d| inputs_of(d)).collect()
+        };
         if let Some(a) = attainment {
             for (at, amount) in &plan.attainment_bonuses {
                 if a >= *at && !amount.is_zero() {
@@ -1265,6 +1329,34 @@ pub(crate) mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Explaining fewer lines changes nothing else: the same lines, kinds, deals and
+        /// amounts, and the lines explained are byte for byte those of a full computation.
+        #[test]
+        fn explaining_some_lines_changes_nothing_else((plan, rp) in scenario(), pick in 0usize..7) {
+            let cur = eur();
+            let full = compute(&plan, &rp, cur);
+            let bare = compute_with(&plan, &rp, cur, Explain::Nothing);
+            let some: HashSet<String> = full.lines.iter().enumerate().filter(|(i, _)| i % 7 == pick).map(|(_, l)| l.key.clone()).collect();
+            let part = compute_with(&plan, &rp, cur, Explain::Only(&some));
+            for o in [&bare, &part] {
+                prop_assert_eq!(o.lines.len(), full.lines.len());
+                prop_assert_eq!((o.revenue, o.attainment, o.held), (full.revenue, full.attainment, full.held));
+                for (a, b) in o.lines.iter().zip(&full.lines) {
+                    prop_assert_eq!((&a.key, a.kind, &a.deal_id, &a.amounts), (&b.key, b.kind, &b.deal_id, &b.amounts));
+                }
+            }
+            // A line is explained as in full (those asked for, and a line sharing its
+            // explanation with one asked for), or not at all.
+            for (a, b) in part.lines.iter().zip(&full.lines) {
+                if a.explanation.is_null() {
+                    prop_assert!(!some.contains(&a.key) && a.summary.is_empty() && a.inputs.is_empty());
+                } else {
+                    prop_assert_eq!(a, b);
+                }
+            }
+            prop_assert!(bare.lines.iter().filter(|l| l.kind != Kind::Bonus).all(|l| l.explanation.is_null()));
+        }
+
         /// Every line is its exact amount rounded half-even once, except the line that
         /// reaches a cap, which takes what is left under it; caps are never exceeded and a
         /// capped period totals its cap; status parts sum to their line.

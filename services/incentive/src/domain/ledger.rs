@@ -3,11 +3,14 @@
 //! difference is posted. The first posting of a key has the line's kind; later ones are
 //! adjustments. Nothing is ever rewritten.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rust_decimal::Decimal;
 
-use super::compute::{Kind, Outcome, Status};
+use spm_core::money::Currency;
+
+use super::compute::{Explain, Kind, Outcome, RepPeriod, Status, compute_with};
+use super::plan::Plan;
 
 /// What the ledger holds for a rep-period: the sum per (line key, status).
 pub type Holdings = BTreeMap<(String, Status), Decimal>;
@@ -25,42 +28,78 @@ pub struct Posting {
     pub inputs: Vec<String>,
 }
 
-/// The postings that bring `held` to `target`.
+/// The postings that bring `held` to `target`, in (line key, status) order.
 pub fn diff(target: &Outcome, held: &Holdings) -> Vec<Posting> {
-    let held_keys: BTreeSet<&str> = held.keys().map(|(k, _)| k.as_str()).collect();
-    let mut want: Holdings = BTreeMap::new();
-    let mut meta: BTreeMap<&str, &super::compute::Line> = BTreeMap::new();
+    let mut want: BTreeMap<(&str, Status), Decimal> = BTreeMap::new();
+    let mut meta: HashMap<&str, &super::compute::Line> = HashMap::with_capacity(target.lines.len());
     for l in &target.lines {
         meta.insert(&l.key, l);
         for (s, a) in &l.amounts {
-            *want.entry((l.key.clone(), *s)).or_default() += *a;
+            *want.entry((l.key.as_str(), *s)).or_default() += *a;
         }
     }
-    let all: BTreeSet<&(String, Status)> = want.keys().chain(held.keys()).collect();
+    // Both maps are in (key, status) order: merge them.
     let mut out = Vec::new();
-    for k in all {
-        let d = want.get(k).copied().unwrap_or_default() - held.get(k).copied().unwrap_or_default();
-        if d.is_zero() {
+    let mut w = want.iter().peekable();
+    let mut h = held
+        .iter()
+        .map(|((k, s), a)| ((k.as_str(), *s), a))
+        .peekable();
+    loop {
+        let (k, amount) = match (w.peek(), h.peek()) {
+            (None, None) => break,
+            (Some((wk, wa)), None) => {
+                let r = (**wk, **wa);
+                w.next();
+                r
+            }
+            (None, Some((hk, ha))) => {
+                let r = (*hk, -**ha);
+                h.next();
+                r
+            }
+            (Some((wk, wa)), Some((hk, ha))) => match (**wk).cmp(hk) {
+                std::cmp::Ordering::Less => {
+                    let r = (**wk, **wa);
+                    w.next();
+                    r
+                }
+                std::cmp::Ordering::Greater => {
+                    let r = (*hk, -**ha);
+                    h.next();
+                    r
+                }
+                std::cmp::Ordering::Equal => {
+                    let r = (**wk, **wa - **ha);
+                    w.next();
+                    h.next();
+                    r
+                }
+            },
+        };
+        if amount.is_zero() {
             continue;
         }
         let (key, status) = k;
-        let first = !held_keys.contains(key.as_str());
-        match meta.get(key.as_str()) {
-            Some(l) => out.push(Posting {
-                key: key.clone(),
-                kind: if first { l.kind } else { Kind::Adjustment },
-                status: *status,
-                amount: d,
-                deal_id: l.deal_id.clone(),
-                summary: if first { l.summary.clone() } else { format!("recomputed: {}", l.summary) },
-                explanation: l.explanation.clone(),
-                inputs: l.inputs.clone(),
-            }),
+        match meta.get(key) {
+            Some(l) => {
+                let first = !holds_key(held, key);
+                out.push(Posting {
+                    key: key.to_owned(),
+                    kind: if first { l.kind } else { Kind::Adjustment },
+                    status,
+                    amount,
+                    deal_id: l.deal_id.clone(),
+                    summary: if first { l.summary.clone() } else { format!("recomputed: {}", l.summary) },
+                    explanation: l.explanation.clone(),
+                    inputs: l.inputs.clone(),
+                });
+            }
             None => out.push(Posting {
-                key: key.clone(),
+                key: key.to_owned(),
                 kind: Kind::Adjustment,
-                status: *status,
-                amount: d,
+                status,
+                amount,
                 deal_id: String::new(),
                 summary: format!("{key} is no longer earned"),
                 explanation: serde_json::json!({"reason": "the line's inputs no longer produce it"}),
@@ -69,6 +108,48 @@ pub fn diff(target: &Outcome, held: &Holdings) -> Vec<Posting> {
         }
     }
     out
+}
+
+/// Whether the ledger holds anything (any status) for a line key: later postings of it
+/// are adjustments.
+fn holds_key(held: &Holdings, key: &str) -> bool {
+    held.range((key.to_owned(), Status::Earned)..=(key.to_owned(), Status::Reversed))
+        .next()
+        .is_some()
+}
+
+/// What to post for a rep-period under `plan` (none: everything held is reversed), and its
+/// outcome: amounts are computed first without explanations, then only the lines that
+/// move are explained (the same postings as explaining everything, at a fraction of the
+/// cost). `late_paid`: a late change to a paid period ([`keep_paid`]).
+pub fn postings(
+    plan: Option<&Plan>,
+    rp: &RepPeriod,
+    cur: Currency,
+    held: &Holdings,
+    late_paid: bool,
+) -> (Outcome, Vec<Posting>) {
+    let Some(plan) = plan else {
+        let o = Outcome::default();
+        let p = diff(&o, held);
+        return (o, p);
+    };
+    let run = |explain| {
+        let mut o = compute_with(plan, rp, cur, explain);
+        if late_paid {
+            keep_paid(&mut o, held);
+        }
+        o
+    };
+    let bare = run(Explain::Nothing);
+    let moved = diff(&bare, held);
+    if moved.is_empty() {
+        return (bare, moved);
+    }
+    let keys: HashSet<String> = moved.iter().map(|p| p.key.clone()).collect();
+    let full = run(Explain::Only(&keys));
+    let p = diff(&full, held);
+    (full, p)
 }
 
 /// Adds postings to holdings.
@@ -201,6 +282,55 @@ mod tests {
         })
     }
 
+    /// The diff as first written (a set of every key, then a lookup of each): what the
+    /// merge in [`diff`] must reproduce posting for posting.
+    fn reference_diff(target: &Outcome, held: &Holdings) -> Vec<Posting> {
+        use std::collections::BTreeSet;
+        let held_keys: BTreeSet<&str> = held.keys().map(|(k, _)| k.as_str()).collect();
+        let mut want: Holdings = BTreeMap::new();
+        let mut meta: BTreeMap<&str, &crate::domain::compute::Line> = BTreeMap::new();
+        for l in &target.lines {
+            meta.insert(&l.key, l);
+            for (s, a) in &l.amounts {
+                *want.entry((l.key.clone(), *s)).or_default() += *a;
+            }
+        }
+        let all: BTreeSet<&(String, Status)> = want.keys().chain(held.keys()).collect();
+        let mut out = Vec::new();
+        for k in all {
+            let d =
+                want.get(k).copied().unwrap_or_default() - held.get(k).copied().unwrap_or_default();
+            if d.is_zero() {
+                continue;
+            }
+            let (key, status) = k;
+            let first = !held_keys.contains(key.as_str());
+            match meta.get(key.as_str()) {
+                Some(l) => out.push(Posting {
+                    key: key.clone(),
+                    kind: if first { l.kind } else { Kind::Adjustment },
+                    status: *status,
+                    amount: d,
+                    deal_id: l.deal_id.clone(),
+                    summary: if first { l.summary.clone() } else { format!("recomputed: {}", l.summary) },
+                    explanation: l.explanation.clone(),
+                    inputs: l.inputs.clone(),
+                }),
+                None => out.push(Posting {
+                    key: key.clone(),
+                    kind: Kind::Adjustment,
+                    status: *status,
+                    amount: d,
+                    deal_id: String::new(),
+                    summary: format!("{key} is no longer earned"),
+                    explanation: serde_json::json!({"reason": "the line's inputs no longer produce it"}),
+                    inputs: Vec::new(),
+                }),
+            }
+        }
+        out
+    }
+
     /// Applies events one at a time in `order` (duplicates skipped by id, like the inbox),
     /// recomputing and posting the difference after each; returns the holdings.
     fn run(plan: &crate::domain::plan::Plan, events: &[(u32, Ev)], order: &[usize]) -> Holdings {
@@ -213,8 +343,20 @@ mod tests {
                 continue;
             }
             applied.push(e.clone());
-            let target = compute(plan, &state(&applied), eur());
+            let rp = state(&applied);
+            let target = compute(plan, &rp, eur());
             let p = diff(&target, &held);
+            // The engine's path (amounts first, then only the moved lines explained) and
+            // the merge-based diff post exactly what explaining everything and the
+            // reference diff post: same keys, kinds, amounts, summaries, explanations.
+            assert_eq!(p, reference_diff(&target, &held));
+            assert_eq!(postings(Some(plan), &rp, eur(), &held, false).1, p);
+            let mut paid = target.clone();
+            keep_paid(&mut paid, &held);
+            assert_eq!(
+                postings(Some(plan), &rp, eur(), &held, true).1,
+                diff(&paid, &held)
+            );
             hold(&mut held, &p);
         }
         held.retain(|_, v| !v.is_zero());
