@@ -1,7 +1,8 @@
 //! The spine proves itself: a deal submitted to ingest over gRPC is recorded by scoring's
 //! consumer in Postgres through the shared loop, with the trace id carried in the Kafka
 //! headers; duplicates count once; a consumer killed between its DB commit and its offset
-//! commit counts once after restart; two instances of a consumer split the partitions.
+//! commit counts once after restart; two instances of a consumer split the partitions; an outbox spilled early
+//! belongs to its transaction and keeps its order.
 
 use std::time::{Duration, Instant};
 
@@ -285,4 +286,65 @@ async fn two_instances_split_the_partitions_and_count_every_event_once() {
     a.wait_log_count("partitions assigned", 3, Duration::from_secs(5))
         .await;
     assert_eq!(revenue(&pool, "acme").await, Decimal::new(300_000, 2));
+}
+
+/// A long computation writes its events into the outbox as they pile up
+/// (`Outbox::spill`): the rows are the transaction's (gone on rollback, there on commit),
+/// in emission order, and counted as emitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_outbox_belongs_to_its_transaction_and_keeps_its_order() {
+    use sqlx::Connection as _;
+    let env = TestEnv::new("spill").await;
+    let admin = env.pool("public").await;
+    sqlx::query("CREATE SCHEMA spill")
+        .execute(&admin)
+        .await
+        .expect("schema");
+    let pool = env.pool("spill").await;
+    sqlx::raw_sql(spm_bus::schema::MIGRATIONS[0].2)
+        .execute(&pool)
+        .await
+        .expect("bus tables");
+    let emit = |out: &mut spm_bus::Outbox, from: usize, n: usize| {
+        for i in from..from + n {
+            let e = spm_proto::events::v1::EventEnvelope {
+                event_id: format!("e{i}"),
+                ..Default::default()
+            };
+            out.emit(&tracing::Span::none(), "t", format!("k{i}"), &e);
+        }
+    };
+    let rows = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT key FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("outbox")
+    };
+    for commit in [false, true] {
+        let mut conn = pool.acquire().await.expect("conn");
+        let mut tx = conn.begin().await.expect("begin");
+        let mut out = spm_bus::Outbox::new(&env.kafka());
+        emit(&mut out, 0, 4);
+        out.spill(&mut tx, 5).await.expect("spill");
+        assert!(rows(pool.clone()).await.is_empty(), "below the bound: held");
+        emit(&mut out, 4, 3);
+        out.spill(&mut tx, 5).await.expect("spill");
+        let in_tx: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("count");
+        assert_eq!(in_tx, 7, "at the bound: written in the transaction");
+        emit(&mut out, 7, 2);
+        assert_eq!(out.len(), 9, "spilled rows count as emitted");
+        assert!(!out.is_empty());
+        out.write(&mut tx).await.expect("write");
+        if commit {
+            tx.commit().await.expect("commit");
+            let want: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+            assert_eq!(rows(pool.clone()).await, want, "in emission order");
+        } else {
+            tx.rollback().await.expect("rollback");
+            assert!(rows(pool.clone()).await.is_empty(), "rolled back with it");
+        }
+    }
 }

@@ -95,6 +95,8 @@ impl From<sqlx::Error> for HandlerError {
 pub struct Outbox {
     prefix: String,
     rows: Vec<crate::Record>,
+    /// Rows already written by [`Outbox::spill`] in this transaction.
+    spilled: usize,
 }
 
 impl Outbox {
@@ -102,6 +104,7 @@ impl Outbox {
         Self {
             prefix: cfg.topic_prefix.clone(),
             rows: Vec::new(),
+            spilled: 0,
         }
     }
 
@@ -122,18 +125,37 @@ impl Outbox {
         ));
     }
 
+    /// Whether nothing was emitted (spilled rows count as emitted).
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
+    /// Rows emitted so far, spilled ones included.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.spilled + self.rows.len()
     }
 
     /// Writes the collected rows into the outbox table through `conn` (inside the caller's
     /// transaction) and clears them: one insert per [`OUTBOX_CHUNK_BYTES`] of payload, so a
     /// batch that emits thousands of events does not build (and leave the connection
     /// holding) one statement of many MiB.
+    /// Writes the rows collected so far if there are at least `above` of them, in the
+    /// caller's transaction (where [`Outbox::write`] would put them later): a long
+    /// computation that emits as it goes (a plan change over a year of deals) holds at
+    /// most `above` events in memory. Order is kept: the outbox's ids follow the writes.
+    pub async fn spill(
+        &mut self,
+        conn: &mut PgConnection,
+        above: usize,
+    ) -> Result<(), sqlx::Error> {
+        if self.rows.len() >= above {
+            let n = self.rows.len();
+            self.write(conn).await?;
+            self.spilled += n;
+        }
+        Ok(())
+    }
+
     pub async fn write(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let mut rows = self.rows.drain(..).peekable();
         while rows.peek().is_some() {

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "broker,ingest,scoring,incentive,incentive-scale,auth,portal,notification,rebuild,audit"
+        default_value = "broker,ingest,scoring,incentive,incentive-scale,scale-out,auth,portal,notification,rebuild,audit"
     )]
     pub only: Vec<String>,
     /// Markdown report.
@@ -56,6 +56,8 @@ struct Sizes {
     flat_deals: usize,
     /// Deals of the year a plan change recomputes (incentive-scale).
     retro_deals: usize,
+    /// Deals per phase of the scale-out section (with four activities each).
+    scale_out_deals: usize,
     notification_secs: u64,
     rebuild_events: usize,
     hop_secs: u64,
@@ -400,6 +402,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             incentive_deals: 10_000,
             flat_deals: 2_000,
             retro_deals: 10_000,
+            scale_out_deals: 4_000,
             notification_secs: 5,
             rebuild_events: 100_000,
             hop_secs: 4,
@@ -414,6 +417,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             incentive_deals: 100_000,
             flat_deals: 10_000,
             retro_deals: 100_000,
+            scale_out_deals: 20_000,
             notification_secs: 15,
             rebuild_events: 1_000_000,
             hop_secs: 10,
@@ -438,6 +442,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             "scoring" => scoring(&sizes, &mut report).await?,
             "incentive" => incentive(&sizes, &mut report).await?,
             "incentive-scale" => incentive_scale(&sizes, &mut report).await?,
+            "scale-out" => scale_out(&sizes, &mut report).await?,
             "auth" => auth(&sizes, &mut report).await?,
             "portal" => portal(&sizes, &mut report).await?,
             "notification" => notification(&sizes, &mut report).await?,
@@ -1137,6 +1142,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
             })
             .collect()
     };
+    let (c0, w0) = (cpu(&[&incentive]), Instant::now());
     produce(&env, topics::DEALS, &deals_of("bench")).await?;
     let pool = env.pool("incentive").await;
     let n = i64::try_from(sz.incentive_deals).unwrap_or(i64::MAX);
@@ -1147,6 +1153,12 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         Duration::from_secs(1800),
     )
     .await?;
+    let note = format!(
+        "incentive apply: {}",
+        cpu_note(&c0, &cpu(&[&incentive]), w0.elapsed())
+    );
+    println!("  {note}");
+    r.notes.push(note);
     let rate = inbox_rate(&pool, sz.incentive_deals).await?;
     let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
         .fetch_one(&pool)
@@ -1164,6 +1176,24 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         None,
     );
     r.rss(&incentive);
+    let floor = incentive_floor(&env, &pool, "bench", sz.incentive_deals).await?;
+    r.add(
+        s,
+        "design floor: Postgres writing the same rows in the same batches, nothing else",
+        floor,
+        "deals/s",
+        "",
+        None,
+    );
+    let of_floor = rate / floor;
+    r.add(
+        s,
+        "incentive apply / design floor (same run)",
+        of_floor,
+        "x",
+        ">= 0.5x (proposed, in place of 10,000/s)",
+        Some(of_floor >= 0.5),
+    );
 
     let mut c = spm_proto::incentive::v1::incentive_service_client::IncentiveServiceClient::new(
         incentive.channel().await,
@@ -3155,5 +3185,497 @@ async fn audit(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         None,
     );
     r.rss(&incentive);
+    Ok(())
+}
+
+/// What incentive published to `topic` so far (all partitions, from the beginning), as the
+/// outbox rows it wrote for them: topic, key, payload and headers.
+async fn published(env: &TestEnv, topic: &str) -> anyhow::Result<Vec<spm_bus::Record>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::message::{Headers as _, Message as _};
+    let k = env.kafka();
+    let full = k.topic(topic);
+    let mut cfg = k.consumer_config(&format!("bench-floor-{}", uuid::Uuid::new_v4()));
+    cfg.set("enable.partition.eof", "true");
+    let c: BaseConsumer = cfg.create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..env.partitions {
+        tpl.add_partition_offset(&full, p, rdkafka::Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut done = std::collections::HashSet::new();
+        let t = Instant::now();
+        while done.len() < tpl.count() {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "reading {full}");
+            match c.poll(Duration::from_millis(500)) {
+                None => {}
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    done.insert(p);
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(m)) => out.push(spm_bus::Record {
+                    topic: m.topic().to_owned(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+/// Incentive's design floor: Postgres writing the same rows the apply wrote for `tenant`'s
+/// `deals`, with the same indexes, in transactions of the live consumer's batch (1,000
+/// deals), two in flight (one per core), and nothing else: no reads, no computation, no
+/// broker. Per batch: its share of the appended rows (ledger, credits, inbox, result
+/// history), the upserts of the rep-periods its ledger rows touch (chain heads, credit
+/// marks, results), and its share of the events published, inserted into an outbox with
+/// the consumer's statement and deleted in a second transaction as the relay does.
+/// Returns deals/s.
+async fn incentive_floor(
+    env: &TestEnv,
+    pool: &sqlx::PgPool,
+    tenant: &str,
+    deals: usize,
+) -> anyhow::Result<f64> {
+    // Everything published first (the relay runs behind the commits).
+    let t = Instant::now();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?
+        > 0
+    {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(300), "outbox not drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = published(env, topics::EARNINGS).await?;
+    let cols = |table: &'static str| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT quote_ident(column_name) FROM information_schema.columns
+              WHERE table_schema = 'incentive' AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await
+    };
+    let appended = ["ledger", "credits", "inbox", "period_results_history"];
+    let upserted = ["ledger_chains", "credit_marks", "period_results"];
+    sqlx::query("DROP SCHEMA IF EXISTS floor CASCADE")
+        .execute(pool)
+        .await?;
+    sqlx::query("CREATE SCHEMA floor").execute(pool).await?;
+    let mut sizes = HashMap::new();
+    for t in appended.iter().chain(&upserted).chain(&["outbox"]) {
+        sqlx::query(&format!(
+            "CREATE TABLE floor.{t} (LIKE incentive.{t} INCLUDING ALL)"
+        ))
+        .execute(pool)
+        .await?;
+    }
+    for t in appended {
+        let filter = if t == "inbox" {
+            String::new()
+        } else {
+            format!("WHERE tenant_id = '{tenant}'")
+        };
+        let order = match t {
+            "ledger" => "seq",
+            "credits" | "period_results_history" => "ctid",
+            _ => "applied_at",
+        };
+        let c = cols(t).await?.join(", ");
+        sqlx::query(&format!(
+            "CREATE TABLE floor.src_{t} AS SELECT row_number() OVER (ORDER BY {order}) AS rn, {c}
+               FROM incentive.{t} {filter}"
+        ))
+        .execute(pool)
+        .await?;
+        sqlx::query(&format!("CREATE INDEX ON floor.src_{t} (rn)"))
+            .execute(pool)
+            .await?;
+        sqlx::query(&format!("ANALYZE floor.src_{t}"))
+            .execute(pool)
+            .await?;
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM floor.src_{t}"))
+            .fetch_one(pool)
+            .await?;
+        sizes.insert(t, n);
+    }
+    let mut stmts: Vec<(String, &'static str)> = Vec::new();
+    for t in appended {
+        let c = cols(t).await?.join(", ");
+        stmts.push((
+            format!(
+                "INSERT INTO floor.{t} ({c}) SELECT {c} FROM floor.src_{t}
+                  WHERE rn > $1 * {n} / $2 AND rn <= ($1 + 1) * {n} / $2",
+                n = sizes[t]
+            ),
+            t,
+        ));
+    }
+    for t in upserted {
+        let all = cols(t).await?;
+        let key: Vec<String> = sqlx::query_scalar(
+            "SELECT quote_ident(a.attname) FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+              WHERE i.indrelid = $1::regclass AND i.indisprimary",
+        )
+        .bind(format!("incentive.{t}"))
+        .fetch_all(pool)
+        .await?;
+        let set: Vec<String> = all
+            .iter()
+            .filter(|c| !key.contains(c))
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let c = all.join(", ");
+        stmts.push((
+            format!(
+                "INSERT INTO floor.{t} ({c})
+                 SELECT {c} FROM incentive.{t} WHERE tenant_id = '{tenant}'
+                    AND (rep_id, period_kind, period_key) IN (
+                        SELECT rep_id, period_kind, period_key FROM floor.src_ledger
+                         WHERE rn > $1 * {n} / $2 AND rn <= ($1 + 1) * {n} / $2)
+                  ORDER BY {k}
+                 ON CONFLICT ({k}) DO UPDATE SET {s}",
+                n = sizes["ledger"],
+                k = key.join(", "),
+                s = set.join(", ")
+            ),
+            t,
+        ));
+    }
+    let batches = deals.div_ceil(1000).max(1);
+    let mut per: Vec<Vec<spm_bus::Record>> = (0..batches).map(|_| Vec::new()).collect();
+    let n_events = events.len();
+    for (i, e) in events.into_iter().enumerate() {
+        per[i * batches / n_events.max(1)].push(e);
+    }
+    checkpoint().await?;
+    let stmts = Arc::new(stmts);
+    let queue = Arc::new(Mutex::new(per.into_iter().enumerate().collect::<Vec<_>>()));
+    let spent: Arc<Mutex<HashMap<&'static str, Duration>>> = Arc::default();
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (pool, stmts, queue, spent) =
+            (pool.clone(), stmts.clone(), queue.clone(), spent.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            loop {
+                let Some((i, records)) = queue.lock().expect("queue").pop() else {
+                    return anyhow::Ok(());
+                };
+                let i = i64::try_from(i)?;
+                let b = i64::try_from(batches)?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                for (sql, table) in stmts.iter() {
+                    let t = Instant::now();
+                    sqlx::query(sql).bind(i).bind(b).execute(&mut *tx).await?;
+                    *spent.lock().expect("spent").entry(*table).or_default() += t.elapsed();
+                }
+                let mut topics = Vec::new();
+                let mut keys = Vec::new();
+                let mut payloads = Vec::new();
+                let mut headers = Vec::new();
+                for r in records {
+                    topics.push(r.topic);
+                    keys.push(r.key);
+                    payloads.push(r.payload);
+                    headers.push(serde_json::to_value(&r.headers)?);
+                }
+                let t = Instant::now();
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "INSERT INTO floor.outbox (topic, key, payload, headers)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[])
+                     RETURNING id",
+                )
+                .bind(&topics)
+                .bind(&keys)
+                .bind(&payloads)
+                .bind(&headers)
+                .fetch_all(&mut *tx)
+                .await?;
+                *spent.lock().expect("spent").entry("outbox").or_default() += t.elapsed();
+                let t = Instant::now();
+                tx.commit().await?;
+                *spent.lock().expect("spent").entry("commit").or_default() += t.elapsed();
+                sqlx::query("DELETE FROM floor.outbox WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let took = t0.elapsed();
+    // Every row was written.
+    for t in appended {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM floor.{t}"))
+            .fetch_one(pool)
+            .await?;
+        anyhow::ensure!(n == sizes[t], "floor.{t}: {n} rows of {}", sizes[t]);
+    }
+    println!(
+        "  design floor: {} ledger, {} credit, {} inbox, {} history rows, {n_events} events in {batches} transactions, {:.2} s",
+        sizes["ledger"],
+        sizes["credits"],
+        sizes["inbox"],
+        sizes["period_results_history"],
+        took.as_secs_f64()
+    );
+    let mut spent: Vec<_> = spent.lock().expect("spent").clone().into_iter().collect();
+    spent.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+    println!(
+        "  design floor, time per statement (two connections): {}",
+        spent
+            .iter()
+            .map(|(t, d)| format!("{t} {:.2} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    sqlx::query("DROP SCHEMA floor CASCADE")
+        .execute(pool)
+        .await?;
+    checkpoint().await?;
+    #[allow(clippy::cast_precision_loss)]
+    Ok(deals as f64 / took.as_secs_f64().max(0.001))
+}
+
+/// The first projection of docs/scaling.md, verified: instances of scoring and incentive
+/// share the partitions of one consumer group. One tenant's deals and activities are
+/// applied with one instance of each, then the same load for a second tenant with two of
+/// each, on the same stack; the figure is each service's rate with two over one.
+async fn scale_out(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let s = "scale-out";
+    let env = with_service_env("bench-scale-out", 6).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    // Partition assignments are logged at info.
+    let logged = &[
+        ("RUST_LOG", "warn,spm_bus=info"),
+        ("SPM_DB_MAX_CONNECTIONS", "10"),
+    ];
+    let sc1 = env.start_with("scoring", logged).await;
+    let in1 = env.start_with("incentive", logged).await;
+    let now = Utc::now();
+    let month = Calendar::default().period(PeriodKind::Month, now);
+    let mut adm =
+        spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
+            in1.channel().await,
+        );
+    let mut tenants = Vec::new();
+    for id in ["solo", "pair"] {
+        let t = create_tenant(&env, &ingest, id).await;
+        wait_key_known(&in1, &t.admin_key).await;
+        wait_key_known(&sc1, &t.admin_key).await;
+        adm.put_plan(authed(
+            ipb::PutPlanRequest {
+                plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+                draft: false,
+            },
+            &t.admin_key,
+        ))
+        .await?;
+        tenants.push(t);
+    }
+    let reps: Vec<String> = (0..500).map(|i| format!("rep-{i}")).collect();
+    let load = |tenant: &str| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut deals = Vec::new();
+        let mut acts = Vec::new();
+        for i in 0..sz.scale_out_deals * 5 {
+            let rep = &reps[i % reps.len()];
+            let at = month.start
+                + chrono::Duration::seconds(
+                    rng.random_range(0..(now - month.start).num_seconds().max(1)),
+                );
+            if i % 5 == 0 {
+                deals.push(deal_env(
+                    tenant,
+                    rep,
+                    i,
+                    at,
+                    &format!("{}.00", rng.random_range(500..20_000)),
+                ));
+            } else {
+                acts.push(activity_env(tenant, rep, i, at));
+            }
+        }
+        (deals, acts)
+    };
+    let sp = env.pool("scoring").await;
+    let ip = env.pool("incentive").await;
+    let deals_topic = format!("topic=\"{}\"", topics::DEALS);
+    let mut rates: Vec<(f64, f64)> = Vec::new();
+    let mut second: Vec<Service> = Vec::new();
+    for (phase, t) in tenants.iter().enumerate() {
+        if phase == 1 {
+            for name in ["scoring", "incentive"] {
+                let svc = env.start_with(name, logged).await;
+                wait_key_known(&svc, &t.admin_key).await;
+                second.push(svc);
+            }
+            // Both groups rebalanced: the new instances hold partitions.
+            for svc in &second {
+                let t0 = Instant::now();
+                while !svc.log_text().contains("partitions assigned") {
+                    anyhow::ensure!(
+                        t0.elapsed() < Duration::from_secs(60),
+                        "{} got no partitions",
+                        svc.name
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let before: Vec<f64> = {
+            let mut v = vec![
+                in1.metric_sum("spm_events_consumed_total", &[&deals_topic])
+                    .await,
+            ];
+            if let Some(in2) = second.get(1) {
+                v.push(
+                    in2.metric_sum("spm_events_consumed_total", &[&deals_topic])
+                        .await,
+                );
+            }
+            v
+        };
+        let (deals, acts) = load(&t.id);
+        let mark: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&sp)
+            .await?;
+        let (c0, w0) = (
+            cpu(&[&sc1, &in1].into_iter().chain(&second).collect::<Vec<_>>()),
+            Instant::now(),
+        );
+        produce(&env, topics::ACTIVITIES, &acts).await?;
+        produce(&env, topics::DEALS, &deals).await?;
+        let events = i64::try_from(deals.len() + acts.len())?;
+        let tid = &t.id;
+        wait_count(
+            &sp,
+            &format!("SELECT count(*) FROM facts WHERE tenant_id = '{tid}'"),
+            events,
+            Duration::from_secs(900),
+        )
+        .await?;
+        let scored: chrono::DateTime<Utc> =
+            sqlx::query_scalar("SELECT max(applied_at) FROM inbox WHERE applied_at >= $1")
+                .bind(mark)
+                .fetch_one(&sp)
+                .await?;
+        wait_count(
+            &ip,
+            &format!("SELECT count(*) FROM credits WHERE tenant_id = '{tid}'"),
+            i64::try_from(deals.len())?,
+            Duration::from_secs(1800),
+        )
+        .await?;
+        let credited: chrono::DateTime<Utc> = sqlx::query_scalar(
+            "SELECT max(applied_at) FROM inbox WHERE applied_at >= $1 AND topic = $2",
+        )
+        .bind(mark)
+        .bind(topics::DEALS)
+        .fetch_one(&ip)
+        .await?;
+        let note = format!(
+            "{} instance(s) each: {}",
+            phase + 1,
+            cpu_note(
+                &c0,
+                &cpu(&[&sc1, &in1].into_iter().chain(&second).collect::<Vec<_>>()),
+                w0.elapsed()
+            )
+        );
+        println!("  {note}");
+        r.notes.push(note);
+        #[allow(clippy::cast_precision_loss)]
+        let (sr, ir) = (
+            events as f64 / (scored - mark).to_std()?.as_secs_f64().max(0.001),
+            deals.len() as f64 / (credited - mark).to_std()?.as_secs_f64().max(0.001),
+        );
+        rates.push((sr, ir));
+        let label = if phase == 0 {
+            "one instance"
+        } else {
+            "two instances"
+        };
+        r.add(
+            s,
+            &format!("scoring, {label} ({events} events)"),
+            sr,
+            "events/s",
+            "",
+            None,
+        );
+        r.add(
+            s,
+            &format!("incentive, {label} ({} deals)", deals.len()),
+            ir,
+            "deals/s",
+            "",
+            None,
+        );
+        if phase == 1 {
+            // Both incentive instances applied a share of the deals.
+            let a = in1
+                .metric_sum("spm_events_consumed_total", &[&deals_topic])
+                .await
+                - before[0];
+            let b = second[1]
+                .metric_sum("spm_events_consumed_total", &[&deals_topic])
+                .await
+                - before[1];
+            let share = b / (a + b).max(1.0);
+            r.add(
+                s,
+                "share of the deals applied by the second incentive instance",
+                share,
+                "",
+                "> 0",
+                Some(share > 0.0),
+            );
+        }
+    }
+    let (one, two) = (rates[0], rates[1]);
+    r.add(
+        s,
+        "scoring: two instances / one (same stack, same run)",
+        two.0 / one.0,
+        "x",
+        "> 1x",
+        Some(two.0 > one.0),
+    );
+    r.add(
+        s,
+        "incentive: two instances / one (same stack, same run)",
+        two.1 / one.1,
+        "x",
+        "> 1x",
+        Some(two.1 > one.1),
+    );
+    r.rss(&in1);
+    drop(ingest);
     Ok(())
 }

@@ -507,6 +507,9 @@ pub async fn recompute_many(
             Default::default()
         };
 
+        // Whether this round's holdings and total are kept warm: only for a round posting
+        // into its own open period (a late round posts into another period's chain).
+        let keep_ledger = warm.is_some() && own_chain && !late;
         let mut rows: Vec<LedgerRow> = Vec::new();
         let mut shadow_rows: Vec<Vec<LedgerRow>> = vec![Vec::new(); shadows.len()];
         let mut results = Vec::new();
@@ -567,7 +570,7 @@ pub async fn recompute_many(
             let (plan_id, plan_version) = plan.map_or((String::new(), 0), |p| {
                 (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
             });
-            if warm.is_some() {
+            if keep_ledger {
                 let h = held_all.entry(rep.clone()).or_default();
                 crate::domain::ledger::hold(h, &moved);
             }
@@ -640,7 +643,6 @@ pub async fn recompute_many(
             *posted.entry(r.rep_id.as_str()).or_default() += r.amount;
         }
         let mut totals: HashMap<String, Decimal> = HashMap::new();
-        let keep_ledger = warm.is_some() && own_chain && !late;
         if keep_ledger {
             for r in &live {
                 if let Some((_, Some(t))) = ledgers.get(r) {
@@ -766,9 +768,16 @@ pub async fn recompute_many(
             report.awards +=
                 grant(conn, ctx, &rep, kind, std::slice::from_ref(&a), cause, out).await?;
         }
+        // What the rounds emit goes into the transaction's outbox as it piles up, not all
+        // at the end: a plan change over a year of deals emits hundreds of thousands.
+        out.spill(conn, SPILL_EVENTS).await?;
     }
     Ok(report)
 }
+
+/// Events held in memory by [`recompute_many`] before they are written to the outbox (a
+/// live batch of 1,000 deals emits fewer, so the consumer path writes once at commit).
+const SPILL_EVENTS: usize = 5_000;
 
 /// Reps' deals of a period, and their marks: from the warm entries taken out where they
 /// are current, or brought up to date with this batch's own credits; read in full

@@ -579,13 +579,20 @@ pub async fn holdings_of(
     .bind(key)
     .fetch_all(conn)
     .await?;
+    Ok(holdings_by_rep(rows))
+}
+
+/// Holdings per rep from (rep, line key, status, sum) rows of a ledger.
+fn holdings_by_rep(
+    rows: Vec<(String, String, String, Decimal)>,
+) -> std::collections::HashMap<String, Holdings> {
     let mut out: std::collections::HashMap<String, Holdings> = std::collections::HashMap::new();
     for (rep, k, s, a) in rows {
         if let Some(st) = Status::parse(&s) {
             out.entry(rep).or_default().insert((k, st), a);
         }
     }
-    Ok(out)
+    out
 }
 
 /// The reps with a deal closed in a period, in order.
@@ -893,13 +900,7 @@ pub async fn shadow_holdings_of(
     .bind(reps)
     .fetch_all(conn)
     .await?;
-    let mut out: std::collections::HashMap<String, Holdings> = std::collections::HashMap::new();
-    for (rep, k, s, a) in rows {
-        if let Some(st) = Status::parse(&s) {
-            out.entry(rep).or_default().insert((k, st), a);
-        }
-    }
-    Ok(out)
+    Ok(holdings_by_rep(rows))
 }
 
 /// Appends postings to a shadow version's ledger (`plan_id`/`plan_version` of each row
