@@ -348,3 +348,24 @@ async fn a_spilled_outbox_belongs_to_its_transaction_and_keeps_its_order() {
         }
     }
 }
+
+/// The test kit's ports are free when it looks, not always when the service binds them:
+/// a service whose port is taken meanwhile starts on new ones (the CI flake of
+/// "binding SPM_HTTP_ADDR ... Address already in use").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_port_was_taken_starts_on_new_ones() {
+    let env = TestEnv::new("ports").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let svc = env.start_with("scoring", &[("SPM_HTTP_ADDR", &addr)]).await;
+    assert_ne!(svc.http.to_string(), addr, "moved off the taken port");
+    assert!(
+        svc.log_text().contains("Address already in use"),
+        "the first start met the taken port"
+    );
+    assert!(
+        svc.metrics().await.contains("spm_"),
+        "serves its metrics on the new port"
+    );
+    drop(taken);
+}

@@ -226,6 +226,8 @@ pub struct ConsumerLoop {
     /// Overrides the prefetch of the live loop (not of replays): records, fetch bytes.
     prefetch: Option<(u32, u32)>,
     max_batch: usize,
+    /// Group members this loop runs (each its own consumer, see [`ConsumerLoop::members`]).
+    members: usize,
 }
 
 /// A partition to replay: topic, partition, end offset.
@@ -267,7 +269,19 @@ impl ConsumerLoop {
             relay_wake: None,
             max_batch: 1000,
             prefetch: None,
+            members: 1,
         }
+    }
+
+    /// Runs `n` members of the group in this process, each its own consumer with its own
+    /// share of the partitions and its own batches, exactly as `n` instances of the
+    /// service would (the inbox, the handler's locks and the per-partition order are
+    /// what make that safe). A handler whose batches compute and then wait for Postgres
+    /// (incentive) keeps both busy this way: while one member's batch waits for its
+    /// statements, another's computes.
+    pub fn members(mut self, n: usize) -> Self {
+        self.members = n.max(1);
+        self
     }
 
     /// Keeps about `records` records queued and fetches at most `fetch_bytes` per request
@@ -302,8 +316,32 @@ impl ConsumerLoop {
     /// between a follower's JoinGroup and SyncGroup) is repaired instead of stalling
     /// forever. A member still joining is left alone (see `run_member`).
     pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        if self.members == 1 {
+            return self.run_one(&cancel).await;
+        }
+        let me = Arc::new(self);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..me.members {
+            let (me, cancel) = (me.clone(), cancel.clone());
+            set.spawn(async move { me.run_one(&cancel).await });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                // The others stop with it (dropping the set aborts them: an open batch
+                // transaction rolls back, and its records are read again).
+                Ok(Err(e)) => return Err(e),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One member, rejoining the group when the watchdog asks.
+    async fn run_one(&self, cancel: &CancellationToken) -> Result<(), Error> {
         loop {
-            if !self.run_member(&cancel).await? {
+            if !self.run_member(cancel).await? {
                 return Ok(());
             }
             metrics::global()

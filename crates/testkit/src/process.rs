@@ -70,7 +70,11 @@ impl Service {
         ];
         // Settings an operator would tune, passed through from the caller's environment
         // (benchmark experiments), below anything the caller sets explicitly.
-        for k in ["KAFKA_CONFIG", "MALLOC_ARENA_MAX"] {
+        for k in [
+            "KAFKA_CONFIG",
+            "MALLOC_ARENA_MAX",
+            "SPM_INCENTIVE_CONSUMER_MEMBERS",
+        ] {
             if let Ok(v) = std::env::var(k) {
                 vars.push((k.into(), v));
             }
@@ -96,26 +100,70 @@ impl Service {
 
     async fn spawn(&mut self) {
         self.generation += 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open service log");
-        let err = log.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(binary(&format!("spm-{}", self.name)));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true);
-        self.child = Some(cmd.spawn().expect("spawn service"));
-        self.wait_ready().await;
+        // A free port is only free when it was looked at: another process may take it
+        // before the service binds it. On a first start, take new ports and go again.
+        let mut tries = 0;
+        loop {
+            let from = std::fs::metadata(&self.log).map_or(0, |m| m.len());
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .expect("open service log");
+            let err = log.try_clone().expect("clone log handle");
+            let mut cmd = Command::new(binary(&format!("spm-{}", self.name)));
+            cmd.env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(err))
+                .kill_on_drop(true);
+            self.child = Some(cmd.spawn().expect("spawn service"));
+            let Err(status) = self.ready_or_exit().await else {
+                return;
+            };
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            let since = String::from_utf8_lossy(
+                text.get(usize::try_from(from).unwrap_or(0)..)
+                    .unwrap_or_default(),
+            );
+            if self.generation == 1 && tries < 3 && since.contains("Address already in use") {
+                tries += 1;
+                self.grpc = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+                self.http = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+                for (k, v) in &mut self.env {
+                    match k.as_str() {
+                        "SPM_GRPC_ADDR" => *v = self.grpc.to_string(),
+                        "SPM_HTTP_ADDR" => *v = self.http.to_string(),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            panic!(
+                "{} exited during start ({status}); log {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log)
+            );
+        }
     }
 
     /// Waits until the gRPC health check says SERVING.
     pub async fn wait_ready(&mut self) {
+        if let Err(status) = self.ready_or_exit().await {
+            panic!(
+                "{} exited during start ({status}); log {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log)
+            );
+        }
+    }
+
+    /// Waits until the gRPC health check says SERVING, or the process exits (its status).
+    async fn ready_or_exit(&mut self) -> Result<(), std::process::ExitStatus> {
         let addr = self.grpc;
         let name = self.name.clone();
         let log = self.log.clone();
@@ -124,14 +172,11 @@ impl Service {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                panic!(
-                    "{name} exited during start ({status}); log {}:\n{}",
-                    log.display(),
-                    tail(&log)
-                );
+                self.child = None;
+                return Err(status);
             }
             if health(addr).await {
-                return;
+                return Ok(());
             }
             assert!(
                 started.elapsed() < Duration::from_secs(90),
