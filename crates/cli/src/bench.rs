@@ -1102,6 +1102,25 @@ fn bench_plan(spiff_from: &str) -> ipb::Plan {
     }
 }
 
+/// Puts the bench plan LIVE for the tenant of `key`, effective from `month`'s start.
+async fn put_live_plan(
+    adm: &mut spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient<
+        tonic::transport::Channel,
+    >,
+    key: &str,
+    month: &spm_core::period::Period,
+) -> anyhow::Result<()> {
+    adm.put_plan(authed(
+        ipb::PutPlanRequest {
+            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
+            draft: false,
+        },
+        key,
+    ))
+    .await?;
+    Ok(())
+}
+
 async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let env = with_service_env("bench-incentive", 6).await;
     let ingest = env.start_with("ingest", QUIET).await;
@@ -1114,14 +1133,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
             incentive.channel().await,
         );
-    adm.put_plan(authed(
-        ipb::PutPlanRequest {
-            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
-            draft: false,
-        },
-        &t.admin_key,
-    ))
-    .await?;
+    put_live_plan(&mut adm, &t.admin_key, &month).await?;
     let reps: Vec<String> = (0..500).map(|i| format!("rep-{i}")).collect();
     // The same deals for any tenant.
     let deals_of = |tenant: &str| -> Vec<ev::EventEnvelope> {
@@ -1348,14 +1360,7 @@ async fn incentive(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     // shadow (computed beside it into its own ledger): the work per deal doubles at most.
     let t2 = create_tenant(&env, &ingest, "bench-shadow").await;
     wait_key_known(&incentive, &t2.admin_key).await;
-    adm.put_plan(authed(
-        ipb::PutPlanRequest {
-            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
-            draft: false,
-        },
-        &t2.admin_key,
-    ))
-    .await?;
+    put_live_plan(&mut adm, &t2.admin_key, &month).await?;
     let mut shadow = bench_plan(&month.start.format("%Y-%m-%d").to_string());
     shadow.commission.as_mut().expect("commission").tiers[1].rate = "0.09".into();
     adm.put_plan(authed(
@@ -2341,14 +2346,7 @@ async fn notification(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         spm_proto::incentive::v1::incentive_admin_service_client::IncentiveAdminServiceClient::new(
             incentive.channel().await,
         );
-    adm.put_plan(authed(
-        ipb::PutPlanRequest {
-            plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
-            draft: false,
-        },
-        &t.admin_key,
-    ))
-    .await?;
+    put_live_plan(&mut adm, &t.admin_key, &month).await?;
     let rx = spm_testkit::webhook::Receiver::start().await;
     let mut nadm = spm_proto::notification::v1::notification_admin_service_client::NotificationAdminServiceClient::new(notification.channel().await);
     let hook = nadm
@@ -3487,14 +3485,7 @@ async fn scale_out(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         let t = create_tenant(&env, &ingest, id).await;
         wait_key_known(&in1, &t.admin_key).await;
         wait_key_known(&sc1, &t.admin_key).await;
-        adm.put_plan(authed(
-            ipb::PutPlanRequest {
-                plan: Some(bench_plan(&month.start.format("%Y-%m-%d").to_string())),
-                draft: false,
-            },
-            &t.admin_key,
-        ))
-        .await?;
+        put_live_plan(&mut adm, &t.admin_key, &month).await?;
         tenants.push(t);
     }
     let reps: Vec<String> = (0..500).map(|i| format!("rep-{i}")).collect();

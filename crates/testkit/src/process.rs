@@ -141,25 +141,24 @@ impl Service {
                 }
                 continue;
             }
-            panic!(
-                "{} exited during start ({status}); log {}:\n{}",
-                self.name,
-                self.log.display(),
-                tail(&self.log)
-            );
+            self.exited(status);
         }
     }
 
     /// Waits until the gRPC health check says SERVING.
     pub async fn wait_ready(&mut self) {
         if let Err(status) = self.ready_or_exit().await {
-            panic!(
-                "{} exited during start ({status}); log {}:\n{}",
-                self.name,
-                self.log.display(),
-                tail(&self.log)
-            );
+            self.exited(status);
         }
+    }
+
+    fn exited(&self, status: std::process::ExitStatus) -> ! {
+        panic!(
+            "{} exited during start ({status}); log {}:\n{}",
+            self.name,
+            self.log.display(),
+            tail(&self.log)
+        );
     }
 
     /// Waits until the gRPC health check says SERVING, or the process exits (its status).
