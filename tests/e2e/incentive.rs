@@ -652,6 +652,27 @@ async fn closed_periods_stay_closed_late_deals_become_adjustments() {
             .lines
             .is_empty()
     );
+    // Late adjustments posted into other periods' chains moved those chains' totals too.
+    chain_totals_are_their_sums(&w.env.pool("incentive").await).await;
+}
+
+/// Every chain's running total (`ledger_chains.total`, which recomputes read instead of
+/// summing the chain) equals the sum of its postings, and every chain with postings has one.
+async fn chain_totals_are_their_sums(pool: &sqlx::PgPool) {
+    let (chains, off): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE c.total IS DISTINCT FROM s.total)
+           FROM (SELECT tenant_id, rep_id, period_kind, period_key, sum(amount) AS total
+                   FROM ledger GROUP BY 1, 2, 3, 4) s
+           LEFT JOIN ledger_chains c USING (tenant_id, rep_id, period_kind, period_key)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(chains > 0, "no chains");
+    assert_eq!(
+        off, 0,
+        "chains whose total is not the sum of their postings"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -822,6 +843,7 @@ async fn disputes_gates_from_scoring_and_rebuild() {
         .await
         .unwrap();
     assert_eq!(before, after);
+    chain_totals_are_their_sums(&pool).await;
     w.incentive.restart().await;
     assert_eq!(statement(&inc, &w.key, "r1", None).await.total, "525.00");
 }

@@ -31,6 +31,8 @@ pub struct Locks {
 pub struct Held {
     pub at: DateTime<Utc>,
     heads: HashMap<(String, String, String), (i64, Hash)>,
+    /// The chains' totals (the sum of their postings) as this writer's postings move them.
+    totals: HashMap<(String, String, String), Decimal>,
 }
 
 impl Held {
@@ -43,11 +45,20 @@ impl Held {
             .unwrap_or((0, GENESIS))
     }
 
+    /// The total of a rep-period's chain (the statement total of the period) as this
+    /// writer holds it: what `ledger_chains` said under the lock plus what it appended
+    /// since. Known only for the chains it locked exclusively (the ones it writes).
+    pub fn total(&self, rep: &str, kind: PeriodKind, key: &str) -> Option<Decimal> {
+        let k = (rep.to_owned(), kind.as_str().to_owned(), key.to_owned());
+        self.totals.get(&k).copied()
+    }
+
     /// Holding nothing, at `at`.
     pub fn at(at: DateTime<Utc>) -> Self {
         Self {
             at,
             heads: HashMap::new(),
+            totals: HashMap::new(),
         }
     }
 }
@@ -150,6 +161,7 @@ impl Locks {
             Option<String>,
             Option<i64>,
             Option<Vec<u8>>,
+            Option<Decimal>,
             Option<DateTime<Utc>>,
         );
         let (keys, shared, order) = self.ordered();
@@ -176,15 +188,23 @@ impl Locks {
                 .await?;
         for r in rows {
             match r {
-                (None, _, _, _, _, Some(at)) => held.at = held.at.max(hc::micros(at)),
-                (Some(rep), Some(kind), Some(key), Some(n), Some(h), _) => {
+                (None, _, _, _, _, _, Some(at)) => held.at = held.at.max(hc::micros(at)),
+                (Some(rep), Some(kind), Some(key), Some(n), Some(h), Some(t), _) => {
                     // What this transaction appended already is newer than the table.
+                    let k = (rep, kind, key);
+                    held.totals.entry(k.clone()).or_insert(t);
                     held.heads
-                        .entry((rep, kind, key))
+                        .entry(k)
                         .or_insert((n, hc::hash_of(&h).unwrap_or(GENESIS)));
                 }
                 _ => {}
             }
+        }
+        // The chains locked for writing that have no row yet start at zero.
+        for (rep, kind, key) in &self.written {
+            held.totals
+                .entry((rep.clone(), (*kind).to_owned(), key.clone()))
+                .or_insert(Decimal::ZERO);
         }
         Ok(())
     }
@@ -225,15 +245,17 @@ pub async fn append(
         prevs.push(prev.to_vec());
         hashes.push(h.to_vec());
         moved.push(k.clone());
+        *held.totals.entry(k.clone()).or_default() += r.amount;
         held.heads.insert(k, (seq, h));
     }
     moved.sort();
     moved.dedup();
-    let heads: Vec<(&str, &str, &str, i64, Vec<u8>)> = moved
+    let heads: Vec<crate::store::HeadRow<'_>> = moved
         .iter()
         .filter_map(|k| {
             let (n, h) = held.heads.get(k)?;
-            Some((k.0.as_str(), k.1.as_str(), k.2.as_str(), *n, h.to_vec()))
+            let t = held.totals.get(k).copied().unwrap_or_default();
+            Some((k.0.as_str(), k.1.as_str(), k.2.as_str(), *n, h.to_vec(), t))
         })
         .collect();
     crate::store::insert_chained(conn, tenant, rows, at, &seqs, &prevs, &hashes, &heads).await
@@ -788,8 +810,10 @@ pub async fn adopt(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
         }
         let mut prev = GENESIS;
         let mut seq = 0i64;
+        let mut total = Decimal::ZERO;
         for mut r in rows {
             seq += 1;
+            total += r.amount;
             r.posted_at = hc::micros(r.posted_at);
             r.chain_seq = Some(seq);
             let expl = canon(&r.explanation);
@@ -807,8 +831,9 @@ pub async fn adopt(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
             n += 1;
         }
         sqlx::query(
-            "INSERT INTO ledger_chains (tenant_id, period_kind, period_key, rep_id, length, head) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (tenant_id, period_kind, period_key, rep_id) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head",
+            "INSERT INTO ledger_chains (tenant_id, period_kind, period_key, rep_id, length, head, total) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (tenant_id, period_kind, period_key, rep_id)
+             DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head, total = EXCLUDED.total",
         )
         .bind(&tenant)
         .bind(&kind)
@@ -816,6 +841,7 @@ pub async fn adopt(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
         .bind(&rep)
         .bind(seq)
         .bind(prev.to_vec())
+        .bind(total)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -654,6 +654,15 @@ pub async fn recompute_many(
             }
         }
         if (ctx.emit || keep_ledger) && !rows.is_empty() {
+            // Else the chain's total as the append moved it (ledger_chains.total, read
+            // under the chain's lock with its head): no sum over the chain's postings.
+            for r in posted.keys() {
+                if !totals.contains_key(*r)
+                    && let Some(t) = held.total(r, kind, &post_key)
+                {
+                    totals.insert((*r).to_owned(), t);
+                }
+            }
             let unknown: Vec<String> = posted
                 .keys()
                 .filter(|r| !totals.contains_key(**r))

@@ -749,8 +749,11 @@ pub struct LedgerRow {
     pub caused_by: Vec<String>,
 }
 
+/// A chain's new head: (rep, period kind, period key, length, head hash, total).
+pub type HeadRow<'a> = (&'a str, &'a str, &'a str, i64, Vec<u8>, Decimal);
+
 /// Appends chained postings (see [`crate::chain::append`], which computes the chain
-/// columns) and moves their chains' heads, in one statement.
+/// columns) and moves their chains' heads and totals, in one statement.
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_chained(
     conn: &mut PgConnection,
@@ -760,7 +763,7 @@ pub async fn insert_chained(
     seqs: &[i64],
     prevs: &[Vec<u8>],
     hashes: &[Vec<u8>],
-    heads: &[(&str, &str, &str, i64, Vec<u8>)],
+    heads: &[HeadRow<'_>],
 ) -> Result<(), sqlx::Error> {
     let reps: Vec<&str> = rows.iter().map(|r| r.rep_id.as_str()).collect();
     crate::cache::changed(&mut *conn, tenant, Some(&reps)).await?;
@@ -787,9 +790,10 @@ pub async fn insert_chained(
                          $17::jsonb[], $18::jsonb[], $20::bigint[], $21::bytea[], $22::bytea[])
                   AS u(id, rep, pk, key, src, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused, cseq, prev, hash)
          )
-         INSERT INTO ledger_chains (tenant_id, rep_id, period_kind, period_key, length, head)
-         SELECT $1, * FROM UNNEST($23::text[], $24::text[], $25::text[], $26::bigint[], $27::bytea[])
-         ON CONFLICT (tenant_id, period_kind, period_key, rep_id) DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head",
+         INSERT INTO ledger_chains (tenant_id, rep_id, period_kind, period_key, length, head, total)
+         SELECT $1, * FROM UNNEST($23::text[], $24::text[], $25::text[], $26::bigint[], $27::bytea[], $28::numeric[])
+         ON CONFLICT (tenant_id, period_kind, period_key, rep_id)
+         DO UPDATE SET length = EXCLUDED.length, head = EXCLUDED.head, total = EXCLUDED.total",
     )
     .bind(tenant)
     .bind(&ids)
@@ -818,6 +822,7 @@ pub async fn insert_chained(
     .bind(heads.iter().map(|w| w.2).collect::<Vec<_>>())
     .bind(heads.iter().map(|w| w.3).collect::<Vec<_>>())
     .bind(heads.iter().map(|w| w.4.clone()).collect::<Vec<_>>())
+    .bind(heads.iter().map(|w| w.5).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
