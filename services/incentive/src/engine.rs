@@ -387,8 +387,8 @@ pub async fn recompute_many(
         let warm = ctx.warm.as_deref().filter(|_| !ctx.shadow_only);
         let own_chain = post_keys.get(&(kind, key.clone())) == Some(&key);
         let mut taken: HashMap<String, crate::warm::Inputs> = HashMap::new();
-        let mut ledgers: HashMap<String, ((i64, spm_core::chain::Hash), Option<Decimal>)> =
-            HashMap::new();
+        // Reps whose warm holdings are current (their chain's head is the one held).
+        let mut ledgers: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut held_all: HashMap<String, crate::domain::ledger::Holdings> = HashMap::new();
         if let Some(w) = warm {
             for r in &reps {
@@ -400,7 +400,7 @@ pub async fn recompute_many(
                     && own_chain
                     && l.head == held.head(r, kind, &key)
                 {
-                    ledgers.insert(r.clone(), (l.head, l.total));
+                    ledgers.insert(r.clone());
                     if !l.held.is_empty() {
                         held_all.insert(r.clone(), l.held);
                     }
@@ -410,14 +410,14 @@ pub async fn recompute_many(
         if !ctx.shadow_only {
             let cold: Vec<String> = reps
                 .iter()
-                .filter(|r| !ledgers.contains_key(r.as_str()))
+                .filter(|r| !ledgers.contains(r.as_str()))
                 .cloned()
                 .collect();
             if !cold.is_empty() {
                 held_all.extend(store::holdings_of(conn, &ctx.tenant, &cold, kind, &key).await?);
             }
             if cfg!(debug_assertions) && cold.len() < reps.len() {
-                let warm_reps: Vec<String> = ledgers.keys().cloned().collect();
+                let warm_reps: Vec<String> = ledgers.iter().cloned().collect();
                 let full = store::holdings_of(conn, &ctx.tenant, &warm_reps, kind, &key).await?;
                 for r in &warm_reps {
                     assert_eq!(full.get(r), held_all.get(r), "warm holdings of {r} {key}");
@@ -637,29 +637,17 @@ pub async fn recompute_many(
         }
         crate::chain::append(conn, &ctx.tenant, &rows, &mut held).await?;
         report.postings += u32::try_from(rows.len()).unwrap_or(u32::MAX);
-        // Statement totals after this round: a warm total plus what was posted, else read.
+        // Statement totals after this round of the reps it posted to: their chains' totals
+        // as the append moved them (ledger_chains.total, read under the chain's lock with
+        // its head), else read (a chain this writer did not lock: none today).
         let mut posted: HashMap<&str, Decimal> = HashMap::new();
         for r in &rows {
             *posted.entry(r.rep_id.as_str()).or_default() += r.amount;
         }
         let mut totals: HashMap<String, Decimal> = HashMap::new();
-        if keep_ledger {
-            for r in &live {
-                if let Some((_, Some(t))) = ledgers.get(r) {
-                    totals.insert(
-                        r.clone(),
-                        *t + posted.get(r.as_str()).copied().unwrap_or_default(),
-                    );
-                }
-            }
-        }
-        if (ctx.emit || keep_ledger) && !rows.is_empty() {
-            // Else the chain's total as the append moved it (ledger_chains.total, read
-            // under the chain's lock with its head): no sum over the chain's postings.
+        if ctx.emit && !rows.is_empty() {
             for r in posted.keys() {
-                if !totals.contains_key(*r)
-                    && let Some(t) = held.total(r, kind, &post_key)
-                {
+                if let Some(t) = held.total(r, kind, &post_key) {
                     totals.insert((*r).to_owned(), t);
                 }
             }
@@ -677,7 +665,7 @@ pub async fn recompute_many(
                 let all: Vec<String> = posted.keys().map(|r| (*r).to_owned()).collect();
                 let full = store::period_totals(conn, &ctx.tenant, &all, kind, &post_key).await?;
                 for r in &all {
-                    assert_eq!(full.get(r), totals.get(r), "warm total of {r} {post_key}");
+                    assert_eq!(full.get(r), totals.get(r), "chain total of {r} {post_key}");
                 }
             }
         }
@@ -691,12 +679,6 @@ pub async fn recompute_many(
                 let ledger = keep_ledger.then(|| crate::warm::Ledger {
                     head: held.head(r, kind, &key),
                     held: held_all.remove(r).unwrap_or_default(),
-                    total: totals.get(r).copied().or_else(|| {
-                        // Nothing posted: the total is what it was.
-                        (!posted.contains_key(r.as_str()))
-                            .then(|| ledgers.get(r).and_then(|l| l.1))
-                            .flatten()
-                    }),
                 });
                 w.put(k, inputs, ledger);
             }

@@ -9,7 +9,7 @@
 //!   mark, is brought up to date with the batch's own credits, read back from Postgres
 //!   (so they are decoded exactly as a full read decodes them); anything else is read
 //!   again in full.
-//! - its **ledger holdings** (and the statement total of the period) against the head of
+//! - its **ledger holdings** against the head of
 //!   the rep-period's hash chain, which the recompute reads under the chain's lock anyway:
 //!   any posting to the chain, from anywhere, moves the head.
 //!
@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rust_decimal::Decimal;
 use spm_core::chain::Hash;
 use spm_core::period::PeriodKind;
 
@@ -43,8 +42,6 @@ pub struct Inputs {
 pub struct Ledger {
     pub head: (i64, Hash),
     pub held: Holdings,
-    /// The sum of every posting of the chain (the statement total), when known.
-    pub total: Option<Decimal>,
 }
 
 #[derive(Debug, Default)]
@@ -162,10 +159,15 @@ impl Warm {
     }
 }
 
+/// Credits this batch stored, per rep-period they touch: (the mark after them, the credits'
+/// event ids).
+pub type Fresh = HashMap<(String, PeriodKind, String), (i64, Vec<uuid::Uuid>)>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::compute::Status;
+    use rust_decimal::Decimal;
 
     fn ledger(n: usize) -> Ledger {
         Ledger {
@@ -173,7 +175,6 @@ mod tests {
             held: (0..n)
                 .map(|i| ((format!("k{i}"), Status::Earned), Decimal::ONE))
                 .collect(),
-            total: None,
         }
     }
 
@@ -205,17 +206,3 @@ mod tests {
         assert_eq!(w.size(), (0, 0));
     }
 }
-
-/// The warm side of one round of a recompute (one period, some reps): what was taken out,
-/// and the marks read.
-#[derive(Debug, Default)]
-pub struct Round {
-    /// (rep) -> the ledger entry's head and total, for reps whose holdings came from it.
-    pub ledgers: HashMap<String, ((i64, Hash), Option<Decimal>)>,
-    /// The reps' marks now.
-    pub marks: HashMap<String, i64>,
-}
-
-/// Credits this batch stored, per rep-period they touch: (the mark after them, the credits'
-/// event ids).
-pub type Fresh = HashMap<(String, PeriodKind, String), (i64, Vec<uuid::Uuid>)>;
