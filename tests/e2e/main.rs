@@ -4,6 +4,7 @@
 
 mod audit;
 mod broker;
+mod connect;
 mod faults;
 mod incentive;
 mod ingest;

@@ -69,3 +69,16 @@ pub mod audit {
         tonic::include_proto!("spm.audit.v1");
     }
 }
+
+pub mod connect {
+    pub mod v1 {
+        tonic::include_proto!("spm.connect.v1");
+    }
+}
+
+/// Salesforce's Pub/Sub API (`proto/eventbus/v1`), for the connector and its test fake.
+pub mod eventbus {
+    pub mod v1 {
+        tonic::include_proto!("eventbus.v1");
+    }
+}

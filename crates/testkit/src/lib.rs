@@ -5,10 +5,12 @@
 pub mod broker;
 pub mod demo;
 pub mod events;
+pub mod hubspot;
 pub mod kafka;
 pub mod oidc;
 pub mod otlp;
 pub mod process;
+pub mod salesforce;
 pub mod smtp;
 pub mod webhook;
 

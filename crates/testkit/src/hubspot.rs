@@ -1,0 +1,214 @@
+//! A stand-in for HubSpot (no SaaS is reachable here), following its documented contracts:
+//! webhook requests as HubSpot sends them (a JSON array of events, signed with the v3
+//! signature: base64 HMAC-SHA256 of method + URI + body + timestamp with the app secret, in
+//! `X-HubSpot-Signature-v3`, the epoch-millisecond time in `X-HubSpot-Request-Timestamp`),
+//! and the CRM objects API (`GET /crm/v3/objects/{type}/{id}?properties=...` with a private
+//! app's bearer token; 401, 404 and 429 + `Retry-After` answered as HubSpot does).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "pat-na1-00000000-fake-private-app-token";
+pub const APP_SECRET: &str = "hubspot-app-client-secret";
+
+#[derive(Default)]
+struct Inner {
+    objects: Mutex<BTreeMap<(String, u64), BTreeMap<String, Value>>>,
+    /// The next this-many reads are answered 429.
+    rate_limit: AtomicU32,
+    reads: AtomicU32,
+    limited: AtomicU32,
+}
+
+#[derive(Clone)]
+pub struct FakeHubSpot {
+    pub base: String,
+    inner: Arc<Inner>,
+}
+
+impl FakeHubSpot {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let app = axum::Router::new()
+            .route(
+                "/crm/v3/objects/{object_type}/{id}",
+                axum::routing::get(read),
+            )
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake hubspot");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("fake hubspot serves")
+        });
+        Self {
+            base: format!("http://{addr}"),
+            inner,
+        }
+    }
+
+    /// Sets an object's properties (`deals`, `calls`, ... and its id).
+    pub fn put(&self, object_type: &str, id: u64, props: &[(&str, &str)]) {
+        self.inner.objects.lock().expect("lock").insert(
+            (object_type.to_owned(), id),
+            props
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect(),
+        );
+    }
+
+    /// Answers the next `n` reads with 429 (Retry-After: 1).
+    pub fn rate_limit_next(&self, n: u32) {
+        self.inner.rate_limit.store(n, Ordering::SeqCst);
+    }
+
+    /// (reads answered, reads refused with 429).
+    pub fn reads(&self) -> (u32, u32) {
+        (
+            self.inner.reads.load(Ordering::SeqCst),
+            self.inner.limited.load(Ordering::SeqCst),
+        )
+    }
+}
+
+async fn read(
+    State(inner): State<Arc<Inner>>,
+    Path((object_type, id)): Path<(String, u64)>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if auth != format!("Bearer {TOKEN}") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"status": "error", "message": "Authentication credentials not found.", "category": "INVALID_AUTHENTICATION"})),
+        )
+            .into_response();
+    }
+    if inner
+        .rate_limit
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        inner.limited.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            Json(json!({"status": "error", "message": "You have reached your secondly limit.", "errorType": "RATE_LIMIT", "policyName": "SECONDLY"})),
+        )
+            .into_response();
+    }
+    inner.reads.fetch_add(1, Ordering::SeqCst);
+    let objects = inner.objects.lock().expect("lock");
+    let Some(props) = objects.get(&(object_type.clone(), id)) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"status": "error", "message": "Object not found.  objectId are usually numeric.", "category": "OBJECT_NOT_FOUND"})),
+        )
+            .into_response();
+    };
+    // HubSpot returns the requested properties, null when unset, plus a few defaults.
+    let mut out = serde_json::Map::new();
+    for p in q
+        .get("properties")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
+        out.insert(p.to_owned(), props.get(p).cloned().unwrap_or(Value::Null));
+    }
+    out.insert("hs_object_id".into(), json!(id.to_string()));
+    Json(json!({
+        "id": id.to_string(),
+        "properties": out,
+        "createdAt": "2026-11-01T09:00:00.000Z",
+        "updatedAt": "2026-12-01T09:00:00.000Z",
+        "archived": false
+    }))
+    .into_response()
+}
+
+/// The v3 signature of a request.
+pub fn sign_v3(secret: &str, method: &str, uri: &str, body: &[u8], timestamp: &str) -> String {
+    use ring::hmac;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    let mut msg = Vec::new();
+    msg.extend_from_slice(method.as_bytes());
+    msg.extend_from_slice(uri.as_bytes());
+    msg.extend_from_slice(body);
+    msg.extend_from_slice(timestamp.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, &msg).as_ref())
+}
+
+/// A webhook event as HubSpot sends it.
+pub fn event(
+    event_id: u64,
+    subscription_type: &str,
+    object_id: u64,
+    property: Option<(&str, &str)>,
+) -> Value {
+    let mut e = json!({
+        "eventId": event_id,
+        "subscriptionId": 4242,
+        "portalId": 62515,
+        "appId": 1160452,
+        "occurredAt": chrono::Utc::now().timestamp_millis(),
+        "subscriptionType": subscription_type,
+        "attemptNumber": 0,
+        "objectId": object_id,
+        "changeSource": "CRM_UI"
+    });
+    if let Some((k, v)) = property {
+        e["propertyName"] = json!(k);
+        e["propertyValue"] = json!(v);
+    }
+    e
+}
+
+/// How to send a webhook (to test refusals).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Send {
+    /// Sign with the wrong secret.
+    pub bad_signature: bool,
+    /// A timestamp this many ms in the past.
+    pub age_ms: i64,
+}
+
+/// POSTs `events` to `url` as HubSpot would; returns the status and the JSON answer.
+pub async fn send(url: &str, secret: &str, events: &Value, how: Send) -> (u16, Value) {
+    let body = serde_json::to_vec(events).expect("json");
+    let ts = (chrono::Utc::now().timestamp_millis() - how.age_ms).to_string();
+    let secret = if how.bad_signature {
+        "not-the-secret"
+    } else {
+        secret
+    };
+    let sig = sign_v3(secret, "POST", url, &body, &ts);
+    let resp = crate::http()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-hubspot-request-timestamp", &ts)
+        .header("x-hubspot-signature-v3", sig)
+        .body(body)
+        .send()
+        .await
+        .expect("webhook request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
