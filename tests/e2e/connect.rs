@@ -147,6 +147,24 @@ impl World {
     }
 }
 
+/// Runs the `spm` CLI against `connect`: (success, stdout and stderr).
+async fn spm(connect: &Service, key: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(spm_testkit::process::binary("spm"))
+        .args(args)
+        .args(["--key", key])
+        .env("SPM_CONNECT_URL", format!("http://{}", connect.grpc))
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run spm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// The SPM event id the connector derives for a CRM event.
 fn derived(source: &str, crm_event: &str, record: &str, kind: &str) -> uuid::Uuid {
     spm_core::derived_id(&["connect", T, source, crm_event, record, kind])
@@ -526,16 +544,27 @@ async fn bad_salesforce_payloads_are_reported_and_the_stream_goes_on_and_stale_c
         },
     )
     .await;
-    let mut cc = ConnectServiceClient::new(connect.channel().await);
-    cc.resolve_checkpoint(authed(
-        cpb::ResolveCheckpointRequest {
-            stream: CHANNEL.into(),
-            action: cpb::CheckpointAction::Skip as i32,
-        },
+    // The operator sees it and skips, with the CLI.
+    let (ok, printed) = spm(&connect, &w.admin_key, &["connect", "status"]).await;
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains(CHANNEL)
+            && printed.contains("STALE_CHECKPOINT")
+            && printed.contains("spm connect resolve"),
+        "{printed}"
+    );
+    let (ok, printed) = spm(&connect, &w.admin_key, &["connect", "errors"]).await;
+    assert!(
+        ok && printed.contains("unknown_stage") && printed.contains("006BAD1"),
+        "{printed}"
+    );
+    let (ok, printed) = spm(
+        &connect,
         &w.admin_key,
-    ))
-    .await
-    .expect("skip");
+        &["connect", "resolve", CHANNEL, "--skip"],
+    )
+    .await;
+    assert!(ok, "{printed}");
     // Both topics were refused once; the skipped one subscribes again.
     eventually(Duration::from_secs(30), "subscribed again", || {
         let fake = &fake;

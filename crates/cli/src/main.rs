@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod commands;
+mod connect;
 mod demo;
 mod local;
 mod login;
@@ -50,6 +51,14 @@ pub struct Cli {
         global = true
     )]
     pub notification: String,
+    /// Connect (CRM connectors) gRPC endpoint.
+    #[arg(
+        long,
+        env = "SPM_CONNECT_URL",
+        default_value = "http://127.0.0.1:50055",
+        global = true
+    )]
+    pub connect: String,
     /// API key of the tenant (default: the person signed in with `spm login`, else the demo
     /// tenant's admin key in .local/demo-tenant.json).
     #[arg(long, env = "SPM_API_KEY", global = true, hide_env_values = true)]
@@ -86,6 +95,9 @@ pub enum Command {
     /// Events ingest accepted while a rep or deal they refer to was unknown.
     #[command(subcommand)]
     Parked(commands::ParkedCmd),
+    /// CRM connectors (Salesforce, HubSpot): `status`, `errors`, `resolve` a stale checkpoint.
+    #[command(subcommand)]
+    Connect(connect::ConnectCmd),
     /// Rebuild projections from the topics (scoring and incentive by default): stops the
     /// local service, replays every topic it consumes from offset 0, starts it again.
     Replay {
@@ -124,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Leaderboard(a) => commands::leaderboard(&cli, a).await,
         Command::Statement(a) => commands::statement(&cli, a).await,
         Command::Parked(c) => commands::parked(&cli, c).await,
+        Command::Connect(c) => connect::run(&cli, c).await,
         Command::Replay { services } => local::replay(services).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Audit(c) => audit::run(&cli, c).await,
