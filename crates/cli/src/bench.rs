@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "broker,ingest,scoring,incentive,incentive-scale,scale-out,auth,portal,notification,rebuild,audit"
+        default_value = "broker,ingest,scoring,incentive,incentive-scale,scale-out,auth,portal,notification,rebuild,audit,connect"
     )]
     pub only: Vec<String>,
     /// Markdown report.
@@ -63,6 +63,8 @@ struct Sizes {
     hop_secs: u64,
     audit_rounds: usize,
     verify_postings: usize,
+    /// CDC events through the connector.
+    connect_events: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -408,6 +410,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             hop_secs: 4,
             audit_rounds: 400,
             verify_postings: 100_000,
+            connect_events: 5_000,
         }
     } else {
         Sizes {
@@ -423,6 +426,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             hop_secs: 10,
             audit_rounds: 2_000,
             verify_postings: 1_000_000,
+            connect_events: 20_000,
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -448,6 +452,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             "notification" => notification(&sizes, &mut report).await?,
             "rebuild" => rebuild(&sizes, &mut report).await?,
             "audit" => audit(&sizes, &mut report).await?,
+            "connect" => connect(&sizes, &mut report).await?,
             other => anyhow::bail!("unknown section {other}"),
         }
         println!("  ({section} took {:.0} s)", t.elapsed().as_secs_f64());
@@ -3668,5 +3673,284 @@ async fn scale_out(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     );
     r.rss(&in1);
     drop(ingest);
+    Ok(())
+}
+
+/// The connector's mapping for the bench's Salesforce org.
+fn connect_config(
+    fake: &spm_testkit::salesforce::FakePubSub,
+    key: &str,
+    topic: &str,
+) -> serde_json::Value {
+    use spm_testkit::salesforce as sf;
+    serde_json::json!({"tenants": [{
+        "tenant_id": "bench", "ingest_key": key,
+        "salesforce": {
+            "pubsub_url": fake.url, "instance_url": sf::INSTANCE_URL, "org_id": sf::ORG_ID,
+            "access_token": sf::TOKEN, "topics": [topic], "batch": 100,
+            "mapping": {
+                "deal": {"object": "Opportunity", "stage": "StageName", "won_stages": ["Closed Won"],
+                         "open_stages": ["Prospecting"], "amount": "Amount", "currency": "CurrencyIsoCode",
+                         "close_date": "CloseDate", "owner": "OwnerId", "name": "Name"},
+                "owners": {"pass_through": true}
+            }
+        }
+    }]})
+}
+
+/// One Opportunity created closed won: one CDC event, one DealClosed.
+fn won_change(i: usize, owner: &str) -> spm_testkit::salesforce::Change {
+    use spm_testkit::salesforce::{Change, F, s};
+    Change::new(
+        "Opportunity",
+        &format!("006B{i:08}"),
+        "CREATE",
+        &[
+            ("Name", s(&format!("Bench deal {i}"))),
+            ("OwnerId", s(owner)),
+            ("StageName", s("Closed Won")),
+            ("Amount", F::D(1000.0 + (i % 997) as f64 + 0.5)),
+            ("CurrencyIsoCode", s("EUR")),
+            ("CloseDate", F::Date(20_780)),
+        ],
+    )
+}
+
+/// CRM connectors: Salesforce change events through the connector into ingest, against
+/// ingest taking the same deals directly in the same run; and the latency the connector
+/// adds from a CRM event's publication to ingest's durable acceptance.
+async fn connect(sz: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    use spm_testkit::salesforce as sf;
+    const TOPIC: &str = "/data/OpportunityChangeEvent";
+    let env = with_service_env("bench-connect", 3).await;
+    let ingest = env.start_with("ingest", QUIET).await;
+    let t = create_tenant(&env, &ingest, "bench").await;
+    wait_key_known(&ingest, &t.admin_key).await;
+    let reps: Vec<String> = (0..100).map(|i| format!("rep-{i}")).collect();
+    let mut c = IngestServiceClient::new(ingest.channel().await);
+    c.submit_events(authed(
+        pb::SubmitEventsRequest {
+            events: reps
+                .iter()
+                .map(|x| spm_testkit::events::rep(x, "", ""))
+                .collect(),
+        },
+        &t.admin_key,
+    ))
+    .await?;
+    let n = sz.connect_events;
+
+    // Baseline: the same deals submitted straight to ingest, 100 per request, one request
+    // at a time (as the connector sends a Pub/Sub batch).
+    let direct: Vec<pb::CrmEvent> = (0..n)
+        .map(|i| {
+            let mut e = spm_testkit::events::deal_in(
+                &format!("direct-{i}"),
+                "1000.50",
+                "EUR",
+                &[(&reps[i % reps.len()], "100")],
+            );
+            e.source = "bench".into();
+            e
+        })
+        .collect();
+    let t0 = Instant::now();
+    for chunk in direct.chunks(100) {
+        c.submit_events(authed(
+            pb::SubmitEventsRequest {
+                events: chunk.to_vec(),
+            },
+            &t.admin_key,
+        ))
+        .await?;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let direct_rate = n as f64 / t0.elapsed().as_secs_f64();
+
+    let fake = sf::FakePubSub::start().await;
+    fake.add_schema("opp-1", &sf::opportunity_schema());
+    fake.add_topic(TOPIC);
+    let cfg = env.log_dir.join("connectors.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec(&connect_config(&fake, &t.admin_key, TOPIC))?,
+    )?;
+    let connect = env
+        .start_with(
+            "connect",
+            &[
+                ("RUST_LOG", "warn"),
+                ("SPM_CONNECT_CONFIG", cfg.to_str().unwrap_or_default()),
+                ("SPM_INGEST_URL", &format!("http://{}", ingest.grpc)),
+            ],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Encoded before the clock; published at once, then drained by the connector.
+    let schema = sf::opportunity_schema();
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| sf::encode_change(&schema, &won_change(i, &reps[i % reps.len()])))
+        .collect();
+    let pool = env.pool("ingest").await;
+    let cpu0 = cpu(&[&ingest, &connect]);
+    let t0 = Instant::now();
+    let wall0 = Utc::now();
+    for p in payloads {
+        fake.publish(TOPIC, "opp-1", p);
+    }
+    let want = i64::try_from(n * 2 + reps.len())?;
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM idempotency",
+        want,
+        Duration::from_secs(600),
+    )
+    .await?;
+    // From the last acceptance, not from when the poll noticed.
+    let last: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT max(accepted_at) FROM idempotency")
+            .fetch_one(&pool)
+            .await?;
+    let took = (last - wall0).to_std().unwrap_or_else(|_| t0.elapsed());
+    let note = format!(
+        "connect phase: {}",
+        cpu_note(&cpu0, &cpu(&[&ingest, &connect]), took)
+    );
+    println!("  {note}");
+    r.notes.push(note);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = n as f64 / took.as_secs_f64();
+
+    // Latency, open loop: one CRM event every 10 ms; publication to ingest's acceptance
+    // (its idempotency record's time), against a direct SubmitEvent in the same run.
+    let secs = sz.hop_secs;
+    let rate_per_s = 100u32;
+    let m = usize::try_from(u64::from(rate_per_s) * secs)?;
+    let mut published = Vec::with_capacity(m);
+    let interval = Duration::from_millis(10);
+    let start = tokio::time::Instant::now();
+    for i in 0..m {
+        tokio::time::sleep_until(start + interval * u32::try_from(i)?).await;
+        let rid = format!("006L{i:08}");
+        let mut ch = won_change(n + i, &reps[i % reps.len()]);
+        ch.record_id.clone_from(&rid);
+        let uuid = fake.publish(TOPIC, "opp-1", sf::encode_change(&schema, &ch));
+        let id = spm_core::derived_id(&["connect", "bench", "salesforce", &uuid, &rid, "closed"]);
+        published.push((id, Utc::now()));
+    }
+    let want = want + i64::try_from(m)?;
+    wait_count(
+        &pool,
+        "SELECT count(*) FROM idempotency",
+        want,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let ids: Vec<uuid::Uuid> = published.iter().map(|(id, _)| *id).collect();
+    let rows: Vec<(uuid::Uuid, chrono::DateTime<Utc>)> =
+        sqlx::query_as("SELECT event_id, accepted_at FROM idempotency WHERE event_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&pool)
+            .await?;
+    let at: HashMap<uuid::Uuid, chrono::DateTime<Utc>> = rows.into_iter().collect();
+    let mut lat = Lat::default();
+    for (id, sent) in &published {
+        if let Some(a) = at.get(id) {
+            lat.0.push((*a - *sent).to_std().unwrap_or_default());
+        }
+    }
+    let (direct_lat, _) = open_loop(rate_per_s, secs, |i| {
+        let mut c = c.clone();
+        let key = t.admin_key.clone();
+        let e = spm_testkit::events::deal_in(
+            &format!("direct-lat-{i}"),
+            "10",
+            "EUR",
+            &[("rep-1", "100")],
+        );
+        async move {
+            c.submit_event(authed(pb::SubmitEventRequest { event: Some(e) }, &key))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string())
+        }
+    })
+    .await;
+    let s = "connect";
+    let text = connect.metrics().await;
+    let sum = |name: &str| spm_testkit::process::parse_metric_sum(&text, name, &[]);
+    let acks = sum("spm_connect_ack_latency_seconds_count");
+    if acks > 0.0 {
+        r.add(
+            s,
+            "connector: mean SubmitEvents -> ack, per Pub/Sub batch",
+            sum("spm_connect_ack_latency_seconds_sum") / acks * 1000.0,
+            "ms",
+            "",
+            None,
+        );
+    }
+    r.add(
+        s,
+        "ingest taking the same deals directly (100 per request)",
+        direct_rate,
+        "events/s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "Salesforce CDC events through the connector into ingest (batches of 100)",
+        rate,
+        "events/s",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "connector / direct ratio",
+        rate / direct_rate,
+        "x",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "CRM event published -> ingest accepted, p50 (100 events/s)",
+        lat.q(0.5),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "CRM event published -> ingest accepted, p99 (100 events/s)",
+        lat.q(0.99),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "direct SubmitEvent -> ack, p99 (same rate, same run)",
+        direct_lat.q(0.99),
+        "ms",
+        "",
+        None,
+    );
+    r.add(
+        s,
+        "latency the connector adds, p99",
+        lat.q(0.99) - direct_lat.q(0.99),
+        "ms",
+        "",
+        None,
+    );
+    anyhow::ensure!(
+        lat.0.len() == m,
+        "only {} of {m} latency events arrived",
+        lat.0.len()
+    );
+    r.rss(&connect);
     Ok(())
 }

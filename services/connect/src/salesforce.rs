@@ -28,6 +28,9 @@ use crate::submit::{Ingest, Outcome};
 
 pub const SOURCE: &str = "salesforce";
 
+/// The most events merged into one batch (one transaction and one submission to ingest).
+const MAX_BATCH: usize = 500;
+
 pub struct Subscriber {
     pub tenant: String,
     pub ingest_key: String,
@@ -206,6 +209,20 @@ impl Subscriber {
                 Some(Err(s)) => return classify(&s),
                 Some(Ok(r)) => r,
             };
+            let mut resp = resp;
+            // Responses already received go into the same batch (one transaction, one
+            // submission): a backlog is worked off in large batches, not one response at
+            // a time.
+            while !resp.events.is_empty() && resp.events.len() < MAX_BATCH {
+                match futures::FutureExt::now_or_never(stream.next()) {
+                    Some(Some(Ok(next))) => {
+                        resp.events.extend(next.events);
+                        resp.pending_num_requested = next.pending_num_requested;
+                    }
+                    Some(Some(Err(s))) => return classify(&s),
+                    Some(None) | None => break,
+                }
+            }
             if resp.events.is_empty() {
                 // A keepalive: everything before it is processed, so the position may move
                 // and the checkpoint stays fresh on a quiet topic.
