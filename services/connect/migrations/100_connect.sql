@@ -36,7 +36,10 @@ CREATE TABLE records (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, source, object, record_id)
 );
-CREATE INDEX records_parent ON records (tenant_id, source, object, parent_id);
+-- Partial, so that the planner never takes it for a lookup by record id (with the same
+-- leading columns as the primary key it did, on stale statistics, and filtered every record
+-- of the object: a lookup grew with the table).
+CREATE INDEX records_parent ON records (tenant_id, source, parent_id, object) WHERE parent_id IS NOT NULL;
 
 -- What was submitted for each deal: the amount it closed at, and whether it was reversed.
 CREATE TABLE deals (

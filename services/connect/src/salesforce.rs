@@ -618,6 +618,28 @@ impl Subscriber {
                     )),
                     Err(p) => items.push(Item::Problem(rid.clone(), p)),
                 }
+            } else if change.change_type == ChangeType::Create
+                && let Some(r) = mapping.payment(object, &d.fields)
+            {
+                // A payment recorded as a custom object (its change events).
+                match r {
+                    Ok(p) => {
+                        let id = p.payment_id.clone();
+                        items.push(Item::submit(
+                            crate::spm_event(
+                                SOURCE,
+                                t,
+                                crm_id,
+                                &id,
+                                "payment",
+                                at,
+                                Payload::PaymentReceived(p),
+                            ),
+                            None,
+                        ));
+                    }
+                    Err(p) => items.push(Item::Problem(rid.clone(), p)),
+                }
             }
         }
         Ok(items)

@@ -301,6 +301,93 @@ pub fn bitmap(positions: &[usize]) -> String {
 mod tests {
     use super::*;
 
+    const SCHEMA: &str = r#"{"type": "record", "name": "OpportunityChangeEvent", "fields": [
+        {"name": "ChangeEventHeader", "type": {"type": "record", "name": "ChangeEventHeader", "fields": [
+            {"name": "entityName", "type": "string"},
+            {"name": "recordIds", "type": {"type": "array", "items": "string"}},
+            {"name": "changeType", "type": {"type": "enum", "name": "ChangeType", "symbols": ["CREATE", "UPDATE", "DELETE", "UNDELETE", "GAP_UPDATE"]}},
+            {"name": "commitTimestamp", "type": "long"},
+            {"name": "commitNumber", "type": "long"},
+            {"name": "sequenceNumber", "type": "int"},
+            {"name": "nulledFields", "type": {"type": "array", "items": "string"}},
+            {"name": "changedFields", "type": {"type": "array", "items": "string"}}]}},
+        {"name": "StageName", "type": ["null", "string"], "default": null},
+        {"name": "Amount", "type": ["null", "double"], "default": null},
+        {"name": "CloseDate", "type": ["null", {"type": "int", "logicalType": "date"}], "default": null},
+        {"name": "Name", "type": ["null", {"type": "record", "name": "Name", "fields": [
+            {"name": "First", "type": ["null", "string"], "default": null},
+            {"name": "Last", "type": ["null", "string"], "default": null}]}], "default": null}]}"#;
+
+    fn strings(v: &[&str]) -> Avro {
+        Avro::Array(v.iter().map(|s| Avro::String((*s).into())).collect())
+    }
+
+    #[test]
+    fn an_update_decodes_to_its_changed_fields_header_and_bitmaps() {
+        let schema = parse_schema(SCHEMA).expect("schema");
+        let datum = Avro::Record(vec![
+            (
+                "ChangeEventHeader".into(),
+                Avro::Record(vec![
+                    ("entityName".into(), Avro::String("Opportunity".into())),
+                    ("recordIds".into(), strings(&["006A", "006B"])),
+                    ("changeType".into(), Avro::Enum(1, "UPDATE".into())),
+                    ("commitTimestamp".into(), Avro::Long(1_767_000_000_000)),
+                    ("commitNumber".into(), Avro::Long(42)),
+                    ("sequenceNumber".into(), Avro::Int(3)),
+                    // CloseDate (position 3) set to null; Name.Last (4-0x2) too.
+                    ("nulledFields".into(), strings(&["0x8", "4-0x2"])),
+                    ("changedFields".into(), strings(&["0xE"])),
+                ]),
+            ),
+            (
+                "StageName".into(),
+                Avro::Union(1, Box::new(Avro::String("Closed Won".into()))),
+            ),
+            (
+                "Amount".into(),
+                Avro::Union(1, Box::new(Avro::Double(1234.56))),
+            ),
+            ("CloseDate".into(), Avro::Union(0, Box::new(Avro::Null))),
+            ("Name".into(), Avro::Union(0, Box::new(Avro::Null))),
+        ]);
+        let bytes = apache_avro::to_avro_datum(&schema, datum).expect("encode");
+        let d = decode(&schema, &bytes).expect("decode");
+        let c = d.change.expect("a change event");
+        assert_eq!(c.entity, "Opportunity");
+        assert_eq!(c.record_ids, ["006A", "006B"]);
+        assert_eq!(c.change_type, ChangeType::Update);
+        assert_eq!((c.commit_number, c.sequence_number), (42, 3));
+        assert_eq!(c.nulled, ["CloseDate", "Name.Last"]);
+        assert_eq!(c.changed, ["StageName", "Amount", "CloseDate"]);
+        // The double arrives as the decimal text that was typed, nulls are absent.
+        assert_eq!(
+            d.fields.get("Amount"),
+            Some(&Value::String("1234.56".into()))
+        );
+        assert_eq!(
+            d.fields.get("StageName"),
+            Some(&Value::String("Closed Won".into()))
+        );
+        assert!(!d.fields.contains_key("CloseDate"));
+        assert!(
+            decode(&schema, &[0xff, 0xff]).is_err(),
+            "garbage does not decode"
+        );
+    }
+
+    #[test]
+    fn missing_fields_name_what_the_schema_lost() {
+        let schema = parse_schema(SCHEMA).expect("schema");
+        assert_eq!(
+            missing_fields(
+                &schema,
+                &["StageName", "Amount", "OwnerId", "Name.Last", "Name.Middle"]
+            ),
+            ["OwnerId", "Name.Middle"]
+        );
+    }
+
     #[test]
     fn bitmaps_round_trip_and_name_schema_positions() {
         assert_eq!(bits("0x1C").unwrap(), [2, 3, 4]);
