@@ -105,6 +105,15 @@ impl World {
         }]})
     }
 
+    /// The same with the connected app's client credentials instead of a token.
+    fn sf_oauth_config(&self, fake: &FakePubSub, topics: &[&str], batch: i32) -> serde_json::Value {
+        let mut c = self.sf_config(fake, topics, batch);
+        let sf = &mut c["tenants"][0]["salesforce"];
+        sf.as_object_mut().expect("object").remove("access_token");
+        sf["oauth"] = json!({"token_url": fake.oauth_url, "client_id": sf::CLIENT_ID, "client_secret": sf::CLIENT_SECRET});
+        c
+    }
+
     /// How many of `ids` ingest recorded, and how many events it recorded in all.
     async fn recorded(&self, ids: &[uuid::Uuid]) -> (i64, i64) {
         let pool = self.env.pool("ingest").await;
@@ -204,7 +213,7 @@ async fn salesforce_cdc_is_submitted_exactly_once_across_a_kill_9() {
     let n: u32 = 300;
     let (_, before) = w.recorded(&[]).await;
     assert_eq!(before, 2, "the two reps");
-    let mut connect = w.connect(w.sf_config(&fake, &[CHANNEL], 10)).await;
+    let mut connect = w.connect(w.sf_oauth_config(&fake, &[CHANNEL], 10)).await;
     let publisher = {
         let fake = fake.clone();
         tokio::spawn(async move {
@@ -246,6 +255,10 @@ async fn salesforce_cdc_is_submitted_exactly_once_across_a_kill_9() {
                     sf::encode_change(&sf::opportunity_schema(), &stage(&id, "Closed Won")),
                 );
                 expected.push(derived("salesforce", &uuid, &id, "closed"));
+                if i == 250 {
+                    // The session times out mid-stream: the connector gets a new token.
+                    fake.expire_session();
+                }
                 tokio::time::sleep(Duration::from_millis(8)).await;
             }
             expected
@@ -316,7 +329,11 @@ async fn salesforce_cdc_is_submitted_exactly_once_across_a_kill_9() {
         max_batch <= 10 && !over,
         "sent {max_batch} at once (over: {over})"
     );
-    assert!(subscribes >= 2);
+    assert!(subscribes >= 3, "start, restart, new session: {subscribes}");
+    assert!(
+        fake.tokens_issued() >= 3,
+        "a token at each start and after the expiry"
+    );
     let total = u64::from(n * 2 + 2 * (n / 5));
     assert!(delivered >= total, "{delivered} delivered of {total}");
     assert!(

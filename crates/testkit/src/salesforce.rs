@@ -22,7 +22,11 @@ use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 pub const ORG_ID: &str = "00D000000000001EAA";
+/// The first session's token (a connector may be given it directly, or fetch one from the
+/// fake's OAuth endpoint with [`CLIENT_ID`] and [`CLIENT_SECRET`]).
 pub const TOKEN: &str = "00D000000000001!fake-session-token";
+pub const CLIENT_ID: &str = "3MVG9fake-connected-app";
+pub const CLIENT_SECRET: &str = "fake-connected-app-secret";
 pub const INSTANCE_URL: &str = "https://spm-test.my.salesforce.com";
 
 /// The change event header, as Salesforce documents it (first field of every CDC schema).
@@ -314,12 +318,18 @@ struct State {
     over_sent: bool,
     subscribes: usize,
     delivered: u64,
+    /// The valid session token; every expiry makes a new one and ends open subscriptions.
+    token: String,
+    session: u64,
+    tokens_issued: usize,
 }
 
 /// The running fake.
 #[derive(Clone)]
 pub struct FakePubSub {
     pub url: String,
+    /// The OAuth 2.0 token endpoint (client credentials flow).
+    pub oauth_url: String,
     state: Arc<Mutex<State>>,
     published: Arc<Notify>,
     keepalive: Duration,
@@ -335,15 +345,25 @@ impl FakePubSub {
             .await
             .expect("bind fake pubsub");
         let addr = listener.local_addr().expect("addr");
+        let oauth = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake oauth");
+        let oauth_addr = oauth.local_addr().expect("addr");
         let fake = Self {
             url: format!("http://{addr}"),
+            oauth_url: format!("http://{oauth_addr}/services/oauth2/token"),
             state: Arc::new(Mutex::new(State {
                 next_replay: 1000,
+                token: TOKEN.into(),
                 ..State::default()
             })),
             published: Arc::new(Notify::new()),
             keepalive: Duration::from_millis(1500),
         };
+        let app = axum::Router::new()
+            .route("/services/oauth2/token", axum::routing::post(token))
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(oauth, app).await.expect("fake oauth serves") });
         let svc = PubSubServer::new(fake.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -406,6 +426,26 @@ impl FakePubSub {
         }
     }
 
+    /// Ends the session (as its timeout would): the token stops working, open
+    /// subscriptions end with UNAUTHENTICATED, and the OAuth endpoint issues a new one.
+    pub fn expire_session(&self) {
+        {
+            let mut st = self.state.lock().expect("lock");
+            st.session += 1;
+            st.token = format!(
+                "00D000000000001!session-{}-{}",
+                st.session,
+                uuid::Uuid::new_v4()
+            );
+        }
+        self.published.notify_waiters();
+    }
+
+    /// Tokens the OAuth endpoint issued.
+    pub fn tokens_issued(&self) -> usize {
+        self.state.lock().expect("lock").tokens_issued
+    }
+
     /// (most events in one response, whether more were ever sent than requested,
     /// subscriptions opened, events delivered).
     pub fn stats(&self) -> (usize, bool, usize, u64) {
@@ -413,10 +453,11 @@ impl FakePubSub {
         (st.max_batch, st.over_sent, st.subscribes, st.delivered)
     }
 
-    fn check_session<T>(req: &Request<T>) -> Result<(), Status> {
+    fn check_session<T>(&self, req: &Request<T>) -> Result<u64, Status> {
         let md = req.metadata();
         let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if get("accesstoken") != TOKEN
+        let st = self.state.lock().expect("lock");
+        if get("accesstoken") != st.token
             || get("tenantid") != ORG_ID
             || get("instanceurl") != INSTANCE_URL
         {
@@ -424,7 +465,7 @@ impl FakePubSub {
                 "Invalid session: accesstoken, instanceurl and tenantid must name a valid session of the org",
             ));
         }
-        Ok(())
+        Ok(st.session)
     }
 }
 
@@ -439,7 +480,7 @@ impl PubSub for FakePubSub {
         &self,
         req: Request<pb::SchemaRequest>,
     ) -> Result<Response<pb::SchemaInfo>, Status> {
-        Self::check_session(&req)?;
+        self.check_session(&req)?;
         let id = req.into_inner().schema_id;
         let st = self.state.lock().expect("lock");
         let json = st
@@ -457,7 +498,7 @@ impl PubSub for FakePubSub {
         &self,
         req: Request<pb::TopicRequest>,
     ) -> Result<Response<pb::TopicInfo>, Status> {
-        Self::check_session(&req)?;
+        self.check_session(&req)?;
         let name = req.into_inner().topic_name;
         let st = self.state.lock().expect("lock");
         if !st.topics.contains_key(&name) {
@@ -477,7 +518,7 @@ impl PubSub for FakePubSub {
         &self,
         req: Request<Streaming<pb::FetchRequest>>,
     ) -> Result<Response<FetchStream>, Status> {
-        Self::check_session(&req)?;
+        let session = self.check_session(&req)?;
         let mut incoming = req.into_inner();
         let first = incoming
             .next()
@@ -535,6 +576,13 @@ impl PubSub for FakePubSub {
                 let published = fake.published.notified();
                 tokio::pin!(published);
                 published.as_mut().enable();
+                let expired = fake.state.lock().expect("lock").session != session;
+                if expired {
+                    let _ = tx
+                        .send(Err(Status::unauthenticated("Session expired or invalid")))
+                        .await;
+                    return;
+                }
                 let (events, latest, pending) = {
                     let mut st = fake.state.lock().expect("lock");
                     let mut c = credit.lock().expect("lock");
@@ -587,4 +635,37 @@ impl PubSub for FakePubSub {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// The OAuth 2.0 token endpoint: client credentials in a form, the session's token out.
+async fn token(
+    axum::extract::State(fake): axum::extract::State<FakePubSub>,
+    body: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    if get("grant_type") != "client_credentials"
+        || get("client_id") != CLIENT_ID
+        || get("client_secret") != CLIENT_SECRET
+    {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": "invalid_client", "error_description": "invalid client credentials"})),
+        )
+            .into_response();
+    }
+    let mut st = fake.state.lock().expect("lock");
+    st.tokens_issued += 1;
+    axum::Json(serde_json::json!({
+        "access_token": st.token,
+        "instance_url": INSTANCE_URL,
+        "id": format!("https://login.salesforce.com/id/{ORG_ID}/005000000000001AAA"),
+        "token_type": "Bearer",
+        "issued_at": chrono::Utc::now().timestamp_millis().to_string(),
+        "signature": "fake"
+    }))
+    .into_response()
 }

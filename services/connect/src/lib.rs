@@ -170,6 +170,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     ingest: ingest.clone(),
                     retention: Duration::from_secs(config.retention_hours * 3600),
                     cancel: app.cancel.clone(),
+                    http: http.clone(),
+                    token: std::sync::Mutex::new(sf.access_token.clone().unwrap_or_default()),
                 };
                 app.spawn(s.run());
             }

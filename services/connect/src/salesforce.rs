@@ -41,10 +41,16 @@ pub struct Subscriber {
     /// How long the CRM keeps events (72 hours): an older checkpoint cannot be resumed.
     pub retention: Duration,
     pub cancel: CancellationToken,
+    /// For the OAuth token endpoint.
+    pub http: reqwest::Client,
+    /// The session's access token (from the file, or the last one OAuth gave).
+    pub token: std::sync::Mutex<String>,
 }
 
 enum End {
     Cancelled,
+    /// Salesforce refused or ended the session.
+    Unauthenticated(String),
     Stale(String),
     Failed(String),
 }
@@ -62,6 +68,9 @@ impl Subscriber {
         }
         let mut delay = Duration::from_millis(500);
         let mut schemas: HashMap<String, Arc<Known>> = HashMap::new();
+        // When the last new token was fetched: a token refused again at once (a revoked app,
+        // a wrong org) is retried with backoff, not in a tight loop.
+        let mut refreshed: Option<std::time::Instant> = None;
         loop {
             match self.session(&mut schemas).await {
                 End::Cancelled => return,
@@ -81,7 +90,20 @@ impl Subscriber {
                     }
                     delay = Duration::from_millis(500);
                 }
-                End::Failed(why) => {
+                End::Unauthenticated(why)
+                    if self.sf.oauth.is_some()
+                        && refreshed.is_none_or(|r| r.elapsed() > Duration::from_secs(10)) =>
+                {
+                    refreshed = Some(std::time::Instant::now());
+                    tracing::info!(tenant = %t, topic = %self.topic, %why, "session ended; fetching a new access token");
+                    self.set_token(String::new());
+                    crate::metrics::crm_retry(SOURCE, "session");
+                }
+                End::Unauthenticated(why) | End::Failed(why) => {
+                    if self.sf.oauth.is_some() {
+                        // The next attempt starts from a new token.
+                        self.set_token(String::new());
+                    }
                     tracing::warn!(tenant = %t, topic = %self.topic, error = %why, retry_in = ?delay, "Pub/Sub subscription ended; reconnecting");
                     let _ = store::set_state(&self.pool, t, SOURCE, &self.topic, "retrying", &why)
                         .await;
@@ -110,11 +132,53 @@ impl Subscriber {
         }
     }
 
+    fn set_token(&self, t: String) {
+        *self.token.lock().expect("token lock") = t;
+    }
+
+    /// An access token: the configured one, or (OAuth) the current one, fetched when there
+    /// is none.
+    async fn ensure_token(&self) -> Result<(), End> {
+        let Some(o) = &self.sf.oauth else {
+            return Ok(());
+        };
+        if !self.token.lock().expect("token lock").is_empty() {
+            return Ok(());
+        }
+        let resp = self
+            .http
+            .post(&o.token_url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", o.client_id.as_str()),
+                ("client_secret", o.client_secret.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| End::Failed(format!("OAuth token request to {}: {e}", o.token_url)))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        match body.get("access_token").and_then(serde_json::Value::as_str) {
+            Some(t) if status.is_success() => {
+                self.set_token(t.to_owned());
+                Ok(())
+            }
+            _ => Err(End::Failed(format!(
+                "OAuth token request to {}: HTTP {status}: {}",
+                o.token_url,
+                body.get("error_description")
+                    .or(body.get("error"))
+                    .unwrap_or(&body)
+            ))),
+        }
+    }
+
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         let md = r.metadata_mut();
+        let token = self.token.lock().expect("token lock").clone();
         for (k, v) in [
-            ("accesstoken", self.sf.access_token.as_str()),
+            ("accesstoken", token.as_str()),
             ("instanceurl", self.sf.instance_url.as_str()),
             ("tenantid", self.sf.org_id.as_str()),
         ] {
@@ -165,6 +229,9 @@ impl Subscriber {
                 (pb::ReplayPreset::Custom, id)
             }
         };
+        if let Err(e) = self.ensure_token().await {
+            return e;
+        }
         let channel = match self.channel().await {
             Ok(c) => c,
             Err(e) => return End::Failed(e),
@@ -281,7 +348,10 @@ impl Subscriber {
                 schema_id: id.to_owned(),
             }))
             .await
-            .map_err(|s| End::Failed(format!("GetSchema {id}: {}", s.message())))?
+            .map_err(|s| match classify(&s) {
+                End::Unauthenticated(m) => End::Unauthenticated(m),
+                _ => End::Failed(format!("GetSchema {id}: {}", s.message())),
+            })?
             .into_inner();
         let schema = match cdc::parse_schema(&info.schema_json) {
             Ok(s) => s,
@@ -675,6 +745,8 @@ fn classify(s: &tonic::Status) -> End {
     let m = s.message().to_ascii_lowercase();
     if s.code() == tonic::Code::InvalidArgument && m.contains("replay") {
         End::Stale(format!("Salesforce refused the replay id: {}", s.message()))
+    } else if s.code() == tonic::Code::Unauthenticated {
+        End::Unauthenticated(format!("Salesforce refused the session: {}", s.message()))
     } else {
         End::Failed(format!("{:?}: {}", s.code(), s.message()))
     }

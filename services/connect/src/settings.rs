@@ -36,8 +36,14 @@ pub struct Salesforce {
     pub instance_url: String,
     /// The org id (the `tenantid` header).
     pub org_id: String,
-    /// An OAuth access token of the integration user.
-    pub access_token: String,
+    /// An OAuth access token of the integration user (it expires with the session: prefer
+    /// `oauth`).
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// The OAuth 2.0 client credentials flow of a connected app: a token is fetched at
+    /// start and again whenever Salesforce ends the session.
+    #[serde(default)]
+    pub oauth: Option<OAuth>,
     /// Topics: `/data/OpportunityChangeEvent`, a custom channel such as
     /// `/data/SpmSales__chn` (Opportunity, OpportunitySplit and OpportunityLineItem in one
     /// ordered stream, recommended), `/event/Payment_Received__e`.
@@ -46,6 +52,15 @@ pub struct Salesforce {
     #[serde(default = "default_batch")]
     pub batch: i32,
     pub mapping: Mapping,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth {
+    /// `https://<my domain>.my.salesforce.com/services/oauth2/token`.
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 fn default_batch() -> i32 {
@@ -97,10 +112,24 @@ impl File {
             let id = t.tenant_id.clone();
             secret(&mut t.ingest_key, &format!("tenants[{id}].ingest_key"))?;
             if let Some(s) = &mut t.salesforce {
-                secret(
-                    &mut s.access_token,
-                    &format!("tenants[{id}].salesforce.access_token"),
-                )?;
+                match (&mut s.access_token, &mut s.oauth) {
+                    (Some(t), None) => {
+                        secret(t, &format!("tenants[{id}].salesforce.access_token"))?
+                    }
+                    (None, Some(o)) => {
+                        secret(
+                            &mut o.client_secret,
+                            &format!("tenants[{id}].salesforce.oauth.client_secret"),
+                        )?;
+                        secret(
+                            &mut o.client_id,
+                            &format!("tenants[{id}].salesforce.oauth.client_id"),
+                        )?;
+                    }
+                    _ => {
+                        bail!("tenants[{id}].salesforce: set exactly one of access_token and oauth")
+                    }
+                }
                 s.mapping
                     .check()
                     .map_err(|e| anyhow::anyhow!("tenants[{id}].salesforce.mapping: {e}"))?;
@@ -134,5 +163,75 @@ impl File {
             }
         }
         Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn file(salesforce: serde_json::Value) -> String {
+        let mut sf = json!({
+            "pubsub_url": "https://api.pubsub.salesforce.com:7443",
+            "instance_url": "https://acme.my.salesforce.com",
+            "org_id": "00D5e000000XXXXEAA",
+            "topics": ["/data/SpmSales__chn"],
+            "mapping": {
+                "deal": {"object": "Opportunity", "stage": "StageName",
+                         "won_stages": ["Closed Won"], "lost_stages": ["Closed Lost"],
+                         "open_stages": ["Prospecting"], "amount": "Amount",
+                         "default_currency": "EUR", "close_date": "CloseDate",
+                         "owner": "OwnerId"},
+                "owners": {"pass_through": true}
+            }
+        });
+        for (k, v) in salesforce.as_object().expect("object") {
+            sf[k] = v.clone();
+        }
+        json!({"tenants": [{"tenant_id": "acme", "ingest_key": "k", "salesforce": sf}]}).to_string()
+    }
+
+    #[test]
+    fn salesforce_takes_exactly_one_of_a_token_and_client_credentials() {
+        let token = File::parse(&file(json!({"access_token": "00D!tok"}))).expect("token");
+        let sf = token.tenants[0].salesforce.as_ref().expect("salesforce");
+        assert_eq!(sf.access_token.as_deref(), Some("00D!tok"));
+        assert!(sf.oauth.is_none());
+
+        let oauth = json!({"token_url": "https://acme.my.salesforce.com/services/oauth2/token",
+                           "client_id": "3MVG9", "client_secret": "env:SPM_TEST_SF_SECRET_UNSET"});
+        let err = File::parse(&file(json!({ "oauth": oauth }))).expect_err("unset variable");
+        assert!(
+            format!("{err:#}").contains(
+                "oauth.client_secret: environment variable SPM_TEST_SF_SECRET_UNSET is not set"
+            ),
+            "{err:#}"
+        );
+        let mut inline = oauth.clone();
+        inline["client_secret"] = json!("s3cret");
+        let f = File::parse(&file(json!({ "oauth": inline }))).expect("oauth");
+        let o = f.tenants[0]
+            .salesforce
+            .as_ref()
+            .and_then(|s| s.oauth.as_ref());
+        assert_eq!(o.map(|o| o.client_secret.as_str()), Some("s3cret"));
+
+        for (what, sf) in [
+            ("neither", json!({})),
+            ("both", json!({"access_token": "t", "oauth": inline})),
+        ] {
+            let err = File::parse(&file(sf)).expect_err(what);
+            assert!(
+                format!("{err:#}").contains("set exactly one of access_token and oauth"),
+                "{what}: {err:#}"
+            );
+        }
+        let mut typo = inline.clone();
+        typo["client_secrt"] = json!("x");
+        assert!(
+            File::parse(&file(json!({ "oauth": typo }))).is_err(),
+            "unknown key"
+        );
     }
 }
