@@ -635,6 +635,34 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
             ("hubspot_owner_id", "77"),
         ],
     );
+    // Two won deals with line items: 104's sum to its amount, 105's do not (ingest refuses it).
+    for (deal, amount, lines) in [
+        (104, "1000", [(7001, "600.00"), (7002, "400")]),
+        (105, "1000", [(7003, "600"), (7004, "300")]),
+    ] {
+        crm.put(
+            "deals",
+            deal,
+            &[
+                ("dealstage", "closedwon"),
+                ("amount", amount),
+                ("closedate", "2026-11-21"),
+                ("hubspot_owner_id", "78"),
+            ],
+        );
+        for (line, amount) in lines {
+            crm.put(
+                "line_items",
+                line,
+                &[
+                    ("hs_product_id", "prod-9"),
+                    ("quantity", "2"),
+                    ("amount", amount),
+                ],
+            );
+        }
+        crm.associate_line_items(deal, &lines.map(|l| l.0));
+    }
     crm.put(
         "calls",
         501,
@@ -650,6 +678,7 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
                          "amount": "amount", "currency": "deal_currency_code", "default_currency": "EUR",
                          "close_date": "closedate", "owner": "hubspot_owner_id", "name": "dealname"},
                 "owners": {"reps": {"77": "rep-a", "78": "rep-b"}},
+                "products": {"object": "line_item", "product": "hs_product_id", "quantity": "quantity", "amount": "amount"},
                 "activities": [{"object": "call", "owner": "hubspot_owner_id", "kind": "call", "subject": "hs_call_title"}]
             }
         }
@@ -666,7 +695,9 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
         hubspot::event(9002, "deal.creation", 102, None),
         hubspot::event(9003, "deal.creation", 103, None),
         hubspot::event(9004, "call.creation", 501, None),
-        hubspot::event(9005, "contact.creation", 1, None)
+        hubspot::event(9005, "contact.creation", 1, None),
+        hubspot::event(9008, "deal.creation", 104, None),
+        hubspot::event(9009, "deal.creation", 105, None)
     ]);
 
     // Refused: a bad signature, a stale timestamp, another tenant's path. Nothing stored.
@@ -736,16 +767,22 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
     crm.rate_limit_next(2);
     let (st, body) =
         hubspot::send(&url, hubspot::APP_SECRET, &batch, hubspot::Send::default()).await;
-    assert_eq!((st, body["new"].as_u64()), (200, Some(5)), "{body}");
+    assert_eq!((st, body["new"].as_u64()), (200, Some(7)), "{body}");
     let ids = [
         derived("hubspot", "9001", "101", "closed"),
         derived("hubspot", "9004", "501", "activity"),
+        derived("hubspot", "9008", "104", "closed"),
     ];
-    eventually(Duration::from_secs(30), "the won deal and the call", || {
-        let (w, ids) = (&w, &ids);
-        async move { (w.recorded(ids).await.0 == 2).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the won deals and the call",
+        || {
+            let (w, ids) = (&w, &ids);
+            async move { (w.recorded(ids).await.0 == 3).then_some(()) }
+        },
+    )
     .await;
+    assert_eq!(crm.batch_reads(), 2, "the line items of 104 and 105");
     assert_eq!(crm.reads().1, 2, "two reads were rate limited");
     eventually(Duration::from_secs(10), "the inbox drained", || {
         let cpool = cpool.clone();
@@ -766,13 +803,22 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
         .collect();
     assert_eq!(
         got,
-        HashSet::from([(
-            "103".to_owned(),
-            "dealstage".to_owned(),
-            "unknown_stage".to_owned()
-        )]),
+        HashSet::from([
+            (
+                "103".to_owned(),
+                "dealstage".to_owned(),
+                "unknown_stage".to_owned()
+            ),
+            (
+                "105".to_owned(),
+                "deal_closed.lines".to_owned(),
+                "rejected_by_ingest".to_owned()
+            )
+        ]),
         "{errors:?}"
     );
+    let e105 = errors.iter().find(|e| e.record_id == "105").expect("105");
+    assert!(e105.message.contains("line amounts sum to 900"), "{e105:?}");
 
     // HubSpot delivers again (at least once): stored once, submitted once. Another change
     // of the won deal that moves nothing sends nothing.
@@ -792,7 +838,7 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(w.recorded(&ids).await.1, 2 + 2);
+    assert_eq!(w.recorded(&ids).await.1, 2 + 3);
 
     // The won deal is lost after all: its close is reversed in full.
     crm.put(
@@ -827,8 +873,8 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
         .iter()
         .find(|s| s.source == "hubspot")
         .expect("hubspot status");
-    assert_eq!((hs.pending, hs.rejected), (0, 1), "{hs:?}");
-    assert!(hs.events_in >= 8, "{hs:?}");
+    assert_eq!((hs.pending, hs.rejected), (0, 2), "{hs:?}");
+    assert!(hs.events_in >= 10, "{hs:?}");
     let m = connect.metrics().await;
     for (name, label) in [
         ("spm_connect_webhooks_total", "result=\"bad_signature\""),

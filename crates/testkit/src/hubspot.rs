@@ -3,7 +3,9 @@
 //! signature: base64 HMAC-SHA256 of method + URI + body + timestamp with the app secret, in
 //! `X-HubSpot-Signature-v3`, the epoch-millisecond time in `X-HubSpot-Request-Timestamp`),
 //! and the CRM objects API (`GET /crm/v3/objects/{type}/{id}?properties=...` with a private
-//! app's bearer token; 401, 404 and 429 + `Retry-After` answered as HubSpot does).
+//! app's bearer token, `&associations=line_items` answered under the association label
+//! "line items"; `POST /crm/v3/objects/{type}/batch/read` with `{properties, inputs}`, 207
+//! when some inputs are missing; 401, 404 and 429 + `Retry-After` answered as HubSpot does).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +24,9 @@ pub const APP_SECRET: &str = "hubspot-app-client-secret";
 #[derive(Default)]
 struct Inner {
     objects: Mutex<BTreeMap<(String, u64), BTreeMap<String, Value>>>,
+    /// deal id -> its line items' ids.
+    line_items: Mutex<BTreeMap<u64, Vec<u64>>>,
+    batch_reads: AtomicU32,
     /// The next this-many reads are answered 429.
     rate_limit: AtomicU32,
     reads: AtomicU32,
@@ -41,6 +46,10 @@ impl FakeHubSpot {
             .route(
                 "/crm/v3/objects/{object_type}/{id}",
                 axum::routing::get(read),
+            )
+            .route(
+                "/crm/v3/objects/{object_type}/batch/read",
+                axum::routing::post(batch_read),
             )
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -69,6 +78,20 @@ impl FakeHubSpot {
         );
     }
 
+    /// Associates line items with a deal (the deal-to-line-item association).
+    pub fn associate_line_items(&self, deal: u64, lines: &[u64]) {
+        self.inner
+            .line_items
+            .lock()
+            .expect("lock")
+            .insert(deal, lines.to_vec());
+    }
+
+    /// How many batch reads were answered.
+    pub fn batch_reads(&self) -> u32 {
+        self.inner.batch_reads.load(Ordering::SeqCst)
+    }
+
     /// Answers the next `n` reads with 429 (Retry-After: 1).
     pub fn rate_limit_next(&self, n: u32) {
         self.inner.rate_limit.store(n, Ordering::SeqCst);
@@ -83,22 +106,18 @@ impl FakeHubSpot {
     }
 }
 
-async fn read(
-    State(inner): State<Arc<Inner>>,
-    Path((object_type, id)): Path<(String, u64)>,
-    Query(q): Query<BTreeMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
+/// The bearer token and the rate limit, checked as HubSpot does for every call.
+fn refusal(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if auth != format!("Bearer {TOKEN}") {
-        return (
+        return Some((
             StatusCode::UNAUTHORIZED,
             Json(json!({"status": "error", "message": "Authentication credentials not found.", "category": "INVALID_AUTHENTICATION"})),
         )
-            .into_response();
+            .into_response());
     }
     if inner
         .rate_limit
@@ -106,12 +125,108 @@ async fn read(
         .is_ok()
     {
         inner.limited.fetch_add(1, Ordering::SeqCst);
-        return (
+        return Some((
             StatusCode::TOO_MANY_REQUESTS,
             [("retry-after", "1")],
             Json(json!({"status": "error", "message": "You have reached your secondly limit.", "errorType": "RATE_LIMIT", "policyName": "SECONDLY"})),
         )
+            .into_response());
+    }
+    None
+}
+
+/// The requested properties, null when unset, plus the default `hs_object_id`.
+fn properties<'a>(
+    props: &BTreeMap<String, Value>,
+    names: impl Iterator<Item = &'a str>,
+    id: u64,
+) -> Value {
+    let mut out = serde_json::Map::new();
+    for p in names.filter(|p| !p.is_empty()) {
+        out.insert(p.to_owned(), props.get(p).cloned().unwrap_or(Value::Null));
+    }
+    out.insert("hs_object_id".into(), json!(id.to_string()));
+    Value::Object(out)
+}
+
+async fn batch_read(
+    State(inner): State<Arc<Inner>>,
+    Path(object_type): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<Value>,
+) -> Response {
+    if let Some(r) = refusal(&inner, &headers) {
+        return r;
+    }
+    let names: Vec<&str> = req["properties"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let Some(inputs) = req["inputs"].as_array().map(|i| {
+        i.iter()
+            .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    }) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": "error", "message": "Invalid input JSON: inputs is required", "category": "VALIDATION_ERROR"})),
+        )
             .into_response();
+    };
+    if inputs.len() > 100 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": "error", "message": "Batch input limit is 100", "category": "VALIDATION_ERROR"})),
+        )
+            .into_response();
+    }
+    inner.batch_reads.fetch_add(1, Ordering::SeqCst);
+    let objects = inner.objects.lock().expect("lock");
+    let (mut results, mut missing) = (Vec::new(), Vec::new());
+    for input in &inputs {
+        let found = input
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| Some((id, objects.get(&(object_type.clone(), id))?)));
+        match found {
+            Some((id, props)) => results.push(json!({
+                "id": input,
+                "properties": properties(props, names.iter().copied(), id),
+                "createdAt": "2026-11-01T09:00:00.000Z",
+                "updatedAt": "2026-12-01T09:00:00.000Z",
+                "archived": false
+            })),
+            None => missing.push(input.clone()),
+        }
+    }
+    let mut body = json!({
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": "2026-12-01T09:00:00.000Z",
+        "completedAt": "2026-12-01T09:00:00.100Z"
+    });
+    if missing.is_empty() {
+        return Json(body).into_response();
+    }
+    body["numErrors"] = json!(1);
+    body["errors"] = json!([{
+        "status": "error", "category": "OBJECT_NOT_FOUND",
+        "message": "Could not get some objects, they may be deleted or not exist.",
+        "context": {"ids": missing}
+    }]);
+    (StatusCode::MULTI_STATUS, Json(body)).into_response()
+}
+
+async fn read(
+    State(inner): State<Arc<Inner>>,
+    Path((object_type, id)): Path<(String, u64)>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refusal(&inner, &headers) {
+        return r;
     }
     inner.reads.fetch_add(1, Ordering::SeqCst);
     let objects = inner.objects.lock().expect("lock");
@@ -122,26 +237,30 @@ async fn read(
         )
             .into_response();
     };
-    // HubSpot returns the requested properties, null when unset, plus a few defaults.
-    let mut out = serde_json::Map::new();
-    for p in q
-        .get("properties")
-        .map(String::as_str)
-        .unwrap_or_default()
-        .split(',')
-        .filter(|p| !p.is_empty())
-    {
-        out.insert(p.to_owned(), props.get(p).cloned().unwrap_or(Value::Null));
-    }
-    out.insert("hs_object_id".into(), json!(id.to_string()));
-    Json(json!({
+    let mut body = json!({
         "id": id.to_string(),
-        "properties": out,
+        "properties": properties(
+            props,
+            q.get("properties").map(String::as_str).unwrap_or_default().split(','),
+            id
+        ),
         "createdAt": "2026-11-01T09:00:00.000Z",
         "updatedAt": "2026-12-01T09:00:00.000Z",
         "archived": false
-    }))
-    .into_response()
+    });
+    let wants_lines = q
+        .get("associations")
+        .is_some_and(|a| a.split(',').any(|a| a == "line_items"));
+    if object_type == "deals" && wants_lines {
+        let lines = inner.line_items.lock().expect("lock");
+        // HubSpot leaves the key out when there are none.
+        if let Some(ids) = lines.get(&id).filter(|l| !l.is_empty()) {
+            body["associations"] = json!({"line items": {"results": ids.iter().map(|l| json!({
+                "id": l.to_string(), "type": "deal_to_line_item"
+            })).collect::<Vec<_>>()}});
+        }
+    }
+    Json(body).into_response()
 }
 
 /// The v3 signature of a request.

@@ -158,7 +158,8 @@ pub struct Worker {
 }
 
 enum Fetch {
-    Found(Fields),
+    /// The object's properties, and (a deal) the ids of its line items.
+    Found(Fields, Vec<String>),
     Gone,
     /// Try again after this long (rate limit, failure); the message says why.
     Later(Duration, String),
@@ -224,33 +225,14 @@ impl Worker {
         }
     }
 
-    async fn fetch(&self, object: &str, id: u64) -> Fetch {
-        let mapping = &self.tenant.hs.mapping;
-        let props = mapping.fields_of(object).join(",");
-        let base = format!(
-            "{}/crm/v3/objects/{}s/{}",
-            self.tenant.hs.api_base, object, id
-        );
-        let url = match url::Url::parse_with_params(
-            &base,
-            [("properties", props.as_str()), ("archived", "false")],
-        ) {
-            Ok(u) => u,
-            Err(e) => {
-                return Fetch::Later(Duration::from_secs(60), format!("api_base {base:?}: {e}"));
-            }
-        };
-        let resp = self
-            .http
-            .get(url.clone())
-            .bearer_auth(&self.tenant.hs.token)
-            .send()
-            .await;
-        let resp = match resp {
+    /// Sends a CRM API request and reads its JSON answer; rate limits, failures and a
+    /// missing object come back as what to do instead.
+    async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Value, Fetch> {
+        let resp = match req.bearer_auth(&self.tenant.hs.token).send().await {
             Ok(r) => r,
             Err(e) => {
                 crate::metrics::crm_retry(SOURCE, "crm_api_error");
-                return Fetch::Later(Duration::from_secs(2), format!("GET {url}: {e}"));
+                return Err(Fetch::Later(Duration::from_secs(2), format!("{what}: {e}")));
             }
         };
         let status = resp.status();
@@ -263,36 +245,126 @@ impl Worker {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(10.0)
                 .clamp(0.0, 3600.0);
-            return Fetch::Later(
+            return Err(Fetch::Later(
                 Duration::from_secs_f64(secs),
                 format!("HubSpot rate limit: retry after {secs}s"),
-            );
+            ));
         }
         if status.as_u16() == 404 {
-            return Fetch::Gone;
+            return Err(Fetch::Gone);
         }
         if !status.is_success() {
             crate::metrics::crm_retry(SOURCE, "crm_api_error");
             let wait = if status.is_server_error() { 2 } else { 30 };
             let text = resp.text().await.unwrap_or_default();
-            return Fetch::Later(
+            return Err(Fetch::Later(
                 Duration::from_secs(wait),
                 format!(
-                    "GET {url}: HTTP {status}: {}",
+                    "{what}: HTTP {status}: {}",
                     text.chars().take(200).collect::<String>()
                 ),
+            ));
+        }
+        resp.json::<Value>()
+            .await
+            .map_err(|e| Fetch::Later(Duration::from_secs(30), format!("{what}: {e}")))
+    }
+
+    /// Reads one object with the properties the mapping reads (a deal also with the ids
+    /// of its line items when the mapping takes products).
+    async fn fetch(&self, object: &str, id: u64) -> Fetch {
+        let mapping = &self.tenant.hs.mapping;
+        let props = mapping.fields_of(object).join(",");
+        let base = format!(
+            "{}/crm/v3/objects/{}s/{}",
+            self.tenant.hs.api_base, object, id
+        );
+        let mut params = vec![("properties", props.as_str()), ("archived", "false")];
+        let lines = mapping.deal.object == object && mapping.products.is_some();
+        if lines {
+            params.push(("associations", "line_items"));
+        }
+        let url = match url::Url::parse_with_params(&base, params) {
+            Ok(u) => u,
+            Err(e) => {
+                return Fetch::Later(Duration::from_secs(60), format!("api_base {base:?}: {e}"));
+            }
+        };
+        let what = format!("GET {url}");
+        let v = match self.call(self.http.get(url), &what).await {
+            Ok(v) => v,
+            Err(f) => return f,
+        };
+        let Some(p) = v.get("properties").and_then(Value::as_object) else {
+            return Fetch::Later(
+                Duration::from_secs(30),
+                format!("{what}: no properties in the answer"),
             );
+        };
+        let fields = p.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // HubSpot names the association by the object's label ("line items").
+        let assoc = v.get("associations").and_then(|a| {
+            a.get("line items")
+                .or_else(|| a.get("line_items"))
+                .and_then(|l| l.get("results"))
+                .and_then(Value::as_array)
+        });
+        let mut ids: Vec<String> = assoc
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Fetch::Found(fields, ids)
+    }
+
+    /// Reads line items by id (batch read, 100 per request), in id order.
+    async fn line_items(&self, ids: &[String]) -> Result<Vec<Fields>, Fetch> {
+        let Some(p) = &self.tenant.hs.mapping.products else {
+            return Ok(Vec::new());
+        };
+        let props = self.tenant.hs.mapping.fields_of(&p.object);
+        let url = format!(
+            "{}/crm/v3/objects/{}s/batch/read",
+            self.tenant.hs.api_base, p.object
+        );
+        let what = format!("POST {url}");
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let body = json!({
+                "properties": props,
+                "inputs": chunk.iter().map(|id| json!({"id": id})).collect::<Vec<_>>(),
+            });
+            let v = self.call(self.http.post(&url).json(&body), &what).await?;
+            let results = v.get("results").and_then(Value::as_array);
+            let mut got: Vec<(String, Fields)> = results
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    let id = r.get("id").and_then(Value::as_str)?.to_owned();
+                    let props = r.get("properties").and_then(Value::as_object)?;
+                    Some((
+                        id,
+                        props.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    ))
+                })
+                .collect();
+            if got.len() != chunk.len() {
+                // A line item removed between the two reads: read the deal again later.
+                return Err(Fetch::Later(
+                    Duration::from_secs(2),
+                    format!(
+                        "{what}: {} of {} line items returned",
+                        got.len(),
+                        chunk.len()
+                    ),
+                ));
+            }
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            out.extend(got.into_iter().map(|(_, f)| f));
         }
-        match resp.json::<Value>().await {
-            Ok(v) => match v.get("properties").and_then(Value::as_object) {
-                Some(p) => Fetch::Found(p.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-                None => Fetch::Later(
-                    Duration::from_secs(30),
-                    format!("GET {url}: no properties in the answer"),
-                ),
-            },
-            Err(e) => Fetch::Later(Duration::from_secs(30), format!("GET {url}: {e}")),
-        }
+        Ok(out)
     }
 
     async fn postpone(
@@ -343,12 +415,12 @@ impl Worker {
         let mut out = Vec::new();
         let mut conn = self.pool.begin().await?;
         if is_deal {
-            let (fields, deleted) = if change == "deletion" {
-                (Fields::new(), true)
+            let (fields, deleted, line_ids) = if change == "deletion" {
+                (Fields::new(), true, Vec::new())
             } else {
                 match self.fetch(object, ev.object_id).await {
-                    Fetch::Found(f) => (f, false),
-                    Fetch::Gone => (Fields::new(), true),
+                    Fetch::Found(f, lines) => (f, false, lines),
+                    Fetch::Gone => (Fields::new(), true, Vec::new()),
                     Fetch::Later(wait, why) => {
                         drop(conn);
                         self.postpone(id, attempts, wait, &why).await?;
@@ -363,7 +435,28 @@ impl Worker {
                 )
                 .await?;
             }
-            match mapping.decide(&rid, &fields, deleted, &before, &[], &[]) {
+            let mut decision = mapping.decide(&rid, &fields, deleted, &before, &[], &[]);
+            if matches!(decision, Ok(DealDecision::Close(..))) && !line_ids.is_empty() {
+                // Closing: the deal's line items are its product lines.
+                match self.line_items(&line_ids).await {
+                    Ok(lines) => {
+                        decision = mapping.decide(&rid, &fields, deleted, &before, &[], &lines);
+                    }
+                    Err(Fetch::Later(wait, why)) => {
+                        drop(conn);
+                        self.postpone(id, attempts, wait, &why).await?;
+                        return Ok(why.starts_with("HubSpot rate limit").then_some(wait));
+                    }
+                    Err(_) => {
+                        drop(conn);
+                        let why = "a line item of the deal is gone: reading the deal again";
+                        self.postpone(id, attempts, Duration::from_secs(2), why)
+                            .await?;
+                        return Ok(None);
+                    }
+                }
+            }
+            match decision {
                 Ok(DealDecision::Close(dc, close_at)) => {
                     let amount = dc.amount.clone().expect("set");
                     let after = DealState {
@@ -406,7 +499,7 @@ impl Worker {
             }
         } else if is_activity {
             match self.fetch(object, ev.object_id).await {
-                Fetch::Found(f) => match mapping.activity(object, &rid, &f) {
+                Fetch::Found(f, _) => match mapping.activity(object, &rid, &f) {
                     Some(Ok(a)) => out.push((
                         crate::spm_event(
                             SOURCE,

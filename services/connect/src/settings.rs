@@ -139,6 +139,15 @@ impl File {
                         s.batch
                     );
                 }
+                if s.mapping
+                    .products
+                    .as_ref()
+                    .is_some_and(|p| p.deal.is_empty())
+                {
+                    bail!(
+                        "tenants[{id}].salesforce.mapping.products.deal: name the line's deal field (OpportunityId)"
+                    );
+                }
                 if s.topics.is_empty() {
                     bail!("tenants[{id}].salesforce.topics is empty");
                 }
@@ -159,6 +168,11 @@ impl File {
                 h.mapping
                     .check()
                     .map_err(|e| anyhow::anyhow!("tenants[{id}].hubspot.mapping: {e}"))?;
+                if h.mapping.splits.is_some() {
+                    bail!(
+                        "tenants[{id}].hubspot.mapping.splits: HubSpot deal splits are not read; leave splits out (the owner is credited 100%)"
+                    );
+                }
                 h.api_base = h.api_base.trim_end_matches('/').to_owned();
             }
         }
@@ -232,6 +246,30 @@ mod tests {
         assert!(
             File::parse(&file(json!({ "oauth": typo }))).is_err(),
             "unknown key"
+        );
+    }
+
+    #[test]
+    fn mapping_parts_a_crm_cannot_serve_are_refused() {
+        let lines = json!({"access_token": "t"});
+        let mut f: serde_json::Value = serde_json::from_str(&file(lines)).expect("json");
+        f["tenants"][0]["salesforce"]["mapping"]["products"] = json!({"object": "OpportunityLineItem",
+            "product": "Product2Id", "quantity": "Quantity", "amount": "TotalPrice"});
+        let err = File::parse(&f.to_string()).expect_err("no deal field");
+        assert!(
+            format!("{err:#}").contains("salesforce.mapping.products.deal"),
+            "{err:#}"
+        );
+
+        let mut hs = f["tenants"][0]["salesforce"]["mapping"].clone();
+        hs["splits"] = json!({"object": "deal_split", "deal": "d", "owner": "o", "percent": "p"});
+        hs.as_object_mut().expect("object").remove("products");
+        let f = json!({"tenants": [{"tenant_id": "acme", "ingest_key": "k",
+            "hubspot": {"app_secret": "s", "token": "pat", "mapping": hs}}]});
+        let err = File::parse(&f.to_string()).expect_err("hubspot splits");
+        assert!(
+            format!("{err:#}").contains("hubspot.mapping.splits: HubSpot deal splits are not read"),
+            "{err:#}"
         );
     }
 }

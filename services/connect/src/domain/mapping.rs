@@ -136,6 +136,9 @@ pub struct SplitMap {
 #[serde(deny_unknown_fields)]
 pub struct ProductMap {
     pub object: String,
+    /// The line's deal reference (Salesforce: `OpportunityId`). HubSpot links line items
+    /// to deals by association, so there it is left out.
+    #[serde(default)]
     pub deal: String,
     pub product: String,
     pub quantity: String,
@@ -301,6 +304,7 @@ impl Mapping {
                     .map(String::as_str),
             );
         }
+        out.retain(|f| !f.is_empty());
         out.sort_unstable();
         out.dedup();
         out
