@@ -887,3 +887,104 @@ async fn hubspot_webhooks_are_verified_read_back_and_submitted_once() {
         );
     }
 }
+
+/// Webhooks HubSpot was answered 200 for are processed after a kill -9 mid-stream: each
+/// deal submitted exactly once; webhooks sent while the connector is down are redelivered
+/// by HubSpot and taken then; a redelivery of processed ones changes nothing.
+#[tokio::test]
+async fn hubspot_webhooks_acknowledged_before_a_kill_9_are_each_submitted_once() {
+    let w = world("connect_hubspot_kill").await;
+    let crm = hubspot::FakeHubSpot::start().await;
+    let n: u64 = 200;
+    for i in 0..n + 20 {
+        crm.put(
+            "deals",
+            1000 + i,
+            &[
+                ("dealstage", "closedwon"),
+                ("amount", &format!("{}.25", 100 + i)),
+                ("closedate", "2026-11-20"),
+                ("hubspot_owner_id", if i % 2 == 0 { "77" } else { "78" }),
+            ],
+        );
+    }
+    // The CRM API is slow, so the kill lands mid-stream.
+    crm.set_latency(15);
+    let cfg = json!({"tenants": [{
+        "tenant_id": T, "ingest_key": w.key,
+        "hubspot": {
+            "app_secret": hubspot::APP_SECRET, "api_base": crm.base, "token": hubspot::TOKEN,
+            "mapping": {
+                "deal": {"object": "deal", "stage": "dealstage", "won_stages": ["closedwon"],
+                         "lost_stages": ["closedlost"], "open_stages": ["appointmentscheduled"],
+                         "amount": "amount", "default_currency": "EUR",
+                         "close_date": "closedate", "owner": "hubspot_owner_id"},
+                "owners": {"reps": {"77": "rep-a", "78": "rep-b"}}
+            }
+        }
+    }]});
+    let mut connect = w.connect(cfg).await;
+    let url = format!("http://{}/hubspot/{T}/webhooks", connect.http);
+    let ev = |i: u64| hubspot::event(20_000 + i, "deal.creation", 1000 + i, None);
+    let ids: Vec<uuid::Uuid> = (0..n + 20)
+        .map(|i| {
+            derived(
+                "hubspot",
+                &(20_000 + i).to_string(),
+                &(1000 + i).to_string(),
+                "closed",
+            )
+        })
+        .collect();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
+        let batch = json!(chunk.iter().map(|i| ev(*i)).collect::<Vec<_>>());
+        let (st, body) =
+            hubspot::send(&url, hubspot::APP_SECRET, &batch, hubspot::Send::default()).await;
+        assert_eq!((st, body["new"].as_u64()), (200, Some(20)), "{body}");
+    }
+    eventually(Duration::from_secs(60), "some deals submitted", || {
+        let (w, ids) = (&w, &ids);
+        async move { (w.recorded(ids).await.0 >= 30).then_some(()) }
+    })
+    .await;
+    connect.kill9().await;
+    let (mid, _) = w.recorded(&ids).await;
+    assert!(
+        mid < i64::try_from(n).unwrap(),
+        "killed before the end ({mid} of {n} submitted)"
+    );
+
+    // While it is down HubSpot's delivery fails; HubSpot retries it later.
+    let late = json!((n..n + 20).map(ev).collect::<Vec<_>>());
+    let down = reqwest::Client::new()
+        .post(&url)
+        .body(late.to_string())
+        .send()
+        .await;
+    assert!(down.is_err(), "the connector is down");
+    connect.restart().await;
+    let (st, body) =
+        hubspot::send(&url, hubspot::APP_SECRET, &late, hubspot::Send::default()).await;
+    assert_eq!((st, body["new"].as_u64()), (200, Some(20)), "{body}");
+
+    let total = i64::try_from(n + 20).unwrap();
+    eventually(Duration::from_secs(90), "every deal submitted", || {
+        let (w, ids) = (&w, &ids);
+        async move { (w.recorded(ids).await.0 == total).then_some(()) }
+    })
+    .await;
+    // A redelivery of the first batch (HubSpot delivers at least once) changes nothing.
+    let again = json!((0..20).map(ev).collect::<Vec<_>>());
+    let (st, body) =
+        hubspot::send(&url, hubspot::APP_SECRET, &again, hubspot::Send::default()).await;
+    assert_eq!((st, body["new"].as_u64()), (200, Some(0)), "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.recorded(&ids).await,
+        (total, total + 2),
+        "each deal exactly once, nothing else"
+    );
+    let st = w.status(&connect).await;
+    let hs = st.iter().find(|s| s.source == "hubspot").expect("status");
+    assert_eq!((hs.pending, hs.rejected), (0, 0), "{hs:?}");
+}

@@ -27,6 +27,8 @@ struct Inner {
     /// deal id -> its line items' ids.
     line_items: Mutex<BTreeMap<u64, Vec<u64>>>,
     batch_reads: AtomicU32,
+    /// Each CRM API answer takes this long (ms).
+    latency_ms: std::sync::atomic::AtomicU64,
     /// The next this-many reads are answered 429.
     rate_limit: AtomicU32,
     reads: AtomicU32,
@@ -85,6 +87,11 @@ impl FakeHubSpot {
             .lock()
             .expect("lock")
             .insert(deal, lines.to_vec());
+    }
+
+    /// Makes every CRM API answer take `ms` milliseconds.
+    pub fn set_latency(&self, ms: u64) {
+        self.inner.latency_ms.store(ms, Ordering::SeqCst);
     }
 
     /// How many batch reads were answered.
@@ -155,6 +162,10 @@ async fn batch_read(
     headers: HeaderMap,
     Json(req): Json<Value>,
 ) -> Response {
+    let ms = inner.latency_ms.load(Ordering::SeqCst);
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     if let Some(r) = refusal(&inner, &headers) {
         return r;
     }
@@ -225,6 +236,10 @@ async fn read(
     Query(q): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    let ms = inner.latency_ms.load(Ordering::SeqCst);
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     if let Some(r) = refusal(&inner, &headers) {
         return r;
     }
