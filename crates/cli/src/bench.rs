@@ -2950,12 +2950,12 @@ fn ledger_rows(
                 plan_version: 1,
                 deal_id: deal.clone(),
                 summary: "5% of 2469 EUR".into(),
-                explanation: serde_json::json!({
+                explanation: spm_core::chain::canonical_json(&serde_json::json!({
                     "plan": {"id": "bench", "version": 1}, "basis": "attainment", "mode": "marginal",
                     "deal": deal, "credited": "2469.00", "quota": "50000", "attainment_before": "0.3121",
                     "slices": [{"from": "0", "rate": "0.05", "amount": "2469.00", "earned": "123.45"}],
                     "payout": {"at_close": "50", "on_collection": "50"}, "status": "earned"
-                }),
+                })),
                 caused_by: vec![format!("evt-{deal}")],
             });
         }

@@ -1446,7 +1446,9 @@ impl IncentiveAdminService for Api {
                 plan_version: 0,
                 deal_id: String::new(),
                 summary: format!("dispute {id} accepted by {}: {}", r.resolved_by, r.note),
-                explanation: serde_json::json!({"dispute": id.to_string(), "disputed_line": d.line_id.to_string(), "disputed_period": source, "reason": d.reason, "note": r.note}),
+                explanation: crate::domain::chain::canonical_json(
+                    &serde_json::json!({"dispute": id.to_string(), "disputed_line": d.line_id.to_string(), "disputed_period": source, "reason": d.reason, "note": r.note}),
+                ),
                 caused_by: Vec::new(),
             };
             crate::chain::append(&mut tx, &c.tenant_id, std::slice::from_ref(&row), &mut held)
@@ -1472,7 +1474,7 @@ impl IncentiveAdminService for Api {
                         adjusts_period: Some(ctx.period_pb(kind, &source)),
                         amount: Some(m(amount)),
                         reason: row.summary.clone(),
-                        explanation_json: row.explanation.to_string(),
+                        explanation_json: row.explanation.clone(),
                         period_total: Some(m(total)),
                         by_status: crate::domain::compute::Status::parse(&row.status)
                             .map(|s| ev::StatusAmount {

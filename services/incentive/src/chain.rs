@@ -239,8 +239,7 @@ pub async fn append(
         );
         let (n, prev) = held.heads.get(&k).copied().unwrap_or((0, GENESIS));
         let seq = n + 1;
-        let expl = canon(&r.explanation);
-        let h = dc::posting(&fields(tenant, r, seq, &expl, at)).link(&prev);
+        let h = dc::posting(&fields(tenant, r, seq, &r.explanation, at)).link(&prev);
         seqs.push(seq);
         prevs.push(prev.to_vec());
         hashes.push(h.to_vec());

@@ -19,6 +19,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::awards::{self, Award, AwardKind, PeriodResult};
+use crate::domain::chain::canonical_json;
 use crate::domain::compute::{Kind, RepPeriod};
 use crate::domain::ledger::postings;
 use crate::domain::plan::{self, Plan};
@@ -281,10 +282,10 @@ pub async fn recompute(
 /// Recomputes many rep-periods with a handful of queries per period (not per rep): loads
 /// every affected rep's deals, metrics, holdings and org at once, computes in memory, and
 /// appends all postings in one insert.
-#[allow(clippy::too_many_lines)]
 /// Reps recomputed together (per period) in one round of [`recompute_many`].
 const REPS_PER_ROUND: usize = 20;
 
+#[allow(clippy::too_many_lines)]
 pub async fn recompute_many(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -369,7 +370,7 @@ pub async fn recompute_many(
         let last_day = ctx
             .calendar
             .local_date(period.end - chrono::Duration::seconds(1));
-        let plans: HashMap<&str, Plan> = reps
+        let plans: HashMap<&str, &Plan> = reps
             .iter()
             .filter_map(|r| {
                 let team = org_reps
@@ -379,7 +380,7 @@ pub async fn recompute_many(
                 let chain = org::chain(&team, &ctx.teams);
                 plan::select(&ctx.plans, r, &chain, last_day)
                     .filter(|p| p.period_kind == kind)
-                    .map(|p| (r.as_str(), p.clone()))
+                    .map(|p| (r.as_str(), p))
             })
             .collect();
         // Warm rep-periods (consumer only; their ledger only while the period takes its own
@@ -498,14 +499,15 @@ pub async fn recompute_many(
             more.hold_more(conn, &ctx.tenant, &mut held).await?;
         }
         // What badges granted during a period need, read only if a plan here has one.
-        let (with_deal, granted) = if !ctx.shadow_only && plans.values().any(awards::any_during) {
-            (
-                store::reps_with_deals(conn, &ctx.tenant, &live).await?,
-                store::awards_of(conn, &ctx.tenant, &live).await?,
-            )
-        } else {
-            Default::default()
-        };
+        let (with_deal, granted) =
+            if !ctx.shadow_only && plans.values().any(|p| awards::any_during(p)) {
+                (
+                    store::reps_with_deals(conn, &ctx.tenant, &live).await?,
+                    store::awards_of(conn, &ctx.tenant, &live).await?,
+                )
+            } else {
+                Default::default()
+            };
 
         // Whether this round's holdings and total are kept warm: only for a round posting
         // into its own open period (a late round posts into another period's chain).
@@ -517,7 +519,7 @@ pub async fn recompute_many(
         let empty = crate::domain::ledger::Holdings::new();
         let mut back: HashMap<String, Vec<crate::domain::compute::DealIn>> = HashMap::new();
         for rep in &live {
-            let plan = plans.get(rep.as_str());
+            let plan = plans.get(rep.as_str()).copied();
             let (metrics, score) = kpis.remove(rep).unwrap_or_default();
             let rp = RepPeriod {
                 rep_id: rep.clone(),
@@ -540,7 +542,8 @@ pub async fn recompute_many(
                 let (plan_id, plan_version) = would.map_or((String::new(), 0), |p| {
                     (p.plan_id.clone(), i32::try_from(p.version).unwrap_or(0))
                 });
-                for p in moved {
+                let texts = explanations(&moved);
+                for (p, explanation) in moved.into_iter().zip(texts) {
                     out_rows.push(LedgerRow {
                         posting_id: Uuid::now_v7(),
                         rep_id: rep.clone(),
@@ -557,7 +560,7 @@ pub async fn recompute_many(
                         plan_version,
                         deal_id: p.deal_id,
                         summary: p.summary,
-                        explanation: p.explanation,
+                        explanation,
                         caused_by: cause.events.clone(),
                     });
                 }
@@ -574,7 +577,8 @@ pub async fn recompute_many(
                 let h = held_all.entry(rep.clone()).or_default();
                 crate::domain::ledger::hold(h, &moved);
             }
-            for p in moved {
+            let texts = explanations(&moved);
+            for (p, explanation) in moved.into_iter().zip(texts) {
                 rows.push(LedgerRow {
                     posting_id: Uuid::now_v7(),
                     rep_id: rep.clone(),
@@ -597,7 +601,7 @@ pub async fn recompute_many(
                     } else {
                         p.summary
                     },
-                    explanation: p.explanation,
+                    explanation,
                     caused_by: cause.events.clone(),
                 });
             }
@@ -722,7 +726,7 @@ pub async fn recompute_many(
                         adjusts_period: Some(ctx.period_pb(kind, &key)),
                         amount: Some(money(amount)),
                         reason: r.summary.clone(),
-                        explanation_json: r.explanation.to_string(),
+                        explanation_json: r.explanation.clone(),
                         period_total: Some(money(total)),
                         by_status,
                     })
@@ -738,7 +742,7 @@ pub async fn recompute_many(
                         plan_id: r.plan_id.clone(),
                         plan_version: u32::try_from(r.plan_version).unwrap_or(0),
                         summary: r.summary.clone(),
-                        explanation_json: r.explanation.to_string(),
+                        explanation_json: r.explanation.clone(),
                         period_total: Some(money(total)),
                         by_status,
                     })
@@ -855,6 +859,27 @@ async fn post_key_of(
     } else {
         Ok(key.to_owned())
     }
+}
+
+/// The canonical JSON of each posting's explanation. Postings come in (line key, status)
+/// order and the postings of one line key carry the same explanation: it is serialized once
+/// per line, not once per posting.
+fn explanations(moved: &[crate::domain::ledger::Posting]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(moved.len());
+    for (i, p) in moved.iter().enumerate() {
+        let text = match (i.checked_sub(1).map(|j| &moved[j]), out.last()) {
+            (Some(prev), Some(t))
+                if prev.key == p.key
+                    && (std::sync::Arc::ptr_eq(&prev.explanation, &p.explanation)
+                        || prev.explanation == p.explanation) =>
+            {
+                t.clone()
+            }
+            _ => canonical_json(&p.explanation),
+        };
+        out.push(text);
+    }
+    out
 }
 
 /// Postings of one round grouped by line (and by posted vs adjusted), in posting order:

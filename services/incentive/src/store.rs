@@ -745,7 +745,9 @@ pub struct LedgerRow {
     pub plan_version: i32,
     pub deal_id: String,
     pub summary: String,
-    pub explanation: serde_json::Value,
+    /// The explanation's canonical JSON (`domain::chain::canonical_json`), serialized once:
+    /// the text the chain hashes, the column stores and the event carries.
+    pub explanation: String,
     pub caused_by: Vec<String>,
 }
 
@@ -767,16 +769,16 @@ pub async fn insert_chained(
 ) -> Result<(), sqlx::Error> {
     let reps: Vec<&str> = rows.iter().map(|r| r.rep_id.as_str()).collect();
     crate::cache::changed(&mut *conn, tenant, Some(&reps)).await?;
-    let col = |f: fn(&LedgerRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let col = |f: fn(&LedgerRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.posting_id).collect();
     let line_ids: Vec<Uuid> = rows.iter().map(|r| r.line_id).collect();
     let amounts: Vec<Decimal> = rows.iter().map(|r| r.amount).collect();
     let versions: Vec<i32> = rows.iter().map(|r| r.plan_version).collect();
-    let expl: Vec<serde_json::Value> = rows.iter().map(|r| r.explanation.clone()).collect();
+    let expl: Vec<&str> = rows.iter().map(|r| r.explanation.as_str()).collect();
     // Arrays of arrays cannot go through UNNEST: caused_by travels as JSON.
-    let caused: Vec<serde_json::Value> = rows
+    let caused: Vec<String> = rows
         .iter()
-        .map(|r| serde_json::json!(r.caused_by))
+        .map(|r| serde_json::to_string(&r.caused_by).unwrap_or_else(|_| "[]".into()))
         .collect();
     sqlx::query(
         "WITH posted AS (
@@ -784,10 +786,10 @@ pub async fn insert_chained(
                                kind, status, amount, currency, plan_id, plan_version, deal_id, summary, explanation, caused_by,
                                posted_at, chain_seq, prev_hash, hash)
            SELECT u.id, $1, u.rep, u.pk, u.key, u.src, u.lk, u.lid, u.kind, u.status, u.amount, u.cur, u.plan, u.ver, u.deal,
-                  u.summary, u.expl, ARRAY(SELECT jsonb_array_elements_text(u.caused)), $19, u.cseq, u.prev, u.hash
+                  u.summary, u.expl::jsonb, ARRAY(SELECT jsonb_array_elements_text(u.caused::jsonb)), $19, u.cseq, u.prev, u.hash
              FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::text[],
                          $10::text[], $11::numeric[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
-                         $17::jsonb[], $18::jsonb[], $20::bigint[], $21::bytea[], $22::bytea[])
+                         $17::text[], $18::text[], $20::bigint[], $21::bytea[], $22::bytea[])
                   AS u(id, rep, pk, key, src, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused, cseq, prev, hash)
          )
          INSERT INTO ledger_chains (tenant_id, rep_id, period_kind, period_key, length, head, total)
@@ -797,20 +799,20 @@ pub async fn insert_chained(
     )
     .bind(tenant)
     .bind(&ids)
-    .bind(col(|r| r.rep_id.clone()))
-    .bind(col(|r| r.period_kind.as_str().to_owned()))
-    .bind(col(|r| r.period_key.clone()))
-    .bind(col(|r| r.source_period_key.clone()))
-    .bind(col(|r| r.line_key.clone()))
+    .bind(col(|r| &r.rep_id))
+    .bind(col(|r| r.period_kind.as_str()))
+    .bind(col(|r| &r.period_key))
+    .bind(col(|r| &r.source_period_key))
+    .bind(col(|r| &r.line_key))
     .bind(&line_ids)
-    .bind(col(|r| r.kind.clone()))
-    .bind(col(|r| r.status.clone()))
+    .bind(col(|r| &r.kind))
+    .bind(col(|r| &r.status))
     .bind(&amounts)
-    .bind(col(|r| r.currency.clone()))
-    .bind(col(|r| r.plan_id.clone()))
+    .bind(col(|r| &r.currency))
+    .bind(col(|r| &r.plan_id))
     .bind(&versions)
-    .bind(col(|r| r.deal_id.clone()))
-    .bind(col(|r| r.summary.clone()))
+    .bind(col(|r| &r.deal_id))
+    .bind(col(|r| &r.summary))
     .bind(&expl)
     .bind(&caused)
     .bind(at)
@@ -920,43 +922,43 @@ pub async fn insert_shadow(
     if rows.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&LedgerRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let col = |f: fn(&LedgerRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.posting_id).collect();
     let line_ids: Vec<Uuid> = rows.iter().map(|r| r.line_id).collect();
     let amounts: Vec<Decimal> = rows.iter().map(|r| r.amount).collect();
     let versions: Vec<i32> = rows.iter().map(|r| r.plan_version).collect();
-    let expl: Vec<serde_json::Value> = rows.iter().map(|r| r.explanation.clone()).collect();
-    let caused: Vec<serde_json::Value> = rows
+    let expl: Vec<&str> = rows.iter().map(|r| r.explanation.as_str()).collect();
+    let caused: Vec<String> = rows
         .iter()
-        .map(|r| serde_json::json!(r.caused_by))
+        .map(|r| serde_json::to_string(&r.caused_by).unwrap_or_else(|_| "[]".into()))
         .collect();
     sqlx::query(
         "INSERT INTO shadow_ledger (posting_id, tenant_id, plan_id, plan_version, rep_id, period_kind, period_key, line_key, line_id,
                                     kind, status, amount, currency, line_plan_id, line_plan_version, deal_id, summary, explanation,
                                     caused_by, posted_at)
          SELECT u.id, $1, $2, $3, u.rep, u.pk, u.key, u.lk, u.lid, u.kind, u.status, u.amount, u.cur, u.plan, u.ver, u.deal,
-                u.summary, u.expl, ARRAY(SELECT jsonb_array_elements_text(u.caused)), $19
+                u.summary, u.expl::jsonb, ARRAY(SELECT jsonb_array_elements_text(u.caused::jsonb)), $19
            FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::uuid[], $10::text[], $11::text[],
-                       $12::numeric[], $13::text[], $14::text[], $15::int[], $16::text[], $17::text[], $18::jsonb[], $20::jsonb[])
+                       $12::numeric[], $13::text[], $14::text[], $15::int[], $16::text[], $17::text[], $18::text[], $20::text[])
                 AS u(id, rep, pk, key, lk, lid, kind, status, amount, cur, plan, ver, deal, summary, expl, caused)",
     )
     .bind(tenant)
     .bind(shadow.0)
     .bind(shadow.1)
     .bind(&ids)
-    .bind(col(|r| r.rep_id.clone()))
-    .bind(col(|r| r.period_kind.as_str().to_owned()))
-    .bind(col(|r| r.period_key.clone()))
-    .bind(col(|r| r.line_key.clone()))
+    .bind(col(|r| &r.rep_id))
+    .bind(col(|r| r.period_kind.as_str()))
+    .bind(col(|r| &r.period_key))
+    .bind(col(|r| &r.line_key))
     .bind(&line_ids)
-    .bind(col(|r| r.kind.clone()))
-    .bind(col(|r| r.status.clone()))
+    .bind(col(|r| &r.kind))
+    .bind(col(|r| &r.status))
     .bind(&amounts)
-    .bind(col(|r| r.currency.clone()))
-    .bind(col(|r| r.plan_id.clone()))
+    .bind(col(|r| &r.currency))
+    .bind(col(|r| &r.plan_id))
     .bind(&versions)
-    .bind(col(|r| r.deal_id.clone()))
-    .bind(col(|r| r.summary.clone()))
+    .bind(col(|r| &r.deal_id))
+    .bind(col(|r| &r.summary))
     .bind(&expl)
     .bind(at)
     .bind(&caused)

@@ -168,6 +168,17 @@ pub struct RepPeriod {
     pub paid: bool,
 }
 
+/// A line's explanation, shared (not copied) by the line, its clawback and each posting
+/// made from them.
+pub type Explanation = std::sync::Arc<serde_json::Value>;
+
+/// The explanation of a line computed without one (`Explain::Nothing`).
+pub fn unexplained() -> Explanation {
+    static NULL: std::sync::LazyLock<Explanation> =
+        std::sync::LazyLock::new(|| std::sync::Arc::new(serde_json::Value::Null));
+    NULL.clone()
+}
+
 /// One earning the rep should have, split by status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
@@ -176,7 +187,7 @@ pub struct Line {
     pub deal_id: String,
     pub amounts: Vec<(Status, Decimal)>,
     pub summary: String,
-    pub explanation: serde_json::Value,
+    pub explanation: Explanation,
     /// Client event ids the line depends on.
     pub inputs: Vec<String>,
 }
@@ -608,9 +619,9 @@ pub fn compute_with(plan: &Plan, rp: &RepPeriod, cur: Currency, explain: Explain
                     "next_tier": next_tier,
                     "rounding": rounding,
                 });
-                (summary, explanation)
+                (summary, Explanation::new(explanation))
             } else {
-                (String::new(), serde_json::Value::Null)
+                (String::new(), unexplained())
             };
             let inputs = if want { inputs_of(d) } else { Vec::new() };
             lines.push(Line {
@@ -711,9 +722,9 @@ pub fn compute_with(plan: &Plan, rp: &RepPeriod, cur: Currency, explain: Explain
                         cur
                     ),
                 };
-                (summary, explanation)
+                (summary, Explanation::new(explanation))
             } else {
-                (String::new(), serde_json::Value::Null)
+                (String::new(), unexplained())
             };
             let inputs = if want { inputs_of(d) } else { Vec::new() };
             lines.push(Line {
@@ -773,7 +784,7 @@ pub fn compute_with(plan: &Plan, rp: &RepPeriod, cur: Currency, explain: Explain
                         deal_id: String::new(),
                         amounts: vec![(status, cur.round(*amount))],
                         summary: format!("attainment {} reached {}: bonus {} {}", pct(a), pct(*at), money(*amount), cur),
-                        explanation: json!({"plan": {"id": plan.plan_id, "version": plan.version}, "attainment": money(a), "milestone": money(*at), "revenue": money(revenue), "quota": money(quota), "inputs": all_inputs}),
+                        explanation: Explanation::new(json!({"plan": {"id": plan.plan_id, "version": plan.version}, "attainment": money(a), "milestone": money(*at), "revenue": money(revenue), "quota": money(quota), "inputs": all_inputs})),
                         inputs: all_inputs.clone(),
                     });
                 }
@@ -790,7 +801,7 @@ pub fn compute_with(plan: &Plan, rp: &RepPeriod, cur: Currency, explain: Explain
                 deal_id: String::new(),
                 amounts: vec![(status, cur.round(*amount))],
                 summary: format!("scorecard score {} reached {}: bonus {} {}", money(score), money(*min), money(*amount), cur),
-                explanation: json!({"plan": {"id": plan.plan_id, "version": plan.version}, "score": money(score), "band": money(*min), "bands": plan.score_bonus.iter().map(|(m, a)| json!([money(*m), money(*a)])).collect::<Vec<_>>()}),
+                explanation: Explanation::new(json!({"plan": {"id": plan.plan_id, "version": plan.version}, "score": money(score), "band": money(*min), "bands": plan.score_bonus.iter().map(|(m, a)| json!([money(*m), money(*a)])).collect::<Vec<_>>()})),
                 inputs: Vec::new(),
             });
         }

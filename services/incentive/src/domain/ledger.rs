@@ -24,7 +24,7 @@ pub struct Posting {
     pub amount: Decimal,
     pub deal_id: String,
     pub summary: String,
-    pub explanation: serde_json::Value,
+    pub explanation: super::compute::Explanation,
     pub inputs: Vec<String>,
 }
 
@@ -90,7 +90,11 @@ pub fn diff(target: &Outcome, held: &Holdings) -> Vec<Posting> {
                     status,
                     amount,
                     deal_id: l.deal_id.clone(),
-                    summary: if first { l.summary.clone() } else { format!("recomputed: {}", l.summary) },
+                    summary: if first {
+                        l.summary.clone()
+                    } else {
+                        format!("recomputed: {}", l.summary)
+                    },
                     explanation: l.explanation.clone(),
                     inputs: l.inputs.clone(),
                 });
@@ -102,7 +106,9 @@ pub fn diff(target: &Outcome, held: &Holdings) -> Vec<Posting> {
                 amount,
                 deal_id: String::new(),
                 summary: format!("{key} is no longer earned"),
-                explanation: serde_json::json!({"reason": "the line's inputs no longer produce it"}),
+                explanation: crate::domain::compute::Explanation::new(
+                    serde_json::json!({"reason": "the line's inputs no longer produce it"}),
+                ),
                 inputs: Vec::new(),
             }),
         }
@@ -312,7 +318,11 @@ mod tests {
                     status: *status,
                     amount: d,
                     deal_id: l.deal_id.clone(),
-                    summary: if first { l.summary.clone() } else { format!("recomputed: {}", l.summary) },
+                    summary: if first {
+                        l.summary.clone()
+                    } else {
+                        format!("recomputed: {}", l.summary)
+                    },
                     explanation: l.explanation.clone(),
                     inputs: l.inputs.clone(),
                 }),
@@ -323,7 +333,9 @@ mod tests {
                     amount: d,
                     deal_id: String::new(),
                     summary: format!("{key} is no longer earned"),
-                    explanation: serde_json::json!({"reason": "the line's inputs no longer produce it"}),
+                    explanation: crate::domain::compute::Explanation::new(
+                        serde_json::json!({"reason": "the line's inputs no longer produce it"}),
+                    ),
                     inputs: Vec::new(),
                 }),
             }
