@@ -41,10 +41,10 @@ pub type Deferred = std::sync::Arc<
 
 impl IncentiveHandler {
     /// The live handler.
-    pub fn live() -> Self {
+    pub fn live(warm: crate::warm::Warm) -> Self {
         Self {
             emit: true,
-            warm: Some(std::sync::Arc::default()),
+            warm: Some(std::sync::Arc::new(warm)),
             deferred: None,
         }
     }

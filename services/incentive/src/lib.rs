@@ -36,6 +36,16 @@ pub struct Config {
     )]
     pub consumer_members: usize,
 
+    /// Rep-periods with fewer deals + ledger holdings than this are read from Postgres on
+    /// each recompute instead of kept in memory (see `warm`).
+    #[arg(long = "warm-min", env = "SPM_INCENTIVE_WARM_MIN", default_value_t = warm::MIN_WEIGHT)]
+    pub warm_min: usize,
+
+    /// Deals + ledger holdings kept in memory at most (about 200 bytes each); the least
+    /// recently used rep-periods go first.
+    #[arg(long = "warm-budget", env = "SPM_INCENTIVE_WARM_BUDGET", default_value_t = warm::BUDGET)]
+    pub warm_budget: usize,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -78,7 +88,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app.consume_with(
         "incentive",
         TOPICS,
-        Arc::new(consume::IncentiveHandler::live()),
+        Arc::new(consume::IncentiveHandler::live(warm::Warm::new(
+            config.warm_min,
+            config.warm_budget,
+        ))),
         |l| l.prefetch(1000, 1 << 20).members(config.consumer_members),
     );
     let statements = Arc::new(cache::Statements::default());

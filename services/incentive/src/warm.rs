@@ -76,25 +76,31 @@ struct Inner {
 }
 
 /// Rep-periods of fewer deals + holdings than this are read from Postgres each time.
-const MIN_WEIGHT: usize = 1_000;
+pub const MIN_WEIGHT: usize = 1_000;
 /// About 40 MB at most.
-const BUDGET: usize = 200_000;
+pub const BUDGET: usize = 200_000;
 
 impl Default for Warm {
     fn default() -> Self {
+        Self::new(MIN_WEIGHT, BUDGET)
+    }
+}
+
+impl Warm {
+    /// Keeps rep-periods of at least `min_weight` deals + holdings, `budget` in all (in
+    /// debug builds every rep-period is kept, so that the tests check every use).
+    pub fn new(min_weight: usize, budget: usize) -> Self {
         Self {
             inner: Mutex::default(),
             min_weight: if cfg!(debug_assertions) {
                 0
             } else {
-                MIN_WEIGHT
+                min_weight
             },
-            budget: BUDGET,
+            budget,
         }
     }
-}
 
-impl Warm {
     /// Takes a rep-period's entry out (the caller puts back what is current after its
     /// recompute).
     pub fn take(&self, key: &Key) -> (Option<Inputs>, Option<Ledger>) {
