@@ -429,3 +429,44 @@ async fn prometheus_scrapes_every_service_with_the_shipped_config() {
     let _ = prom.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A service analyzes the tables of its schema as they fill (`spm_server::db::
+/// keep_statistics`): rows arriving in one are described to the planner within seconds,
+/// not at autovacuum's next round. Without it, a table filled from empty in autovacuum's
+/// first minute is planned as if it held a handful of rows (issue #21).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_keeps_its_tables_statistics_current_as_they_fill() {
+    let env = TestEnv::new("stats").await;
+    let _incentive = env.start("incentive").await;
+    let pool = env.pool("incentive").await;
+    let stats = || async {
+        sqlx::query_as::<_, (f32, Option<chrono::DateTime<chrono::Utc>>)>(
+            "SELECT c.reltuples, s.last_analyze FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+              WHERE s.schemaname = 'incentive' AND s.relname = 'inbox'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("inbox statistics")
+    };
+    let (before, analyzed) = stats().await;
+    assert!(
+        before < 1_000.0 && analyzed.is_none(),
+        "the service's inbox starts nearly empty and never analyzed by hand: {before} rows, {analyzed:?}"
+    );
+    sqlx::query(
+        "INSERT INTO inbox (event_id, topic, partition, \"offset\")
+         SELECT gen_random_uuid(), 'stats-test', 0, g FROM generate_series(1, 5000) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("fill the inbox");
+    let rows = eventually(Duration::from_secs(30), "the inbox analyzed", || async {
+        let (rows, at) = stats().await;
+        (at.is_some() && rows >= 5_000.0).then_some(rows)
+    })
+    .await;
+    assert!(
+        rows < 5_100.0,
+        "the statistics count the rows there are: {rows}"
+    );
+}

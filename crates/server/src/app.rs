@@ -74,6 +74,9 @@ impl App {
             Relay::new(pool.clone(), producer.clone()).topic_prefix(&config.kafka.topic_prefix);
         let relay_wake = relay.waker();
         let mut tasks = JoinSet::new();
+        if config.db_keep_statistics {
+            tasks.spawn(crate::db::keep_statistics(pool.clone(), cancel.clone()));
+        }
         // The relay outlives the consumers: it stops on its own token after they are done.
         let relay_cancel = CancellationToken::new();
         {

@@ -22,6 +22,12 @@ pub struct ServiceConfig {
           default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 
+    /// Analyze the service's tables as they fill, between autovacuum's rounds
+    /// (`spm_server::db::keep_statistics`).
+    #[arg(long = "db-keep-statistics", env = "SPM_DB_KEEP_STATISTICS", value_name = "SPM_DB_KEEP_STATISTICS",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub db_keep_statistics: bool,
+
     /// Address of the gRPC server.
     #[arg(
         long = "grpc-addr",
