@@ -754,6 +754,14 @@ pub struct LedgerRow {
 /// A chain's new head: (rep, period kind, period key, length, head hash, total).
 pub type HeadRow<'a> = (&'a str, &'a str, &'a str, i64, Vec<u8>, Decimal);
 
+/// Each row's `caused_by` as a JSON array of strings: arrays of arrays cannot go through
+/// UNNEST, so it travels as text and is unpacked by `jsonb_array_elements_text`.
+fn caused_json(rows: &[LedgerRow]) -> Vec<String> {
+    rows.iter()
+        .map(|r| serde_json::to_string(&r.caused_by).expect("a list of strings serializes"))
+        .collect()
+}
+
 /// Appends chained postings (see [`crate::chain::append`], which computes the chain
 /// columns) and moves their chains' heads and totals, in one statement.
 #[allow(clippy::too_many_arguments)]
@@ -775,11 +783,7 @@ pub async fn insert_chained(
     let amounts: Vec<Decimal> = rows.iter().map(|r| r.amount).collect();
     let versions: Vec<i32> = rows.iter().map(|r| r.plan_version).collect();
     let expl: Vec<&str> = rows.iter().map(|r| r.explanation.as_str()).collect();
-    // Arrays of arrays cannot go through UNNEST: caused_by travels as JSON.
-    let caused: Vec<String> = rows
-        .iter()
-        .map(|r| serde_json::to_string(&r.caused_by).unwrap_or_else(|_| "[]".into()))
-        .collect();
+    let caused = caused_json(rows);
     sqlx::query(
         "WITH posted AS (
            INSERT INTO ledger (posting_id, tenant_id, rep_id, period_kind, period_key, source_period_key, line_key, line_id,
@@ -928,10 +932,7 @@ pub async fn insert_shadow(
     let amounts: Vec<Decimal> = rows.iter().map(|r| r.amount).collect();
     let versions: Vec<i32> = rows.iter().map(|r| r.plan_version).collect();
     let expl: Vec<&str> = rows.iter().map(|r| r.explanation.as_str()).collect();
-    let caused: Vec<String> = rows
-        .iter()
-        .map(|r| serde_json::to_string(&r.caused_by).unwrap_or_else(|_| "[]".into()))
-        .collect();
+    let caused = caused_json(rows);
     sqlx::query(
         "INSERT INTO shadow_ledger (posting_id, tenant_id, plan_id, plan_version, rep_id, period_kind, period_key, line_key, line_id,
                                     kind, status, amount, currency, line_plan_id, line_plan_version, deal_id, summary, explanation,
